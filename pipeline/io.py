@@ -1,0 +1,53 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+Every file the project writes for another stage (shards, manifests, checkpoints markers, configs)
+goes through here: write to a temporary name in the same folder, fsync, then rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+TMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, suffix: str = TMP_SUFFIX) -> Iterator[BinaryIO]:
+    """Open `path` for binary writing through a temp file that is renamed over `path` on success.
+
+    On an exception the temp file is removed and `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented, key-sorted JSON to `path` atomically (stable bytes for equal objects)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: sets itself up, then lints and runs the whole suite (real videos, real shards,
+# real DeepSpeed processes over gloo, a real local Slurm cluster). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+ruff check .
+python -m pytest -q "$@"
