@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ import yaml
 from pipeline.io import atomic_write_text
 
 T = TypeVar("T")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 BASE_KEY = "_base_"
 
 
@@ -40,7 +42,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = _join(where, unknown[0])
-        raise ConfigError(f"unknown config key '{key}' (known under '{where or '<root>'}': {', '.join(fields)})")
+        known = ", ".join(fields)
+        raise ConfigError(f"unknown config key '{key}' (known under '{where or '<root>'}': {known})")
     kwargs = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
     missing = [
         name
@@ -89,7 +92,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"config key '{key}' expects {len(args)} items, got {value!r}")
-            return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in pairs)
         item = args[0] if args else Any
         items = [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -103,6 +107,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads `2e-4` (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
         return float(value)
