@@ -1,0 +1,118 @@
+"""Start a training job on this machine: `python launch/local.py --config CONFIG [--nproc N] [key=value ...]`.
+
+The config is checked here first (one error line, exit status 2, before any process starts). Then N
+processes run `python -m pipeline.train` (the entry point the Slurm launcher uses too) with
+torchrun-style variables and a free rendezvous port; DeepSpeed picks gloo on CPU and NCCL on GPUs.
+Ctrl-C or SIGTERM to this launcher is forwarded to every rank as SIGTERM, so they save and exit; a
+second one kills them. If a rank fails, the others are stopped and its exit status is returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Runnable as a script from any folder: make the repository importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import ConfigError
+from pipeline.train.config import load_train_config
+
+GRACE_S = 30.0  # how long ranks get to exit after a failed peer before they are killed
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the rendezvous of the ranks)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rank_environment(rank: int, nproc: int, port: int) -> dict[str, str]:
+    """The variables torchrun would set for `rank` of `nproc` on one machine."""
+    env = dict(os.environ)
+    env.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(nproc),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(nproc),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    return env
+
+
+def run(config: str, nproc: int, overrides: list[str]) -> int:
+    """Start `nproc` ranks and wait for them; returns the job's exit status."""
+    port = free_port()
+    command = [sys.executable, "-m", "pipeline.train", "--config", config, *overrides]
+    # Own sessions: a terminal Ctrl-C reaches only this launcher, which turns it into a SIGTERM (a save).
+    ranks = [
+        subprocess.Popen(command, env=rank_environment(rank, nproc, port), start_new_session=True)
+        for rank in range(nproc)
+    ]
+    forwarded = 0
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal forwarded
+        forwarded += 1
+        stop = signal.SIGTERM if forwarded == 1 else signal.SIGKILL
+        print(
+            f"[launch] {signal.Signals(signum).name}: sending {stop.name} to {nproc} ranks",
+            file=sys.stderr,
+            flush=True,
+        )
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.send_signal(stop)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    failed_at = None
+    while any(proc.poll() is None for proc in ranks):
+        codes = [proc.poll() for proc in ranks]
+        if failed_at is None and any(code not in (None, 0) for code in codes):
+            failed_at = time.monotonic()
+            print(
+                f"[launch] a rank failed (exit codes {codes}); stopping the others",
+                file=sys.stderr,
+                flush=True,
+            )
+            for proc in ranks:
+                if proc.poll() is None:
+                    proc.terminate()
+        if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
+            for proc in ranks:
+                if proc.poll() is None:
+                    proc.kill()
+        time.sleep(0.2)
+    failure = next((proc.returncode for proc in ranks if proc.returncode != 0), 0)
+    return 128 - failure if failure < 0 else failure  # killed by signal N: the shell's 128 + N
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate the config, then run the job."""
+    parser = argparse.ArgumentParser(prog="launch/local.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    parser.add_argument("--nproc", type=int, default=1, help="processes (one per GPU; CPU: 2 is plenty)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
+    args = parser.parse_args(argv)
+    if args.nproc < 1:
+        print(f"error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+        return 2
+    try:
+        load_train_config(args.config, args.overrides, world_size=args.nproc)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run(args.config, args.nproc, args.overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""What runs inside each Slurm task that `launch/slurm.py` submits.
+
+submitit pickles the submitted objects by reference, so they live here, in an importable module, and
+not in the launcher script. Nothing heavy is imported at module level: the launcher builds these
+objects on the login node; torch and the trainer are imported inside the task only.
+
+- `TrainTask`: one rank of a training run. It turns the Slurm environment into the torchrun-style
+  variables the trainer reads, runs `pipeline.train.trainer.train`, and implements `checkpoint()`
+  so that submitit requeues the job on preemption or time limit.
+- `ShardCommandTask`: one `python -m shards ...` command (a part of a job array, or the merge).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+# Ports for the rendezvous: one per job id, so that jobs sharing a node do not collide and a requeued
+# job (same id) finds the same one. The range stays clear of torchrun's default 29500 block.
+MASTER_PORT_BASE = 31000
+MASTER_PORT_SPAN = 20000
+# Settings every requeued run needs whatever the user asked for the first start: continue from this
+# run's own `latest`, with its full state (optimizer moments, loader position).
+REQUEUE_OVERRIDES = ("checkpoint.resume=auto", "checkpoint.weights_only=false")
+
+
+def master_port(job_id: int) -> int:
+    """The rendezvous port of job `job_id` (the raw id: array tasks of one array share it)."""
+    return MASTER_PORT_BASE + job_id % MASTER_PORT_SPAN
+
+
+def restart_count() -> int:
+    """How many times Slurm has requeued this job (0 on its first start)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
+def node_address(hostname: str) -> str:
+    """An address other nodes can reach `hostname` at.
+
+    Usually the name resolves; where it does not (nodes named only in slurm.conf, as on a test
+    cluster where several nodes share one host), the node's NodeAddr from Slurm is used.
+    """
+    try:
+        socket.getaddrinfo(hostname, None)
+        return hostname
+    except socket.gaierror:
+        pass
+    out = subprocess.run(
+        ["scontrol", "show", "node", "--oneliner", hostname], capture_output=True, text=True, timeout=60
+    )
+    for item in out.stdout.split():
+        if item.startswith("NodeAddr="):
+            return item.split("=", 1)[1]
+    raise RuntimeError(f"cannot find an address for node '{hostname}': it does not resolve and "
+                       f"`scontrol show node` gave none ({out.stderr.strip() or 'no output'})")
+
+
+def torch_distributed_env(job_env: Any) -> dict[str, str]:
+    """The torchrun-style variables of this task, from a `submitit.JobEnvironment` under Slurm.
+
+    The first host of the allocation is the master; ranks are Slurm's task ids.
+    """
+    hosts = job_env.hostnames
+    world = job_env.num_tasks
+    if world % job_env.num_nodes:
+        raise RuntimeError(f"{world} Slurm tasks do not split evenly over {job_env.num_nodes} nodes")
+    return {
+        "RANK": str(job_env.global_rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(job_env.local_rank),
+        "LOCAL_WORLD_SIZE": str(world // job_env.num_nodes),
+        "GROUP_RANK": str(job_env.node),
+        "MASTER_ADDR": node_address(hosts[0]),
+        "MASTER_PORT": str(master_port(int(job_env.raw_job_id))),
+    }
+
+
+@dataclass
+class TrainTask:
+    """One rank of a training run under Slurm; every task of the job runs the same object.
+
+    `config` is an absolute path; `overrides` are `key=value` strings as on the command line;
+    `max_requeue` bounds how often the job puts itself back in the queue (preemptions and timeouts).
+    """
+
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    max_requeue: int = 5
+
+    def __call__(self) -> Any:
+        """Train from this run's newest checkpoint (or from scratch) until done or signalled."""
+        import submitit
+
+        from pipeline.train import signals
+        from pipeline.train.config import load_train_config
+        from pipeline.train.trainer import train
+
+        job_env = submitit.JobEnvironment()
+        dist_env = torch_distributed_env(job_env)
+        os.environ.update(dist_env)
+        rank, world = job_env.global_rank, job_env.num_tasks
+        print(
+            f"[slurm] job {job_env.job_id} restart {restart_count()}: rank {rank} of world size {world} "
+            f"(node {job_env.node} of {job_env.num_nodes}, {socket.gethostname()}, local rank "
+            f"{dist_env['LOCAL_RANK']} of {dist_env['LOCAL_WORLD_SIZE']}), master "
+            f"{dist_env['MASTER_ADDR']}:{dist_env['MASTER_PORT']}",
+            flush=True,
+        )
+        cfg = load_train_config(self.config, self.overrides, world_size=world)
+        result = train(cfg)
+        if not result.stopped_by_signal:
+            return result
+        signum = signals.requested() or signal.SIGUSR2
+        name = signal.Signals(signum).name
+        if rank != 0:
+            # Every rank has saved. Only rank 0 holds submitit's handler, which requeues the job and
+            # thereby ends this task; leaving without a result keeps a stale one from being read later.
+            print(f"[slurm] rank {rank} stopped by {name} after saving; rank 0 requeues the job", flush=True)
+            sys.exit(0)
+        print(f"[slurm] stopped by {name} after saving; handing over to submitit to requeue", flush=True)
+        # SIGTERM alone is a cancel (or Slurm's own preemption-requeue): submitit only logs it, as it
+        # would without our handler. The USR2 handler calls checkpoint(), requeues and exits.
+        signals.call_previous_handler(signum)
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Called by submitit on rank 0 at the preemption/time-limit signal: what to run after requeue.
+
+        The training state is already saved by every rank; the requeued job runs the same task, which
+        resumes from `latest`. Returns None (no requeue) once `max_requeue` restarts are used up.
+        """
+        import submitit
+
+        restarts = restart_count()
+        if restarts >= self.max_requeue:
+            print(f"[slurm] not requeueing: {restarts} restarts already (--max-requeue {self.max_requeue})",
+                  flush=True)
+            return None
+        print(f"[slurm] requeueing: restart {restarts + 1} of at most {self.max_requeue}", flush=True)
+        overrides = [o for o in self.overrides if not o.startswith(("checkpoint.resume=",
+                                                                    "checkpoint.weights_only="))]
+        return submitit.helpers.DelayedSubmission(replace(self, overrides=[*overrides, *REQUEUE_OVERRIDES]))
+
+
+@dataclass
+class ShardCommandTask:
+    """Run `python -m shards <argv...>` (one part of a sharding array, or merge / verify) in a task.
+
+    The command's output goes to the task's log; a non-zero exit fails the task, and with it any
+    job that depends on it.
+    """
+
+    commands: Sequence[Sequence[str]]
+
+    def __call__(self) -> None:
+        """Run each command in turn, stopping at the first that fails."""
+        for argv in self.commands:
+            line = " ".join(["python -m shards", *argv])
+            print(f"[slurm] {line}", flush=True)
+            code = subprocess.run([sys.executable, "-m", "shards", *argv], check=False).returncode
+            if code != 0:
+                raise RuntimeError(f"`{line}` exited with status {code} (its output is in this task's log)")

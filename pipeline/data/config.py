@@ -1,0 +1,132 @@
+"""Typed settings of the data loader (filled by `pipeline.config.from_dict`, so plain types only).
+
+The number of classes is not a setting: it comes from the shard manifests.
+Label smoothing is not here either: the loss owns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DecoderName = Literal["auto", "decord", "torchcodec", "pyav", "dali"]
+
+
+@dataclass
+class AugConfig:
+    """Training augmentation (evaluation only resizes, crops and normalises).
+
+    scale: area fraction range of the random resized crop (the scale jitter), e.g. [0.08, 1.0].
+    ratio: aspect-ratio (width / height) range of the random resized crop.
+    flip: horizontal flip with probability 0.5; None = auto (on, except for Something-Something,
+      whose labels name left and right).
+    randaug_n: RandAugment operations per clip (0 = off); the same ops and magnitudes on every frame.
+    randaug_m: RandAugment magnitude on timm's 0..10 scale; randaug_mstd: its per-op std (0 = fixed).
+    mixup / cutmix: Beta(alpha, alpha) parameters (0 = off); when either is on, labels are soft (B, K).
+    mixup_prob: probability that a batch is mixed at all; mixup_switch_prob: probability of cutmix
+      instead of mixup when both are on.
+    erasing_prob: probability of erasing one random box (the same box on every frame) per clip.
+    repeated_aug: views augmented from one decoded clip (1 = off); the views sit in the same batch.
+    mean / std: normalisation per RGB channel, in [0, 1] pixel units.
+    """
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333333)
+    flip: bool | None = None
+    randaug_n: int = 0
+    randaug_m: float = 7.0
+    randaug_mstd: float = 0.5
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    erasing_prob: float = 0.0
+    repeated_aug: int = 1
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"aug.scale must satisfy 0 < min <= max <= 1, got {list(self.scale)}")
+        if not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"aug.ratio must satisfy 0 < min <= max, got {list(self.ratio)}")
+        if self.repeated_aug < 1:
+            raise ValueError(f"aug.repeated_aug must be >= 1, got {self.repeated_aug}")
+        if min(self.std) <= 0:
+            raise ValueError(f"aug.std must be positive, got {list(self.std)}")
+        for name in ("mixup_prob", "mixup_switch_prob", "erasing_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"aug.{name} must be in [0, 1], got {value}")
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches carry soft targets (mixup or cutmix is on)."""
+        return self.mixup > 0 or self.cutmix > 0
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how clips are sampled, decoded, augmented and batched.
+
+    train / val: shard folders, each holding manifest.json (several folders are concatenated).
+    num_frames: frames per clip (T). sampling: "dense" (T frames every frame_stride frames) or
+      "segment" (TSN: one frame in each of T equal segments). frame_stride: frames (dense only).
+    crop_size: output height and width in pixels. short_side: evaluation resize of the short side
+      in pixels before cropping (0 = crop_size).
+    batch_size: rows per batch per rank (a row is one augmented view; with repeated_aug = R each
+      batch holds batch_size / R decoded clips). eval_batch_size: rows per evaluation batch (0 = batch_size).
+    workers: loader worker processes per rank (0 = in the main process).
+    decoder: frame decoder; "auto" picks the fastest installed CPU decoder.
+    shuffle_buffer: samples held by each worker's shuffle buffer (1 = no shuffling inside a shard).
+    resampled: draw shards with replacement (an epoch is then a fixed number of samples).
+    test_clips: temporal views per evaluation video; test_crops: spatial views (1 = centre, 3 = along
+      the long side).
+    """
+
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    num_frames: int = 16
+    sampling: Literal["dense", "segment"] = "dense"
+    frame_stride: int = 4
+    crop_size: int = 224
+    short_side: int = 0
+    batch_size: int = 8
+    eval_batch_size: int = 0
+    workers: int = 2
+    decoder: DecoderName = "auto"
+    shuffle_buffer: int = 256
+    resampled: bool = False
+    test_clips: int = 1
+    test_crops: int = 1
+    aug: AugConfig = field(default_factory=AugConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "frame_stride", "crop_size", "batch_size", "shuffle_buffer", "test_clips"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("workers", "short_side", "eval_batch_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if self.test_crops not in (1, 3):
+            raise ValueError(f"data.test_crops must be 1 or 3, got {self.test_crops}")
+        if self.batch_size % self.aug.repeated_aug:
+            raise ValueError(
+                f"data.batch_size ({self.batch_size}) must be divisible by data.aug.repeated_aug "
+                f"({self.aug.repeated_aug})"
+            )
+
+    @property
+    def clips_per_batch(self) -> int:
+        """Decoded clips (stream samples) per training batch."""
+        return self.batch_size // self.aug.repeated_aug
+
+    @property
+    def eval_rows(self) -> int:
+        """Rows per evaluation batch."""
+        return self.eval_batch_size or self.batch_size
+
+    @property
+    def eval_short_side(self) -> int:
+        """Short side in pixels that evaluation frames are resized to before cropping."""
+        return self.short_side or self.crop_size

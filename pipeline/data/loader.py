@@ -1,0 +1,335 @@
+"""Training and evaluation loaders: webdataset shards -> sampled, decoded, augmented batches.
+
+Each worker runs one visible list of stages (see `TrainStream.stages`):
+
+    shard slices of this (rank, worker) -> read tar samples -> shuffle buffer -> number / skip
+    -> sample frame indices + decode -> augment -> batch (+ mixup)
+
+Batches are dicts: `video` float (B, C, T, H, W) normalised, `label` (B,) long or (B, K) soft
+targets under mixup/cutmix, `key` list[str], `view` (B,) long (training: the repeated-augmentation
+index; evaluation: the clip x crop view index, -1 on padding rows).
+
+The TrainLoader advances itself: iterating it yields the rest of the current epoch, and once an
+epoch is complete the next iteration starts the next epoch (`set_epoch` jumps explicitly).
+`state()` is what has been consumed up to the last batch yielded; a loader built with that state
+yields exactly the batches the uninterrupted loader would have yielded next.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.data.config import DataConfig
+from pipeline.data.manifest import ShardSet, load_shard_set
+from pipeline.data.plan import EvalPlan, ShardSlice, TrainPlan, batches_of_worker, derive_seed, make_rng
+from pipeline.data.plan import shard_order, slice_stream
+from pipeline.data.stream import (
+    AppendPadding,
+    AugmentClips,
+    BatchEval,
+    BatchTrain,
+    DecodeClips,
+    EvalViews,
+    NumberAndSkip,
+    ReadShardSlices,
+    SliceSource,
+    TakeFirst,
+)
+from pipeline.data.transforms import EvalTransform, TrainTransform, should_flip
+
+log = logging.getLogger(__name__)
+SHUFFLE_TAG, RESAMPLE_TAG = 3, 4
+
+
+@dataclass
+class LoaderState:
+    """The loader's position, saved in every checkpoint: epoch, stream samples this rank consumed in it, seed."""
+
+    epoch: int = 0
+    samples_consumed: int = 0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """A plain dict for the checkpoint's client state."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoaderState:
+        """Rebuild a state saved by `to_dict`; a missing key or a non-integer value is an error naming it."""
+        values = {}
+        for name in ("epoch", "samples_consumed", "seed"):
+            value = data.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"loader state key '{name}' must be a non-negative int, got {value!r}")
+            values[name] = value
+        return cls(**values)
+
+
+class ResampledShards:
+    """An endless stream of whole-shard slices drawn with replacement from the (seed, epoch, rank, worker) generator."""
+
+    def __init__(self, shard_set: ShardSet, seed_parts: tuple[int, ...]) -> None:
+        self.shards, self.seed_parts = shard_set.shards, seed_parts
+
+    def __call__(self) -> Iterator[ShardSlice]:
+        rng = make_rng(*self.seed_parts, RESAMPLE_TAG)
+        while True:
+            shard = self.shards[int(rng.integers(len(self.shards)))]
+            yield ShardSlice(shard.path, 0, shard.num_samples)
+
+
+class TrainStream(IterableDataset):
+    """One epoch of one rank from batch `start_batch` on; each DataLoader worker runs its own stages."""
+
+    def __init__(
+        self, cfg: DataConfig, shard_set: ShardSet, plan: TrainPlan, rank: int, seed: int, epoch: int, start_batch: int
+    ) -> None:
+        super().__init__()
+        self.cfg, self.shard_set, self.plan = cfg, shard_set, plan
+        self.rank, self.seed, self.epoch, self.start_batch = rank, seed, epoch, start_batch
+        self.flip = all(should_flip(cfg.aug, name) for name in shard_set.datasets)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        # Rotation: physical worker p plays logical worker (start_batch + p) % K, so that the
+        # DataLoader's round-robin over workers starts with batch `start_batch`.
+        worker = (self.start_batch + (info.id if info else 0)) % self.plan.workers
+        return iter(wds.DataPipeline(*self.stages(worker)))
+
+    def source(self, worker: int) -> Any:
+        """The shard slices logical `worker` reads this epoch (endless when resampled)."""
+        seed_parts = (self.seed, self.epoch, self.rank, worker)
+        if self.cfg.resampled:
+            return ResampledShards(self.shard_set, seed_parts)
+        order = [self.shard_set.shards[i] for i in shard_order(len(self.shard_set.shards), self.seed, self.epoch)]
+        return SliceSource(slice_stream(order, *self.plan.worker_span(self.rank, worker)))
+
+    def stages(self, worker: int) -> list[Any]:
+        """The stage list of logical `worker`."""
+        cfg, plan = self.cfg, self.plan
+        seed_parts = (self.seed, self.epoch, self.rank, worker)
+        done = batches_of_worker(self.start_batch, plan.workers, worker)
+        shuffle_rng = random.Random(derive_seed(*seed_parts, SHUFFLE_TAG))
+        return [
+            self.source(worker),
+            ReadShardSlices(),
+            wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=shuffle_rng),
+            TakeFirst(plan.worker_samples(worker)),
+            NumberAndSkip(done * plan.clips_per_batch),
+            DecodeClips(
+                cfg.decoder, cfg.sampling, cfg.num_frames, cfg.frame_stride, self.shard_set.num_classes, seed_parts
+            ),
+            AugmentClips(TrainTransform(cfg, self.flip), seed_parts),
+            BatchTrain(
+                plan.clips_per_batch,
+                (3, cfg.num_frames, cfg.crop_size, cfg.crop_size),
+                self.shard_set.num_classes,
+                cfg.aug,
+                seed_parts,
+                first_batch=worker + done * plan.workers,
+                batch_step=plan.workers,
+            ),
+        ]
+
+
+class BadSampleLog:
+    """Counts failed samples and logs each key once (with its reason) in the main process."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.logged: set[str] = set()
+
+    def add(self, bad: list[tuple[str, str]]) -> None:
+        """Count and log the failed samples reported by one batch."""
+        for key, reason in bad:
+            self.count += 1
+            if key not in self.logged:
+                self.logged.add(key)
+                log.warning("skipped sample %s: %s", key, reason)
+
+
+def make_dataloader(dataset: IterableDataset, workers: int) -> DataLoader:
+    """A DataLoader over a stream that batches inside its workers (in-order round-robin over workers)."""
+    return DataLoader(
+        dataset, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None, in_order=True
+    )
+
+
+class TrainLoader:
+    """Batches of one epoch per iteration; see the module docstring for epochs, state and resume."""
+
+    def __init__(self, cfg: DataConfig, shard_set: ShardSet, rank: int, world_size: int, seed: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.cfg, self.shard_set, self.rank, self.seed = cfg, shard_set, rank, seed
+        self.plan = TrainPlan(shard_set.total, world_size, cfg.clips_per_batch, max(1, cfg.workers))
+        if self.plan.steps_per_epoch == 0:
+            raise ValueError(
+                f"data.train holds {shard_set.total} samples: fewer than one batch per rank "
+                f"(world size {world_size} x {cfg.clips_per_batch} clips per batch)"
+            )
+        self.epoch, self.consumed = 0, 0
+        self._bad = BadSampleLog()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per epoch, equal on every rank."""
+        return self.plan.steps_per_epoch
+
+    @property
+    def num_classes(self) -> int:
+        """Classes in the manifests' label map."""
+        return self.shard_set.num_classes
+
+    @property
+    def bad_samples(self) -> int:
+        """Samples skipped because they failed to read, decode or augment (since this loader was built)."""
+        return self._bad.count
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def restore(self, state: LoaderState) -> None:
+        """Continue from a saved state (its seed replaces the one given at build time)."""
+        if state.samples_consumed > self.plan.samples_per_rank or state.samples_consumed % self.plan.clips_per_batch:
+            raise ValueError(
+                f"loader state samples_consumed={state.samples_consumed} does not fit this run's plan "
+                f"({self.plan.samples_per_rank} per epoch in batches of {self.plan.clips_per_batch} clips): "
+                "the data, world size or batch size changed"
+            )
+        if state.seed != self.seed:
+            log.warning("resuming the data stream with the checkpoint's seed %d (not %d)", state.seed, self.seed)
+        self.epoch, self.consumed, self.seed = state.epoch, state.samples_consumed, state.seed
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to the start of `epoch` (no-op when already in it)."""
+        if epoch != self.epoch:
+            self.epoch, self.consumed = epoch, 0
+
+    def state(self) -> LoaderState:
+        """What has been consumed up to the last batch yielded (a finished epoch reads as the next one's start)."""
+        if self.consumed >= self.plan.samples_per_rank:
+            return LoaderState(self.epoch + 1, 0, self.seed)
+        return LoaderState(self.epoch, self.consumed, self.seed)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        current = self.state()
+        self.epoch, self.consumed = current.epoch, current.samples_consumed
+        start = self.consumed // self.plan.clips_per_batch
+        stream = TrainStream(self.cfg, self.shard_set, self.plan, self.rank, self.seed, self.epoch, start)
+        for batch in make_dataloader(stream, self.cfg.workers):
+            self._bad.add(batch.pop("bad"))
+            self.consumed += self.plan.clips_per_batch
+            yield batch
+        if self.consumed != self.plan.samples_per_rank:
+            raise RuntimeError(
+                f"rank {self.rank} epoch {self.epoch} ended after {self.consumed} samples, "
+                f"planned {self.plan.samples_per_rank}: a shard changed since its manifest was written?"
+            )
+
+
+class EvalStream(IterableDataset):
+    """The evaluation samples of one rank; each DataLoader worker reads its share of the slots."""
+
+    def __init__(self, cfg: DataConfig, shard_set: ShardSet, plan: EvalPlan, rank: int) -> None:
+        super().__init__()
+        self.cfg, self.shard_set, self.plan, self.rank = cfg, shard_set, plan, rank
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        return iter(wds.DataPipeline(*self.stages(info.id if info else 0)))
+
+    def stages(self, worker: int) -> list[Any]:
+        """The stage list of `worker`."""
+        cfg = self.cfg
+        begin, end, padding = self.plan.worker_span(self.rank, worker)
+        views = cfg.test_clips * cfg.test_crops
+        return [
+            SliceSource(slice_stream(self.shard_set.shards, begin, end)),
+            ReadShardSlices(),
+            NumberAndSkip(0),
+            AppendPadding(padding),
+            DecodeClips(
+                cfg.decoder,
+                cfg.sampling,
+                cfg.num_frames,
+                cfg.frame_stride,
+                self.shard_set.num_classes,
+                None,
+                cfg.test_clips,
+            ),
+            EvalViews(EvalTransform(cfg), cfg.num_frames),
+            BatchEval(cfg.eval_rows, views, (3, cfg.num_frames, cfg.crop_size, cfg.crop_size)),
+        ]
+
+
+class EvalLoader:
+    """Every validation sample's clips x crops views, each sample on exactly one rank.
+
+    Every rank yields `steps` batches of exactly `eval_rows` rows; rows with view == -1 are padding
+    (or a sample that failed to decode) and must be left out of metrics. A video's views may span
+    batches: average its predictions by `key`, then sum correct/total over ranks.
+    """
+
+    def __init__(self, cfg: DataConfig, shard_set: ShardSet, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.cfg, self.shard_set, self.rank = cfg, shard_set, rank
+        self.plan = EvalPlan(shard_set.total, world_size, max(1, cfg.workers))
+        self._bad = BadSampleLog()
+
+    @property
+    def steps(self) -> int:
+        """Batches per pass, equal on every rank."""
+        return self.plan.batches_per_rank(self.cfg.test_clips * self.cfg.test_crops, self.cfg.eval_rows)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes in the manifests' label map."""
+        return self.shard_set.num_classes
+
+    @property
+    def bad_samples(self) -> int:
+        """Samples that failed to read or decode (their rows came back as padding)."""
+        return self._bad.count
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in make_dataloader(EvalStream(self.cfg, self.shard_set, self.plan, self.rank), self.cfg.workers):
+            self._bad.add(batch.pop("bad"))
+            yield batch
+
+
+def build_train_loader(
+    cfg: DataConfig, *, rank: int, world_size: int, seed: int, state: LoaderState | None = None
+) -> TrainLoader:
+    """The training loader of `rank`, continuing from `state` when given (exact resume)."""
+    shard_set = load_shard_set(cfg.train)
+    if cfg.decoder == "dali":
+        from pipeline.data.dali import DaliTrainLoader
+
+        loader: TrainLoader = DaliTrainLoader(cfg, shard_set, rank, world_size, seed)
+    else:
+        loader = TrainLoader(cfg, shard_set, rank, world_size, seed)
+    if state is not None:
+        loader.restore(state)
+    return loader
+
+
+def build_eval_loader(cfg: DataConfig, *, rank: int, world_size: int) -> EvalLoader:
+    """The evaluation loader of `rank` (every sample's views on exactly one rank, equal batch counts)."""
+    shard_set = load_shard_set(cfg.val)
+    if cfg.decoder == "dali":
+        from pipeline.data.dali import DaliEvalLoader
+
+        return DaliEvalLoader(cfg, shard_set, rank, world_size)
+    return EvalLoader(cfg, shard_set, rank, world_size)

@@ -1,0 +1,132 @@
+"""How an epoch's samples are cut between ranks and workers: pure arithmetic on manifest counts.
+
+Training epoch e (not resampled):
+1. the shards are put in a random order drawn from (seed, epoch), and their samples concatenated
+   into one stream of N positions;
+2. every rank gets the same number of whole batches, steps = N // (world_size * clips_per_batch),
+   as one contiguous range of that stream (rank r: [r * S, (r + 1) * S), S = steps * clips_per_batch);
+   the N - world_size * S samples left over (fewer than one batch per rank) sit out this epoch only:
+   the next epoch's shard order leaves out others;
+3. inside a rank, batch j is made by logical worker j % K (K = max(1, workers)), so worker k owns
+   batches k, k + K, ... and reads the contiguous part of the rank's range that holds them.
+   The DataLoader takes batches from its workers round-robin, which restores the order 0, 1, 2, ...
+
+Resuming at batch j rotates the workers (physical worker p plays logical worker (j + p) % K) so the
+round-robin starts with batch j; each logical worker skips its batches before j after shuffling.
+
+Evaluation: rank r gets samples [r * N // W, (r + 1) * N // W) in manifest order; every rank is
+given ceil(N / W) slots so that all ranks run the same number of batches, the missing ones padded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.data.manifest import ShardInfo
+
+
+def make_rng(*parts: int) -> np.random.Generator:
+    """A generator seeded by a tuple of non-negative ints, e.g. (seed, epoch, rank, worker, position)."""
+    return np.random.default_rng(np.random.SeedSequence([int(p) for p in parts]))
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit integer seed derived from a tuple of non-negative ints (for `random.Random`)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class ShardSlice:
+    """Samples [start, stop) of one shard, in tar order."""
+
+    path: str
+    start: int
+    stop: int
+
+
+def shard_order(num_shards: int, seed: int, epoch: int) -> list[int]:
+    """The shard permutation of one epoch."""
+    return [int(i) for i in make_rng(seed, epoch, 0x5A4D).permutation(num_shards)]
+
+
+def slice_stream(shards: Sequence[ShardInfo], begin: int, end: int) -> list[ShardSlice]:
+    """The shard slices that hold positions [begin, end) of the concatenation of `shards`."""
+    slices, offset = [], 0
+    for shard in shards:
+        lo, hi = max(begin, offset), min(end, offset + shard.num_samples)
+        if lo < hi:
+            slices.append(ShardSlice(shard.path, lo - offset, hi - offset))
+        offset += shard.num_samples
+    return slices
+
+
+def batches_of_worker(num_batches: int, workers: int, worker: int) -> int:
+    """How many of batches 0 .. num_batches - 1 belong to `worker` (batch j belongs to j % workers)."""
+    return len(range(worker, num_batches, workers))
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """The cut of one training epoch; see the module docstring."""
+
+    total: int
+    world_size: int
+    clips_per_batch: int
+    workers: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per rank per epoch (equal on every rank)."""
+        return self.total // (self.world_size * self.clips_per_batch)
+
+    @property
+    def samples_per_rank(self) -> int:
+        """Stream samples each rank consumes per epoch."""
+        return self.steps_per_epoch * self.clips_per_batch
+
+    def worker_samples(self, worker: int) -> int:
+        """Stream samples logical worker `worker` reads per epoch."""
+        return batches_of_worker(self.steps_per_epoch, self.workers, worker) * self.clips_per_batch
+
+    def worker_span(self, rank: int, worker: int) -> tuple[int, int]:
+        """Positions [begin, end) of the epoch's shuffled-shard stream that (rank, worker) reads."""
+        begin = rank * self.samples_per_rank + sum(self.worker_samples(k) for k in range(worker))
+        return begin, begin + self.worker_samples(worker)
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """The cut of an evaluation pass; see the module docstring."""
+
+    total: int
+    world_size: int
+    workers: int
+
+    @property
+    def slots_per_rank(self) -> int:
+        """Samples (real or padding) each rank handles."""
+        return math.ceil(self.total / self.world_size)
+
+    def worker_slots(self, worker: int) -> tuple[int, int]:
+        """Slots [begin, end) of the rank's slots that `worker` handles (the same on every rank)."""
+        slots = self.slots_per_rank
+        return worker * slots // self.workers, (worker + 1) * slots // self.workers
+
+    def worker_span(self, rank: int, worker: int) -> tuple[int, int, int]:
+        """(begin, end, padding): real stream positions of (rank, worker), then how many slots are padding."""
+        rank_begin = rank * self.total // self.world_size
+        rank_end = (rank + 1) * self.total // self.world_size
+        lo, hi = self.worker_slots(worker)
+        begin, end = min(rank_begin + lo, rank_end), min(rank_begin + hi, rank_end)
+        return begin, end, (hi - lo) - (end - begin)
+
+    def batches_per_rank(self, views_per_sample: int, rows_per_batch: int) -> int:
+        """Evaluation batches every rank yields."""
+        return sum(
+            math.ceil((hi - lo) * views_per_sample / rows_per_batch)
+            for lo, hi in (self.worker_slots(k) for k in range(self.workers))
+        )

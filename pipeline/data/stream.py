@@ -1,0 +1,335 @@
+"""The loader's stages: small picklable callables, each mapping an iterator of dicts to another.
+
+A stream item is a dict. Samples read from a tar carry webdataset's members (`__key__`, `mp4` or
+`webm` or `mkv`, `json`, `cls`); an item that failed anywhere carries `__error__` (a one-line
+reason) instead and keeps its place in the stream, so positions, batch boundaries and the resume
+point never depend on which samples were corrupt. Each stage can be run on a plain list.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from pipeline.data.config import AugConfig
+from pipeline.data.decoders import FrameDecoder, build_decoder
+from pipeline.data.manifest import sample_offsets
+from pipeline.data.plan import ShardSlice, make_rng
+from pipeline.data.sampling import Sampling, eval_indices, train_indices
+from pipeline.data.transforms import EvalTransform, TrainTransform, mix_batch
+
+VIDEO_EXTS = ("mp4", "webm", "mkv")
+Item = dict[str, Any]
+
+# Tags that keep the generators of different stages of one sample independent.
+SAMPLE_TAG, BATCH_TAG = 1, 2
+
+
+def bad_item(key: str, reason: str) -> Item:
+    """A placeholder for a sample that could not be used; it still occupies its stream position."""
+    return {"__key__": key, "__error__": reason}
+
+
+def one_line(err: BaseException) -> str:
+    """`Type: first line of the message` of an exception."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+class SliceSource:
+    """The first stage: the fixed list of shard slices a worker reads."""
+
+    def __init__(self, slices: list[ShardSlice]) -> None:
+        self.slices = slices
+
+    def __call__(self) -> Iterator[ShardSlice]:
+        return iter(self.slices)
+
+
+class ReadShardSlices:
+    """ShardSlice items -> raw samples, exactly `stop - start` items per slice.
+
+    A slice that starts inside a shard seeks straight to its first sample (offsets from a header-only
+    scan). A shard that ends early or breaks off yields error items for its missing samples.
+    """
+
+    def __call__(self, slices: Iterable[ShardSlice]) -> Iterator[Item]:
+        for piece in slices:
+            produced = 0
+            try:
+                for sample in self._read(piece):
+                    yield sample
+                    produced += 1
+            except (OSError, tarfile.TarError, ValueError, EOFError) as err:
+                reason = f"shard {piece.path} broke off after sample {piece.start + produced}: {err}"
+            else:
+                reason = f"shard {piece.path} has fewer samples than its manifest says"
+            for position in range(piece.start + produced, piece.stop):
+                yield bad_item(f"{piece.path}#{position}", reason)
+
+    @staticmethod
+    def _read(piece: ShardSlice) -> Iterator[Item]:
+        with open(piece.path, "rb") as stream:
+            if piece.start:
+                stream.seek(sample_offsets(piece.path)[piece.start])
+            files = ({**f, "__url__": piece.path} for f in tar_file_iterator(stream))
+            for count, sample in enumerate(group_by_keys(files)):
+                if count == piece.stop - piece.start:
+                    return
+                yield sample
+
+
+class NumberAndSkip:
+    """Stamp each item with its position in this worker's epoch stream, then drop the first `skip`.
+
+    Skipping happens after the shuffle and before decoding: a resumed worker re-reads the shard bytes
+    of what it already delivered but decodes none of it.
+    """
+
+    def __init__(self, skip: int = 0) -> None:
+        self.skip = skip
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        for position, item in enumerate(items):
+            if position >= self.skip:
+                item["__pos__"] = position
+                yield item
+
+
+def read_label(sample: Item, meta: dict) -> int:
+    """The class index of a sample: its `.cls` member, else the json's `label`."""
+    if "cls" in sample:
+        return int(sample["cls"].decode("utf-8").strip())
+    return int(meta["label"])
+
+
+def video_member(sample: Item) -> bytes:
+    """The encoded video of a sample, whatever its container suffix."""
+    for ext in VIDEO_EXTS:
+        if ext in sample:
+            return sample[ext]
+    raise KeyError(f"no video member (one of {', '.join(VIDEO_EXTS)}) in sample")
+
+
+class DecodeClips:
+    """Raw samples -> decoded clips: `frames` (views x T, H, W, 3) uint8, `indices`, `label`, `num_views`.
+
+    Training draws one clip's frame indices from the sample's generator (seed parts + position);
+    evaluation takes `test_clips` fixed clips. Any failure becomes an error item naming the key.
+    """
+
+    def __init__(
+        self,
+        decoder: str,
+        sampling: Sampling,
+        num_frames: int,
+        stride: int,
+        num_classes: int,
+        seed_parts: tuple[int, ...] | None,
+        test_clips: int = 1,
+    ) -> None:
+        self.decoder_name, self.sampling, self.num_frames, self.stride = decoder, sampling, num_frames, stride
+        self.num_classes, self.seed_parts, self.test_clips = num_classes, seed_parts, test_clips
+        self._decoder: FrameDecoder | None = None
+
+    def clip_indices(self, num_video_frames: int, position: int) -> list[list[int]]:
+        """Frame indices of each clip to decode for the sample at `position`."""
+        if self.seed_parts is None:
+            return eval_indices(self.sampling, num_video_frames, self.num_frames, self.stride, self.test_clips)
+        rng = make_rng(*self.seed_parts, position, SAMPLE_TAG)
+        return [train_indices(self.sampling, num_video_frames, self.num_frames, self.stride, rng)]
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        for item in items:
+            if "__error__" in item or item.get("__pad__"):
+                yield item
+                continue
+            try:
+                yield self.decode(item)
+            except Exception as err:  # the policy: any failure on one sample drops that sample only
+                yield {**bad_item(item["__key__"], one_line(err)), "__pos__": item["__pos__"]}
+
+    def decode(self, item: Item) -> Item:
+        """Decode one raw sample; raises on anything wrong with it."""
+        if self._decoder is None:
+            self._decoder = build_decoder(self.decoder_name)
+        meta = json.loads(item["json"])
+        label = read_label(item, meta)
+        if not 0 <= label < self.num_classes and self.seed_parts is not None:
+            raise ValueError(f"label {label} outside [0, {self.num_classes})")
+        clips = self.clip_indices(int(meta["num_frames"]), item["__pos__"])
+        flat = [i for clip in clips for i in clip]
+        frames = self._decoder.decode(video_member(item), flat)
+        return {
+            "__key__": item["__key__"],
+            "__pos__": item["__pos__"],
+            "label": label,
+            "frames": frames,
+            "indices": clips,
+            "dataset": meta.get("dataset", ""),
+        }
+
+
+class AugmentClips:
+    """Decoded clips -> `views`: the TrainTransform's views, from the sample's own generator."""
+
+    def __init__(self, transform: TrainTransform, seed_parts: tuple[int, ...]) -> None:
+        self.transform, self.seed_parts = transform, seed_parts
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        for item in items:
+            if "__error__" in item:
+                yield item
+                continue
+            rng = make_rng(*self.seed_parts, item["__pos__"], SAMPLE_TAG, 1)
+            frames = item.pop("frames")
+            try:
+                item["views"] = self.transform(frames, rng)
+            except Exception as err:  # e.g. a frame too small to crop: drop the sample, keep the run
+                item = {**bad_item(item["__key__"], f"augmentation: {one_line(err)}"), "__pos__": item["__pos__"]}
+            yield item
+
+
+class EvalViews:
+    """Decoded test clips -> `views` (clips x crops), and `view_ids` numbering them clip-major."""
+
+    def __init__(self, transform: EvalTransform, num_frames: int) -> None:
+        self.transform, self.num_frames = transform, num_frames
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        for item in items:
+            if "__error__" in item or item.get("__pad__"):
+                yield item
+                continue
+            frames = item.pop("frames")
+            views = []
+            for clip in frames.split(self.num_frames):
+                views += self.transform(clip)
+            item["views"] = views
+            yield item
+
+
+def collate_rows(rows: list[tuple[torch.Tensor, int, str, int]]) -> dict[str, Any]:
+    """(view, label, key, view id) rows -> the batch dict (video (B, C, T, H, W), label, key, view)."""
+    return {
+        "video": torch.stack([r[0] for r in rows]),
+        "label": torch.tensor([r[1] for r in rows], dtype=torch.long),
+        "key": [r[2] for r in rows],
+        "view": torch.tensor([r[3] for r in rows], dtype=torch.long),
+    }
+
+
+class AppendPadding:
+    """Pass the stream through, then add `count` padding items (evaluation slots with no sample)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        yield from items
+        for _ in range(self.count):
+            yield {"__key__": "", "__pad__": True}
+
+
+class TakeFirst:
+    """Keep the first `count` items (ends a resampled worker's endless stream)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        for position, item in enumerate(items):
+            if position == self.count:
+                return
+            yield item
+
+
+class BatchTrain:
+    """Augmented clips -> training batches of exactly `clips_per_batch` stream positions each.
+
+    A failed item leaves its rows out (the batch is that much smaller) and is reported in the batch's
+    `bad` list of (key, reason); so every worker yields its planned number of batches whatever fails.
+    Under mixup/cutmix the batch is mixed with a generator drawn from (seed parts, batch index).
+    """
+
+    def __init__(
+        self,
+        clips_per_batch: int,
+        row_shape: tuple[int, ...],
+        num_classes: int,
+        aug: AugConfig,
+        seed_parts: tuple[int, ...],
+        first_batch: int,
+        batch_step: int,
+    ) -> None:
+        self.clips_per_batch, self.row_shape, self.num_classes, self.aug = clips_per_batch, row_shape, num_classes, aug
+        self.seed_parts, self.first_batch, self.batch_step = seed_parts, first_batch, batch_step
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
+        group: list[Item] = []
+        batch_index = self.first_batch
+        for item in items:
+            group.append(item)
+            if len(group) == self.clips_per_batch:
+                yield self.collate(group, batch_index)
+                group, batch_index = [], batch_index + self.batch_step
+
+    def collate(self, group: list[Item], batch_index: int) -> dict[str, Any]:
+        """One batch from a group of items; `batch_index` is the batch's index in the rank's epoch."""
+        rows = [
+            (view, item["label"], item["__key__"], r)
+            for item in group
+            if "__error__" not in item
+            for r, view in enumerate(item["views"])
+        ]
+        batch = collate_rows(rows) if rows else empty_batch(self.row_shape)
+        if self.aug.mixes:
+            rng = make_rng(*self.seed_parts, batch_index, BATCH_TAG)
+            batch["video"], batch["label"] = mix_batch(batch["video"], batch["label"], self.num_classes, self.aug, rng)
+        batch["bad"] = [(item["__key__"], item["__error__"]) for item in group if "__error__" in item]
+        return batch
+
+
+class BatchEval:
+    """Test views -> batches of exactly `rows_per_batch` rows; padding and failed samples give rows with view -1.
+
+    Each sample contributes `views_per_sample` rows (real or padding), so the number of batches depends
+    only on the plan and is the same on every rank.
+    """
+
+    def __init__(self, rows_per_batch: int, views_per_sample: int, row_shape: tuple[int, ...]) -> None:
+        self.rows_per_batch, self.views_per_sample, self.row_shape = rows_per_batch, views_per_sample, row_shape
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
+        rows: list[tuple[torch.Tensor, int, str, int]] = []
+        bad: list[tuple[str, str]] = []
+        padding = (torch.zeros(self.row_shape), -1, "", -1)
+        for item in items:
+            if "views" in item:
+                rows += [(view, item["label"], item["__key__"], v) for v, view in enumerate(item["views"])]
+            else:
+                rows += [padding] * self.views_per_sample
+                if "__error__" in item:
+                    bad.append((item["__key__"], item["__error__"]))
+            while len(rows) >= self.rows_per_batch:
+                yield {**collate_rows(rows[: self.rows_per_batch]), "bad": bad}
+                rows, bad = rows[self.rows_per_batch :], []
+        if rows:
+            rows += [padding] * (self.rows_per_batch - len(rows))
+            yield {**collate_rows(rows), "bad": bad}
+
+
+def empty_batch(row_shape: tuple[int, ...]) -> dict[str, Any]:
+    """A batch with no rows (every sample of its group failed)."""
+    return {
+        "video": torch.zeros((0, *row_shape)),
+        "label": torch.zeros(0, dtype=torch.long),
+        "key": [],
+        "view": torch.zeros(0, dtype=torch.long),
+    }

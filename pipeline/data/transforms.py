@@ -1,0 +1,186 @@
+"""Clip augmentation and batch mixing in plain torch.
+
+Decoders give uint8 frames (T, H, W, 3); the transforms here turn them into normalised float
+clips (C, T, S, S). Every random choice comes from the numpy generator passed in, so a sample's
+views depend only on (seed, epoch, its place in the stream), never on the process that made them.
+Spatial choices (crop box, flip, RandAugment op, erased box) are drawn once per view and applied to
+every frame, so motion between frames is never distorted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.data.config import AugConfig, DataConfig
+from pipeline.data.randaugment import rand_augment
+from pipeline.data.sampling import eval_crop_boxes
+
+# Datasets whose labels name left and right: a horizontal flip would change the class.
+NO_FLIP_DATASETS = frozenset({"ssv2"})
+
+
+def should_flip(aug: AugConfig, dataset: str) -> bool:
+    """Whether training flips horizontally: the explicit setting, else on except for NO_FLIP_DATASETS."""
+    if aug.flip is not None:
+        return aug.flip
+    return dataset not in NO_FLIP_DATASETS
+
+
+def random_resized_crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a crop covering a random area fraction in `scale` with aspect in `ratio`.
+
+    Like the usual RandomResizedCrop: ten tries to fit a random box, then a centre crop with the
+    aspect ratio clamped into range.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def to_float_clip(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (T, 3, H, W) in [0, 255]."""
+    return frames.permute(0, 3, 1, 2).float()
+
+
+def resize(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of a (T, 3, H, W) clip, antialiased when shrinking."""
+    if clip.shape[-2:] == (height, width):
+        return clip
+    return F.interpolate(clip, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+
+
+def normalise(clip: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(T, 3, H, W) in [0, 255] -> (C, T, H, W) normalised with mean/std given in [0, 1] units."""
+    m = clip.new_tensor(mean).view(1, 3, 1, 1) * 255.0
+    s = clip.new_tensor(std).view(1, 3, 1, 1) * 255.0
+    return ((clip - m) / s).permute(1, 0, 2, 3).contiguous()
+
+
+def erase_box(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random erasing on a normalised (C, T, H, W) clip: one box filled with noise, the same on every frame.
+
+    Box area is 2%-33% of the frame and its aspect ratio 0.3-3.3, as in the usual RandomErasing.
+    """
+    height, width = clip.shape[-2:]
+    for _ in range(10):
+        area = height * width * rng.uniform(0.02, 1 / 3)
+        aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+        h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < h < height and 0 < w < width:
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            # One noise patch shared by all frames: a static occluder, not flicker that reads as motion.
+            noise = torch.from_numpy(rng.standard_normal((clip.shape[0], 1, h, w), dtype=np.float32))
+            clip = clip.clone()
+            clip[:, :, top : top + h, left : left + w] = noise
+            return clip
+    return clip
+
+
+class TrainTransform:
+    """Decoded frames -> `repeated_aug` independently augmented, normalised views (C, T, S, S).
+
+    Per view: random resized crop (scale jitter) resized to crop_size, horizontal flip if enabled,
+    RandAugment, normalisation, random erasing.
+    """
+
+    def __init__(self, cfg: DataConfig, flip: bool) -> None:
+        self.aug, self.size, self.flip = cfg.aug, cfg.crop_size, flip
+
+    def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> list[torch.Tensor]:
+        """Augment one decoded clip (T, H, W, 3) uint8 into its views."""
+        aug = self.aug
+        clip = to_float_clip(frames)
+        _, _, height, width = clip.shape
+        views = []
+        for _ in range(aug.repeated_aug):
+            top, left, h, w = random_resized_crop_box(height, width, aug.scale, aug.ratio, rng)
+            view = resize(clip[:, :, top : top + h, left : left + w], self.size, self.size)
+            if self.flip and rng.random() < 0.5:
+                view = view.flip(-1)
+            if aug.randaug_n > 0:
+                view = rand_augment(view, aug.randaug_n, aug.randaug_m, aug.randaug_mstd, rng)
+            view = normalise(view, aug.mean, aug.std)
+            if aug.erasing_prob > 0 and rng.random() < aug.erasing_prob:
+                view = erase_box(view, rng)
+            views.append(view)
+        return views
+
+
+class EvalTransform:
+    """Decoded frames of one test clip -> `test_crops` normalised views (C, T, S, S).
+
+    The short side is resized to `eval_short_side` (aspect kept), then 1 centre crop or 3 crops
+    along the long side are taken.
+    """
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.size, self.short_side, self.crops = cfg.crop_size, cfg.eval_short_side, cfg.test_crops
+        self.mean, self.std = cfg.aug.mean, cfg.aug.std
+
+    def __call__(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """Resize, crop and normalise one test clip (T, H, W, 3) uint8."""
+        clip = to_float_clip(frames)
+        _, _, height, width = clip.shape
+        scale = self.short_side / min(height, width)
+        new_h, new_w = max(self.size, round(height * scale)), max(self.size, round(width * scale))
+        clip = resize(clip, new_h, new_w)
+        views = []
+        for top, left in eval_crop_boxes(new_h, new_w, self.size, self.crops):
+            crop = clip[:, :, top : top + self.size, left : left + self.size]
+            views.append(normalise(crop, self.mean, self.std))
+        return views
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B,) long -> (B, K) float."""
+    return F.one_hot(labels, num_classes).float()
+
+
+def mix_batch(
+    video: torch.Tensor, labels: torch.Tensor, num_classes: int, aug: AugConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix a (B, C, T, H, W) batch with its reversed order; returns (video, soft targets (B, K)).
+
+    With probability 1 - mixup_prob the batch is left as is (targets are still one-hot rows, so the
+    label type never changes within a run). CutMix cuts the same box out of every frame and sets
+    lambda to the area actually kept.
+    """
+    targets = one_hot(labels, num_classes)
+    if rng.random() >= aug.mixup_prob or video.shape[0] < 2:
+        return video, targets
+    use_cutmix = aug.cutmix > 0 and (aug.mixup <= 0 or rng.random() < aug.mixup_switch_prob)
+    lam = float(rng.beta(aug.cutmix, aug.cutmix) if use_cutmix else rng.beta(aug.mixup, aug.mixup))
+    partner = video.flip(0)
+    if use_cutmix:
+        height, width = video.shape[-2:]
+        cut = math.sqrt(1.0 - lam)
+        ch, cw = int(height * cut), int(width * cut)
+        cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, height)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, width)
+        video = video.clone()
+        video[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+    else:
+        video = video * lam + partner * (1.0 - lam)
+    return video, targets * lam + targets.flip(0) * (1.0 - lam)

@@ -1,0 +1,228 @@
+"""StructSA (structural self-attention) and plain multi-head attention, with a literal reference.
+
+Fast form: the structure kernels HK / HV act on keys / values by a depthwise convolution with D
+outputs per channel (`k_conv`, `v_conv`: weight (C*D, 1, *kernel), output channel c*D + d holds
+HK[:, c, d] / HV[:, d, c]); the D convolved copies are stacked along the key axis and one fused
+scaled_dot_product_attention call computes the joint softmax over (key, d). `structsa_reference`
+evaluates the paper's two-stage definition literally (explicit neighbourhoods, correlation
+patterns and dynamic value kernels) and is only meant for small inputs in tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.models.spt_lsa import lsa_keep_mask
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    temperature: torch.Tensor | None = None,
+    keep_mask: torch.Tensor | None = None,
+    fused: bool = True,
+) -> torch.Tensor:
+    """softmax(q k^T * scale) v per head, scale = head_dim^-0.5 or the LSA temperature (h, 1, 1).
+
+    `fused` uses torch's scaled_dot_product_attention (flash / memory-efficient kernels, never
+    materialising the probability matrix); otherwise the matrix is built explicitly (for benches).
+    """
+    scale = None
+    if temperature is not None:
+        q = q * temperature
+        scale = 1.0
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep_mask, scale=scale)
+    logits = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if keep_mask is not None:
+        logits = logits.masked_fill(~keep_mask, float("-inf"))
+    return logits.softmax(dim=-1) @ v
+
+
+class MultiHeadAttention(nn.Module):
+    """Plain global self-attention over (B, N, C) tokens (the D = 0 / UniFormer baseline), LSA optional."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        lsa: bool = False,
+        fused_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            head_dim = dim // num_heads
+        self.num_heads, self.head_dim = num_heads, head_dim
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim)
+        self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), head_dim**-0.5)) if lsa else None
+        self.fused = fused_attention
+
+    def forward(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        """Attend over all tokens; `grid` is their layout (its product must equal N)."""
+        batch, tokens, _ = x.shape
+        if math.prod(grid) != tokens:
+            raise ValueError(f"token grid {tuple(grid)} does not hold {tokens} tokens")
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        mask = lsa_keep_mask((tokens,), device=x.device) if self.temperature is not None else None
+        y = attend(q, k, v, temperature=self.temperature, keep_mask=mask, fused=self.fused)
+        return self.proj(y.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class StructSA(nn.Module):
+    """Structural self-attention on a (T, H, W) or (H, W) token grid, fast (fused SDPA) form.
+
+    structure_dim D: number of structure detectors; kernel_size M per axis (odd); stride S of the
+    key/value convolution, spatial only for video ((1, S, S)). The k/v convolutions start at the
+    centre tap plus trunc-normal(0.02) noise: D near-identical copies of each key leave the softmax
+    unchanged, so a fresh StructSA starts close to plain attention.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        video: bool,
+        structure_dim: int = 4,
+        kernel_size: int = 3,
+        stride: int = 1,
+        qkv_bias: bool = True,
+        lsa: bool = False,
+        fused_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if structure_dim < 1 or kernel_size < 1 or kernel_size % 2 == 0 or stride < 1:
+            raise ValueError(
+                f"StructSA needs structure_dim >= 1, an odd kernel_size and stride >= 1, got "
+                f"structure_dim={structure_dim} kernel_size={kernel_size} stride={stride}"
+            )
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.structure_dim = structure_dim
+        ndim = 3 if video else 2
+        self.kernel = (kernel_size,) * ndim
+        self.stride = (1, stride, stride) if video else (stride, stride)
+        conv = nn.Conv3d if video else nn.Conv2d
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        depthwise = {"stride": self.stride, "padding": kernel_size // 2, "groups": dim, "bias": False}
+        self.k_conv = conv(dim, dim * structure_dim, kernel_size, **depthwise)
+        self.v_conv = conv(dim, dim * structure_dim, kernel_size, **depthwise)
+        self.proj = nn.Linear(dim, dim)
+        self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), self.head_dim**-0.5)) if lsa else None
+        self.fused = fused_attention
+        self.reset_structure_kernels()
+
+    def reset_structure_kernels(self) -> None:
+        """Centre-tap one-hot plus trunc-normal(0.02) noise for both structure convolutions."""
+        with torch.no_grad():
+            for conv in (self.k_conv, self.v_conv):
+                nn.init.trunc_normal_(conv.weight, std=0.02)
+                centre = (slice(None), 0, *(k // 2 for k in self.kernel))
+                conv.weight[centre] += 1.0
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project tokens to q, k, v, each (B, heads, N, head_dim)."""
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def _structured(self, conv: nn.Module, t: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        """(B, h, N, c) -> the D convolved copies stacked on the key axis: (B, h, D * N_kv, c)."""
+        batch, heads, _, head_dim = t.shape
+        maps = conv(t.transpose(2, 3).reshape(batch, heads * head_dim, *grid))
+        num_kv = math.prod(maps.shape[2:])
+        # channel heads*c + ch, copy d lives at output channel (head*c + ch) * D + d
+        maps = maps.reshape(batch, heads, head_dim, self.structure_dim, num_kv)
+        return maps.permute(0, 1, 3, 4, 2).reshape(batch, heads, self.structure_dim * num_kv, head_dim)
+
+    def keep_mask(self, grid: Sequence[int], device: torch.device) -> torch.Tensor | None:
+        """The LSA self mask over the stacked keys (None without LSA)."""
+        if self.temperature is None:
+            return None
+        return lsa_keep_mask(grid, self.stride, self.structure_dim, device=device)
+
+    def forward(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        """x (B, N, C) laid out on `grid` ((H, W) or (T, H, W)) -> (B, N, C)."""
+        batch, tokens, _ = x.shape
+        if len(grid) != len(self.kernel) or math.prod(grid) != tokens:
+            raise ValueError(f"StructSA({len(self.kernel)}-D) got grid {tuple(grid)} for {tokens} tokens")
+        q, k, v = self.qkv_heads(x)
+        k = self._structured(self.k_conv, k, grid)
+        v = self._structured(self.v_conv, v, grid)
+        mask = self.keep_mask(grid, x.device)
+        y = attend(q, k, v, temperature=self.temperature, keep_mask=mask, fused=self.fused)
+        return self.proj(y.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+def neighbourhoods(maps: torch.Tensor, kernel: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
+    """Zero-padded M-neighbourhoods of a (B, C, *grid) map at the strided centres: (B, C, N_kv, M)."""
+    pads: list[int] = []
+    for size in reversed(kernel):
+        pads += [size // 2, size // 2]
+    out = F.pad(maps, pads)
+    for axis, (size, step) in enumerate(zip(kernel, stride, strict=True)):
+        out = out.unfold(2 + axis, size, step)
+    ndim = len(kernel)
+    return out.flatten(2 + ndim).flatten(2, 1 + ndim)
+
+
+def structsa_reference(module: StructSA, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """The paper's literal StructSA with `module`'s weights (O(N^2 * M * C) memory: small inputs only).
+
+    a[i, j, d] = scale * sum_m sum_c q[i, c] K_j[m, c] HK[m, c, d]; softmax jointly over (j, d);
+    y[i, c] = sum_j sum_m (sum_d A[i, j, d] HV[m, d, c]) V_j[m, c].
+    """
+    batch, tokens, dim = x.shape
+    heads, head_dim, depth = module.num_heads, module.head_dim, module.structure_dim
+    q, k, v = module.qkv_heads(x)
+
+    def neighbourhood_heads(t: torch.Tensor) -> torch.Tensor:
+        maps = t.transpose(2, 3).reshape(batch, dim, *grid)
+        local = neighbourhoods(maps, module.kernel, module.stride)  # (B, C, N_kv, M)
+        return local.reshape(batch, heads, head_dim, *local.shape[2:]).permute(0, 1, 3, 4, 2)
+
+    k_local, v_local = neighbourhood_heads(k), neighbourhood_heads(v)  # (B, h, N_kv, M, c)
+    taps = k_local.shape[3]
+    hk = module.k_conv.weight.reshape(heads, head_dim, depth, taps)  # HK[m, c, d] per head
+    hv = module.v_conv.weight.reshape(heads, head_dim, depth, taps)  # HV[m, d, c] per head
+
+    # Stage 1: local patterns of the channel-wise query-key correlation, read by D detectors.
+    correlation = q[:, :, :, None, None, :] * k_local[:, :, None]  # (B, h, N, N_kv, M, c)
+    logits = torch.einsum("bhijmc,hcdm->bhijd", correlation, hk)
+    if module.temperature is None:
+        logits = logits * head_dim**-0.5
+    else:
+        logits = logits * module.temperature[..., None]
+        own = _reference_self_entries(grid, module.stride, x.device)
+        logits = logits.masked_fill(own[..., None], float("-inf"))
+    probs = logits.flatten(-2).softmax(dim=-1).reshape(logits.shape)
+
+    # Stage 2: each attended key contributes a dynamic kernel over its value neighbourhood.
+    value_kernels = torch.einsum("bhijd,hcdm->bhijmc", probs, hv)
+    y = torch.einsum("bhijmc,bhjmc->bhic", value_kernels, v_local)
+    return module.proj(y.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+def _reference_self_entries(grid: Sequence[int], stride: Sequence[int], device: torch.device) -> torch.Tensor:
+    """(N, N_kv) True where key j's neighbourhood is centred on query i's position (by coordinates)."""
+    query = torch.stack(torch.meshgrid(*[torch.arange(s, device=device) for s in grid], indexing="ij"), -1)
+    key_axes = [torch.arange(0, s, step, device=device) for s, step in zip(grid, stride, strict=True)]
+    key = torch.stack(torch.meshgrid(*key_axes, indexing="ij"), -1)
+    query, key = query.reshape(-1, len(grid)), key.reshape(-1, len(grid))
+    return (query[:, None, :] == key[None, :, :]).all(dim=-1)

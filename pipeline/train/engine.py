@@ -1,0 +1,193 @@
+"""The one place that knows DeepSpeed: process group, engine, activation checkpointing, checkpoint files.
+
+Everything else in the trainer talks to the engine through the small surface DeepSpeed gives every
+engine (`engine(x)`, `backward`, `step`, `module`, `optimizer`) and the functions below.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+from deepspeed.accelerator import get_accelerator
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from torch import nn
+
+from pipeline.train.config import EngineConfig
+
+# Collectives that wait longer than this are a dead peer, not a slow one.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def setup_distributed() -> DistInfo:
+    """Join the process group described by the torchrun-style variables (gloo on CPU, NCCL on GPU).
+
+    Missing variables are an error naming them, never a silent single-process run.
+    """
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"distributed environment incomplete: {', '.join(missing)} not set "
+            "(start through launch/local.py, torchrun or the Slurm launcher)"
+        )
+    # The shared-memory collective op would be compiled on first use (~50 s on CPU); gloo is enough.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cuda":
+        torch.cuda.set_device(local_rank)
+    else:
+        # Processes on one machine share its cores; oversubscribing them slows every rank down.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    deepspeed.init_distributed(
+        dist_backend=accelerator.communication_backend_name(),
+        auto_mpi_discovery=False,
+        timeout=COLLECTIVE_TIMEOUT,
+        verbose=False,
+    )
+    return DistInfo(
+        rank=torch.distributed.get_rank(),
+        world_size=torch.distributed.get_world_size(),
+        local_rank=local_rank,
+        device=torch.device(accelerator.current_device_name()),
+    )
+
+
+def resolve_precision(cfg: EngineConfig) -> str:
+    """`auto` means bf16 on a GPU and fp32 on CPU."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if get_accelerator().device_name() == "cuda" else "fp32"
+
+
+def build_ds_config(cfg: EngineConfig, micro_batch_size: int, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for this engine setting."""
+    precision = resolve_precision(cfg)
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum_steps,
+        "train_batch_size": micro_batch_size * cfg.grad_accum_steps * world_size,
+        "gradient_clipping": cfg.clip_grad_norm,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        # A client optimizer (torch AdamW) under ZeRO is "untested" to DeepSpeed, and fine.
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def apply_activation_checkpointing(model: nn.Module, setting: bool | list[int]) -> None:
+    """Recompute block activations in the backward pass: all blocks, none, or N blocks per stage."""
+    if setting is not False:
+        model.set_grad_checkpointing(setting)
+
+
+def build_engine(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: EngineConfig,
+    micro_batch_size: int,
+    world_size: int,
+) -> Any:
+    """Wrap `model` and its client optimizer in a DeepSpeed engine (the process group must exist)."""
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        config=build_ds_config(cfg, micro_batch_size, world_size),
+        dist_init_required=False,
+    )
+    return engine
+
+
+def input_dtype(engine: Any) -> torch.dtype:
+    """The dtype the engine's module computes in (inputs must match it under bf16/fp16)."""
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    if engine.fp16_enabled():
+        return torch.float16
+    return torch.float32
+
+
+def save_checkpoint(engine: Any, folder: Path, tag: str) -> None:
+    """Every rank writes its part of `folder/tag` (the caller writes completion marker and `latest`)."""
+    engine.save_checkpoint(str(folder), tag=tag, save_latest=False)
+
+
+def load_checkpoint(engine: Any, folder: Path, tag: str) -> None:
+    """Restore module, optimizer and ZeRO partitions from `folder/tag` on every rank."""
+    path, _ = engine.load_checkpoint(str(folder), tag=tag, load_lr_scheduler_states=False)
+    if path is None:
+        raise RuntimeError(f"checkpoint {folder / tag} could not be loaded")
+
+
+def consolidated_state_dict(folder: Path, tag: str) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict (parameters and buffers) of checkpoint `folder/tag`, on CPU.
+
+    Needs no process group. ZeRO 1-3 keep the fp32 master weights in their optimizer partitions,
+    which DeepSpeed's own converter merges; stage 0 in fp32 stores the module as it is.
+    """
+    tag_dir = Path(folder) / tag
+    if any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
+    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return {
+        name: tensor.float() if tensor.is_floating_point() else tensor
+        for name, tensor in states["module"].items()
+    }
+
+
+def rank_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """This rank's floating-point buffers (BatchNorm running statistics), copied to CPU."""
+    return {name: b.detach().cpu().clone() for name, b in module.named_buffers() if b.is_floating_point()}
+
+
+def restore_rank_buffers(module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put back buffers saved by `rank_buffers`."""
+    buffers = dict(module.named_buffers())
+    with torch.no_grad():
+        for name, value in saved.items():
+            buffers[name].copy_(value)
+
+
+@contextmanager
+def buffers_averaged_over_ranks(module: nn.Module) -> Iterator[None]:
+    """Inside the block, floating-point buffers hold their mean over all ranks; afterwards each rank's own.
+
+    Each rank's BatchNorm sees only its own batches, and DeepSpeed saves rank 0's buffers. Saving and
+    evaluating inside this block makes the live model, the checkpoint and the export one model, while
+    training continues with untouched per-rank statistics (the trainer state keeps them, so a resumed
+    rank is bit-identical to an uninterrupted one).
+    """
+    world = torch.distributed.get_world_size()
+    own = rank_buffers(module) if world > 1 else {}
+    for name, buffer in module.named_buffers():
+        if name in own:
+            torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.SUM)
+            buffer.div_(world)
+    try:
+        yield
+    finally:
+        restore_rank_buffers(module, own)

@@ -1,0 +1,124 @@
+"""Training metrics: timed on every rank, reduced and written by rank 0 only when logging.
+
+Per step the trainer records the time spent waiting for data and the whole step time; the loss stays
+on the device until a log step, so the hot loop never synchronises. At a log step the loss is averaged
+over ranks and written to TensorBoard, `metrics.jsonl` and a progress line with an ETA.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+# Scalar names (TensorBoard tags, also the keys of metrics.jsonl rows).
+TRAIN_SCALARS = (
+    "train/loss",
+    "train/lr",
+    "train/clips_per_s",
+    "train/data_wait_frac",
+    "train/step_s",
+    "mem/peak_gb",
+)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process: allocated GPU memory, or the resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def format_duration(seconds: float) -> str:
+    """`1h02m`, `3m05s`, `42s`."""
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class MetricsProcessor:
+    """Accumulates step timings and losses; `log()` reduces them and, on rank 0, writes them out."""
+
+    def __init__(self, run_dir: Path, rank: int, device: torch.device, total_steps: int) -> None:
+        self.rank = rank
+        self.device = device
+        self.total_steps = total_steps
+        self.writer = None
+        self.jsonl = None
+        if rank == 0:
+            from torch.utils.tensorboard import SummaryWriter  # rank 0 only: other ranks never load it
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.steps = 0
+        self.clips = 0
+        self.data_wait_s = 0.0
+        self.step_s = 0.0
+
+    def record_step(self, loss: torch.Tensor, clips: int, data_wait_s: float, step_s: float) -> None:
+        """Account one optimizer step: its mean loss (kept on device), clips over all ranks, timings."""
+        self.loss_sum += loss.detach().to(torch.float64)
+        self.steps += 1
+        self.clips += clips
+        self.data_wait_s += data_wait_s
+        self.step_s += step_s
+
+    def log(self, step: int, epoch: int, lr: float) -> dict[str, float] | None:
+        """Reduce and write the metrics of the steps since the last call (collective: every rank calls it)."""
+        if self.steps == 0:
+            return None
+        dist.all_reduce(self.loss_sum)  # the one device sync per log interval
+        loss = self.loss_sum.item() / (self.steps * dist.get_world_size())
+        scalars = {
+            "train/loss": loss,
+            "train/lr": lr,
+            "train/clips_per_s": self.clips / max(self.step_s, 1e-9),
+            "train/data_wait_frac": self.data_wait_s / max(self.step_s, 1e-9),
+            "train/step_s": self.step_s / self.steps,
+            "mem/peak_gb": peak_memory_gb(self.device),
+        }
+        eta = (self.total_steps - step) * scalars["train/step_s"]
+        self._reset()
+        if self.rank == 0:
+            self.write(step, scalars, epoch=epoch)
+            print(
+                f"step {step}/{self.total_steps} epoch {epoch} loss {loss:.4f} lr {lr:.2e} "
+                f"clips/s {scalars['train/clips_per_s']:.1f} data {scalars['train/data_wait_frac']:.0%} "
+                f"step {scalars['train/step_s']:.2f}s mem {scalars['mem/peak_gb']:.2f}GB "
+                f"eta {format_duration(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return scalars
+
+    def write(self, step: int, scalars: dict[str, float], **extra: Any) -> None:
+        """Rank 0: one TensorBoard point per scalar and one metrics.jsonl row (no-op on other ranks)."""
+        if self.writer is None or self.jsonl is None:
+            return
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+        row = {"step": step, "time": time.time(), **extra, **scalars}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        """Flush and close the writers."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.jsonl is not None:
+            self.jsonl.close()

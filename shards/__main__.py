@@ -1,0 +1,175 @@
+"""`python -m shards`: pack a raw dataset into WebDataset shards, verify or merge them, or make synth data.
+
+    python -m shards ssv2 --root RAW --split train --out OUT [--reencode --short-side 256] [--workers 8]
+    python -m shards ssv2 ... --part 3/16        # one task of a job array; then: python -m shards merge OUT
+    python -m shards verify OUT                  # re-read every shard against manifest.json
+    python -m shards synth ssv2 --out RAW        # a tiny raw dataset in the publisher's layout
+
+A bad option or an annotation file that cannot be read is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, NoReturn
+
+from shards import synth
+from shards.datasets import READERS, DatasetReader
+from shards.merge import MergeError, merge_parts
+from shards.records import AnnotationError
+from shards.verify import verify_shards
+from shards.video import EncodeOptions
+from shards.writer import SampleContext, WriteOptions, write_dataset
+
+# Options that do not change what is written (or are recorded elsewhere): kept out of the manifest.
+UNRECORDED_OPTIONS = ("command", "handler", "out", "workers", "part")
+SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block) with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def byte_size(text: str) -> int:
+    """argparse type: a size in bytes, with an optional K/M/G/T suffix (powers of 1024)."""
+    number, suffix = text.rstrip("KMGTkmgt"), text[len(text.rstrip("KMGTkmgt")) :].upper()
+    if suffix not in SIZE_SUFFIXES or not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 1000000, 500M or 1G, got {text!r}")
+    return int(number) * SIZE_SUFFIXES[suffix]
+
+
+def part_spec(text: str) -> tuple[int, int]:
+    """argparse type: `i/n`, part i (from 0) of n."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"expected i/n with 0 <= i < n, got {text!r}")
+    return int(index), int(count)
+
+
+def add_write_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every dataset subcommand: inputs, output, encoding, shard sizes, parallelism."""
+    parser.add_argument("--root", type=Path, required=True, help="raw dataset root (publisher layout)")
+    parser.add_argument("--split", required=True, help="split to shard, e.g. train / val / test")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the shards and manifest.json")
+    encode = parser.add_argument_group("re-encoding (H.264 yuv420p, constant frame rate, no audio)")
+    encode.add_argument("--reencode", action="store_true", help="re-encode every clip (default: store as-is)")
+    encode.add_argument("--short-side", type=positive_int, default=None, help="scale the short side to N px")
+    encode.add_argument("--gop", type=positive_int, default=16, help="frames per GOP (default 16)")
+    encode.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (default 23)")
+    encode.add_argument("--preset", default="medium", help="x264 preset (default medium)")
+    layout = parser.add_argument_group("shards")
+    layout.add_argument("--max-samples", type=positive_int, default=1000, help="samples per shard at most")
+    layout.add_argument("--max-bytes", type=byte_size, default=1 << 30, help="bytes per shard at most (1G)")
+    layout.add_argument("--shuffle-seed", type=int, default=0, help="seed of the sample order across shards")
+    layout.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
+    layout.add_argument("--part", type=part_spec, default=None, help="write only part i of n (i/n, from 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: one subcommand per registered dataset, plus synth, verify and merge."""
+    parser = _Parser(prog="python -m shards", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, reader in sorted(READERS.items()):
+        sub = commands.add_parser(name, help=f"shard {name}")
+        add_write_arguments(sub)
+        reader.add_arguments(sub)
+        sub.set_defaults(handler=partial(run_dataset, reader))
+    sub = commands.add_parser("synth", help="write a tiny raw dataset in a publisher's layout")
+    synth.add_arguments(sub)
+    sub.set_defaults(handler=synth.run)
+    sub = commands.add_parser("verify", help="re-read every shard against manifest.json")
+    sub.add_argument("out", type=Path, help="folder with manifest.json and the shards")
+    sub.set_defaults(handler=run_verify)
+    sub = commands.add_parser("merge", help="combine the partial manifests of --part runs")
+    sub.add_argument("out", type=Path, help="folder with the parts' shards and manifests")
+    sub.set_defaults(handler=run_merge)
+    return parser
+
+
+def recorded_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that shape the output, as JSON values, for the manifest and the resume check."""
+    recorded = {}
+    for key, value in sorted(vars(args).items()):
+        if key not in UNRECORDED_OPTIONS:
+            recorded[key] = str(value) if isinstance(value, Path) else value
+    return recorded
+
+
+def run_dataset(reader: DatasetReader, args: argparse.Namespace) -> int:
+    """Read the raw split, write its shards and manifest, print the summary line."""
+    index = reader.read(args.root, args.split, args)
+    encode = EncodeOptions(short_side=args.short_side, gop=args.gop, crf=args.crf, preset=args.preset)
+    context = SampleContext(index.dataset, index.split, index.root, args.reencode, encode)
+    options = WriteOptions(
+        context=context,
+        max_samples=args.max_samples,
+        max_bytes=args.max_bytes,
+        shuffle_seed=args.shuffle_seed,
+        workers=args.workers,
+        part=args.part,
+    )
+    summary = write_dataset(index, args.out, options, recorded_options(args))
+    print(
+        f"{index.dataset}/{index.split}: written {summary.written} samples in {summary.num_shards} shards, "
+        f"rejected {summary.rejected}, missing {summary.missing}, {summary.bytes} bytes, "
+        f"{summary.seconds:.1f} s -> {summary.manifest}"
+    )
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Print every mismatch between the shards and their manifest; non-zero if there is any."""
+    problems, checked = verify_shards(args.out)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"verify {args.out}: FAILED, {len(problems)} problems", file=sys.stderr)
+        return 1
+    print(f"verify {args.out}: OK, {checked} samples")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Combine the partial manifests under OUT into manifest.json."""
+    try:
+        manifest = merge_parts(args.out)
+    except MergeError as err:
+        print(f"merge: error: {err}", file=sys.stderr)
+        return 1
+    print(f"merge {args.out}: {manifest['total']} samples in {len(manifest['shards'])} shards")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m shards`; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.handler(args)
+    except SystemExit as exit_:  # argparse: --help (0) or a bad option (2, already printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    except AnnotationError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Kinetics-400 / 600 / 700 in their publisher layout: one CSV per split plus a folder of videos.
+
+CSV header `label,youtube_id,time_start,time_end,split,is_cc` (K700: no `is_cc`, split `validate`;
+test CSVs may lack `label`). Labels with spaces or commas are quoted, so rows go through the csv
+module. Videos come under two naming schemes, flat or inside label folders:
+`{youtube_id}_{start:06d}_{end:06d}.mp4` (already the clip) and `{youtube_id}.mp4` (a mirror's
+file: the row's window is passed on so the writer can cut it when the file is the whole video).
+The class index is the sorted set of train labels, so the train CSV is read for every split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from pathlib import Path
+
+from shards.datasets import (
+    DatasetReader,
+    index_videos,
+    path_option,
+    register,
+    resolve_path,
+    safe_id,
+)
+from shards.records import AnnotationError, DatasetIndex, Record, Reject
+
+SPLIT_FILES = {"train": ("train",), "val": ("val", "validate"), "test": ("test",)}
+SPLIT_ALIASES = {"validate": "val", "validation": "val"}
+REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
+CLIP_STEM = re.compile(r"^(?P<ytid>.+)_(?P<start>\d{6})_(?P<end>\d{6})$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Kinetics flags: where the split CSV, the train CSV (class map) and the videos are."""
+    path_option(parser, "--annotations", "split CSV (default RAW/annotations/{split}.csv)")
+    path_option(
+        parser,
+        "--train-annotations",
+        "train CSV defining the class index (default RAW/annotations/train.csv)",
+    )
+    path_option(parser, "--videos", "video folder of the split (default RAW/videos/{split})")
+
+
+def read_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The lower-cased header of a Kinetics CSV and its non-blank rows with their line numbers.
+
+    A file that cannot be read, is empty, or whose header lacks the id/time columns is not a
+    Kinetics annotation file at all: AnnotationError naming it.
+    """
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            header = [name.strip().lower() for name in next(reader, [])]
+            rows.extend((reader.line_num, row) for row in reader if any(cell.strip() for cell in row))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise AnnotationError(f"{path}: cannot read Kinetics CSV: {' '.join(str(err).split())}") from None
+    absent = [name for name in REQUIRED_COLUMNS if name not in header]
+    if absent:
+        raise AnnotationError(
+            f"{path}: not a Kinetics CSV, header {','.join(header) or '(empty)'} lacks {','.join(absent)}"
+        )
+    return header, rows
+
+
+def train_classes(path: Path) -> list[str]:
+    """The sorted set of labels of the train CSV: index i is class i (abseiling = 0 for K400)."""
+    header, rows = read_table(path)
+    if "label" not in header:
+        raise AnnotationError(f"{path}: train CSV has no 'label' column, cannot build the class index")
+    column = header.index("label")
+    # Malformed rows are this split's rejects when it is read; they never define a class.
+    labels = {row[column].strip() for _, row in rows if len(row) == len(header) and row[column].strip()}
+    if not labels:
+        raise AnnotationError(f"{path}: train CSV has no labelled rows, cannot build the class index")
+    return sorted(labels)
+
+
+def split_videos(folder: Path) -> tuple[dict[tuple[str, int, int], Path], dict[str, Path]]:
+    """Index a split's video folder (flat or label folders) once, by both naming schemes.
+
+    Returns (youtube_id, start, end) -> clip file and youtube_id -> whole file.
+    """
+    clips: dict[tuple[str, int, int], Path] = {}
+    wholes: dict[str, Path] = {}
+    for stem, path in index_videos(folder, recursive=True).items():
+        match = CLIP_STEM.match(stem)
+        if match:
+            clips[(match["ytid"], int(match["start"]), int(match["end"]))] = path
+        else:
+            wholes[stem] = path
+    return clips, wholes
+
+
+def read_split(name: str, root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
+    """Read one Kinetics split into records, rejects and missing ids, in CSV order."""
+    canonical = SPLIT_ALIASES.get(split, split)
+    if canonical not in SPLIT_FILES:
+        raise AnnotationError(f"{name}: unknown split {split!r} (expected train, val, validate or test)")
+    names = SPLIT_FILES[canonical]
+    csv_path = resolve_path(
+        args.annotations, [root / "annotations" / f"{n}.csv" for n in names], f"{name} {split} CSV"
+    )
+    train_path = resolve_path(
+        args.train_annotations, [root / "annotations" / "train.csv"], f"{name} train CSV (class index)"
+    )
+    classes = train_classes(train_path)
+    class_index = {label: i for i, label in enumerate(classes)}
+    header, rows = read_table(csv_path)
+    if args.videos is not None:
+        video_dir = args.videos
+    else:
+        video_dir = next(
+            (root / "videos" / n for n in names if (root / "videos" / n).is_dir()), root / "videos" / names[0]
+        )
+    clips, wholes = split_videos(video_dir)
+
+    index = DatasetIndex(dataset=name, split=split, records=[], label_map=dict(enumerate(classes)), root=root)
+    column = {key: i for i, key in enumerate(header)}
+    seen: set[str] = set()
+    for line, row in rows:
+        source = f"{csv_path}:{line}"
+        ytid = row[column["youtube_id"]].strip() if column["youtube_id"] < len(row) else ""
+        row_id = ytid or f"line-{line}"
+        if len(row) != len(header):
+            index.rejects.append(
+                Reject(row_id, source, f"malformed row: {len(row)} fields, header has {len(header)}")
+            )
+            continue
+        try:
+            start, end = float(row[column["time_start"]]), float(row[column["time_end"]])
+        except ValueError:
+            times = f"{row[column['time_start']]!r}, {row[column['time_end']]!r}"
+            index.rejects.append(Reject(row_id, source, f"time_start/time_end not numbers: {times}"))
+            continue
+        if not ytid or start < 0 or end <= start:
+            index.rejects.append(Reject(row_id, source, f"bad youtube_id or window {start}-{end}"))
+            continue
+        label_name = row[column["label"]].strip() if "label" in column else ""
+        if label_name and label_name not in class_index:
+            index.rejects.append(Reject(row_id, source, f"label {label_name!r} is not a train class"))
+            continue
+        if not label_name and canonical != "test":
+            index.rejects.append(Reject(row_id, source, f"empty label in the {split} split"))
+            continue
+        record_id = safe_id(f"{ytid}_{int(start):06d}_{int(end):06d}")
+        if record_id in seen:
+            index.rejects.append(Reject(record_id, source, "duplicate row (same youtube_id and times)"))
+            continue
+        seen.add(record_id)
+        label = class_index[label_name] if label_name else -1
+        extras = {"youtube_id": ytid, "time_start": start, "time_end": end}
+        clip = clips.get((ytid, int(start), int(end)))
+        whole = wholes.get(ytid)
+        if clip is not None:
+            index.records.append(Record(record_id, label, label_name, clip, extras=extras))
+        elif whole is not None:
+            # A `{ytid}.mp4` may be the whole video or already the clip: the writer decides from
+            # its duration whether to cut this window.
+            index.records.append(Record(record_id, label, label_name, whole, start, end, extras))
+        else:
+            index.missing.append(record_id)
+    return index
+
+
+def _reader(name: str) -> DatasetReader:
+    def read(root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
+        return read_split(name, root, split, args)
+
+    read.__doc__ = f"Read a {name} split from its publisher layout."
+    return DatasetReader(name=name, add_arguments=add_arguments, read=read, store_ext="mp4")
+
+
+for _name in ("kinetics400", "kinetics600", "kinetics700"):
+    register(_reader(_name))

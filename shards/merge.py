@@ -1,0 +1,80 @@
+"""`python -m shards merge OUT`: combine the partial manifests of `--part i/n` runs into manifest.json.
+
+Each part (one task of a Slurm job array) writes its own shard range `<dataset>-<split>-pIII-NNNNNN.tar`
+and `manifest-pIII-of-NNN.json`. Merging checks that all n parts are there and were made by the
+same tool with the same options and label map, then lists their shards in part order: the merged
+manifest holds the same samples as a single run over all records.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.io import atomic_write_json
+
+PART_MANIFEST = re.compile(r"manifest-p(\d{3})-of-(\d{3})\.json")
+# Fields every part must have in common for the merge to mean one dataset split.
+SHARED_FIELDS = ("dataset", "split", "tool_version", "options", "label_map")
+
+
+class MergeError(RuntimeError):
+    """Parts that cannot be merged; the message is one line naming the file or the field."""
+
+
+def load_parts(out: Path) -> list[dict[str, Any]]:
+    """Read every partial manifest under `out`, checking that parts 0..n-1 are all present, in order."""
+    found: dict[int, dict[str, Any]] = {}
+    counts: set[int] = set()
+    for path in sorted(out.glob("manifest-p*-of-*.json")):
+        match = PART_MANIFEST.fullmatch(path.name)
+        if match is None:
+            continue
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise MergeError(f"{path}: cannot read: {' '.join(str(err).split())}") from None
+        index, count = int(match.group(1)), int(match.group(2))
+        if manifest.get("part") != {"index": index, "count": count}:
+            raise MergeError(f"{path}: its 'part' field {manifest.get('part')} does not match its name")
+        found[index] = manifest
+        counts.add(count)
+    if not found:
+        raise MergeError(f"{out}: no partial manifests (manifest-pIII-of-NNN.json) to merge")
+    if len(counts) > 1:
+        raise MergeError(f"{out}: partial manifests of different part counts {sorted(counts)}")
+    count = counts.pop()
+    absent = [f"p{i:03d}" for i in range(count) if i not in found]
+    if absent:
+        raise MergeError(f"{out}: parts {', '.join(absent)} of {count} are missing")
+    return [found[i] for i in range(count)]
+
+
+def merge_manifests(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One manifest from the parts' manifests (which must agree on SHARED_FIELDS)."""
+    first = parts[0]
+    for manifest in parts[1:]:
+        for name in SHARED_FIELDS:
+            if manifest.get(name) != first.get(name):
+                part = manifest["part"]["index"]
+                raise MergeError(f"part p{part:03d} differs from part p000 in '{name}'")
+    shards = [entry for manifest in parts for entry in manifest["shards"]]
+    names = [entry["name"] for entry in shards]
+    if len(set(names)) != len(names):
+        raise MergeError("two parts list the same shard name")
+    merged = {name: first[name] for name in SHARED_FIELDS}
+    merged["shards"] = shards
+    merged["total"] = sum(entry["num_samples"] for entry in shards)
+    rejects = [reject for manifest in parts for reject in manifest["rejects"]]
+    merged["rejects"] = sorted(rejects, key=lambda r: (r["id"], r["source"], r["reason"]))
+    merged["missing"] = sorted(missing for manifest in parts for missing in manifest["missing"])
+    return merged
+
+
+def merge_parts(out: Path) -> dict[str, Any]:
+    """Merge the partial manifests under `out` into `out/manifest.json` (atomically) and return it."""
+    merged = merge_manifests(load_parts(out))
+    atomic_write_json(out / "manifest.json", merged)
+    return merged

@@ -1,0 +1,130 @@
+"""`python -m shards verify OUT`: re-read every shard against manifest.json.
+
+Checks, per shard: the file exists, its size and sha256 match, it is a readable tar whose samples
+are contiguous and complete (one video member, json, cls), the sample count matches; per sample:
+the key is `<dataset>/<split>/<id>`, cls equals the json label, the label is in the label map, and
+the video decodes to exactly the json's num_frames. Every mismatch is one line naming the shard
+(and sample); no problem means the shards can be trained on as the manifest describes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from shards.video import STORE_AS_IS_EXTS, VideoError, count_decoded_frames
+
+HASH_CHUNK = 1 << 20
+SHARD_FILE = re.compile(r".+-\d{6}\.tar")
+
+
+def verify_shards(out: Path) -> tuple[list[str], int]:
+    """Check the shards under `out` against its manifest.json; returns (problems, samples checked)."""
+    manifest_path = out / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        entries = manifest["shards"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return [f"{manifest_path}: cannot read the manifest: {' '.join(str(err).split())}"], 0
+
+    problems: list[str] = []
+    seen_keys: set[str] = set()
+    checked = 0
+    for entry in entries:
+        shard_problems, keys = _verify_shard(out, entry, manifest)
+        problems += shard_problems
+        for key in keys:
+            if key in seen_keys:
+                problems.append(f"{entry['name']}: sample {key} also appears in an earlier shard")
+            seen_keys.add(key)
+        checked += len(keys)
+    total = sum(entry["num_samples"] for entry in entries)
+    if manifest.get("total") != total:
+        problems.append(f"{manifest_path}: total {manifest.get('total')} != {total}, the sum over its shards")
+    listed = {entry["name"] for entry in entries}
+    for path in sorted(out.iterdir()):
+        if SHARD_FILE.fullmatch(path.name) and path.name not in listed:
+            problems.append(f"{path.name}: shard file not listed in the manifest")
+    return problems, checked
+
+
+def _verify_shard(out: Path, entry: dict[str, Any], manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
+    name = entry["name"]
+    path = out / name
+    if not path.is_file():
+        return [f"{name}: shard file is missing"], []
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return [f"{name}: {size} bytes, the manifest says {entry['bytes']}"], []
+    if _sha256(path) != entry["sha256"]:
+        return [f"{name}: sha256 differs from the manifest"], []
+    try:
+        samples = _read_samples(path)
+    except (tarfile.TarError, OSError, ValueError) as err:
+        return [f"{name}: cannot read the tar: {' '.join(str(err).split())}"], []
+    problems = []
+    if len(samples) != entry["num_samples"]:
+        problems.append(f"{name}: {len(samples)} samples, the manifest says {entry['num_samples']}")
+    for key, members in samples.items():
+        problems += [f"{name}: {key}: {problem}" for problem in _check_sample(key, members, manifest)]
+    return problems, list(samples)
+
+
+def _read_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    """Group members into samples the way webdataset does: key = name up to the first '.' of its file name."""
+    samples: dict[str, dict[str, bytes]] = {}
+    previous = None
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                raise ValueError(f"member {member.name} is not a regular file")
+            folder, _, file_name = member.name.rpartition("/")
+            stem, dot, ext = file_name.partition(".")
+            if not dot:
+                raise ValueError(f"member {member.name} has no extension")
+            key = f"{folder}/{stem}" if folder else stem
+            if key != previous and key in samples:
+                raise ValueError(f"members of sample {key} are not contiguous")
+            previous = key
+            data = tar.extractfile(member)
+            samples.setdefault(key, {})[ext] = data.read() if data is not None else b""
+    return samples
+
+
+def _check_sample(key: str, members: dict[str, bytes], manifest: dict[str, Any]) -> list[str]:
+    videos = [ext for ext in members if ext in STORE_AS_IS_EXTS]
+    expected = {"json", "cls"} | set(videos)
+    if len(videos) != 1 or set(members) != expected:
+        return [f"members {sorted(members)}: expected one of {list(STORE_AS_IS_EXTS)} plus json and cls"]
+    try:
+        meta = json.loads(members["json"])
+        label, sample_id, num_frames = meta["label"], meta["id"], meta["num_frames"]
+    except (ValueError, KeyError, TypeError) as err:
+        return [f"json unreadable: {' '.join(str(err).split())}"]
+    problems = []
+    if key != f"{manifest.get('dataset')}/{manifest.get('split')}/{sample_id}":
+        problems.append(f"key does not match the json's dataset/split/id ({sample_id!r})")
+    if members["cls"].decode("ascii", "replace") != str(label):
+        problems.append(f"cls {members['cls']!r} differs from the json label {label}")
+    label_map = manifest.get("label_map", {})
+    if label != -1 and label_map.get(str(label)) != meta.get("label_name"):
+        problems.append(f"label {label} ({meta.get('label_name')!r}) is not in the label map as such")
+    try:
+        decoded = count_decoded_frames(members[videos[0]])
+    except VideoError as err:
+        return [*problems, f"video does not decode: {err}"]
+    if decoded != num_frames:
+        problems.append(f"video decodes to {decoded} frames, the json says {num_frames}")
+    return problems
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

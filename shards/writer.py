@@ -1,0 +1,409 @@
+"""Write a dataset split as WebDataset tar shards plus its manifest, resumably and reproducibly.
+
+The order of samples is fixed before anything is written: records sorted by id, then shuffled
+with `--shuffle-seed` so that classes mix across shards. Workers validate and (re-)encode clips in
+a process pool whose results come back in that order (imap); one writer appends them to tar files
+with fixed metadata, so the same inputs and options give byte-identical shards.
+
+Resuming: after each shard is renamed into place, a progress file records the shards done, how
+many records they consumed and the rejects so far. A rerun of the same command (same options, same
+source files) skips those records and continues with the next shard; anything else starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import random
+import re
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.io import atomic_open, atomic_write_json
+from shards import __version__
+from shards.records import DatasetIndex, Record, Reject
+from shards.video import (
+    REENCODED_EXT,
+    STORE_AS_IS_EXTS,
+    EncodeOptions,
+    VideoError,
+    clip_window,
+    probe_video,
+    transcode,
+)
+
+TAR_BLOCK = tarfile.BLOCKSIZE
+TAR_RECORD = tarfile.RECORDSIZE
+# A finished tar ends with two empty blocks, padded to a whole record.
+TAR_END = 2 * TAR_BLOCK
+
+
+@dataclass(frozen=True)
+class SampleContext:
+    """What a worker needs besides the record to build a sample (picklable)."""
+
+    dataset: str
+    split: str
+    root: Path
+    reencode: bool = False
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
+
+
+@dataclass(frozen=True)
+class VideoSample:
+    """One validated sample: its key and the bytes of its three members."""
+
+    key: str
+    video_ext: str
+    video: bytes
+    meta: bytes
+    cls: bytes
+
+    def members(self) -> list[tuple[str, bytes]]:
+        """(member name, bytes) in the order they are written to the tar."""
+        return [
+            (f"{self.key}.{self.video_ext}", self.video),
+            (f"{self.key}.json", self.meta),
+            (f"{self.key}.cls", self.cls),
+        ]
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How to write shards (everything that changes the bytes, plus the worker count, which does not)."""
+
+    context: SampleContext
+    max_samples: int = 1000
+    max_bytes: int = 1 << 30
+    shuffle_seed: int = 0
+    workers: int = 1
+    part: tuple[int, int] | None = None
+
+
+@dataclass
+class RunSummary:
+    """What one run wrote; printed as the summary line."""
+
+    written: int
+    rejected: int
+    missing: int
+    num_shards: int
+    bytes: int
+    seconds: float
+    manifest: Path
+
+
+@dataclass
+class _Progress:
+    """The resumable state: written after every complete shard."""
+
+    fingerprint: str
+    consumed: int = 0
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, str]] = field(default_factory=list)
+
+
+def build_sample(context: SampleContext, record: Record) -> VideoSample | Reject:
+    """Validate one record's video, trim / re-encode it if needed, and build its sample (or a reject).
+
+    Runs in the worker processes. A clip is stored as-is unless it must be cut (a window inside a
+    longer video) or --reencode is on; either way the bytes that go into the shard are validated.
+    """
+    source = _relative_source(record.source, context.root)
+    key = f"{context.dataset}/{context.split}/{record.id}"
+    try:
+        if "." in key:
+            raise VideoError("id contains '.', which would cut the webdataset key")
+        size = record.source.stat().st_size
+        if size == 0:
+            raise VideoError("empty file (0 bytes)")
+        if record.needs_trim or context.reencode:
+            info = probe_video(record.source)
+            window = clip_window(info.duration_s, record.start_s, record.end_s) if record.needs_trim else None
+        else:
+            window = None
+        if window is not None or context.reencode:
+            video, ext = transcode(record.source, context.encode, window), REENCODED_EXT
+        else:
+            video, ext = record.source.read_bytes(), record.source.suffix.lower().lstrip(".")
+            if ext not in STORE_AS_IS_EXTS:
+                stored = ", ".join(STORE_AS_IS_EXTS)
+                raise VideoError(f"cannot store .{ext} as-is (only {stored}); use --reencode")
+        info = probe_video(video)
+    except VideoError as err:
+        return Reject(record.id, source, str(err))
+    except OSError as err:
+        return Reject(record.id, source, f"cannot read the video: {err.strerror or err}")
+    meta: dict[str, Any] = {
+        **record.extras,
+        "dataset": context.dataset,
+        "split": context.split,
+        "id": record.id,
+        "label": record.label,
+        "label_name": record.label_name,
+        "source": source,
+        **asdict(info),
+    }
+    if window is not None:
+        meta["clip_start_s"], meta["clip_end_s"] = window
+    meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return VideoSample(key, ext, video, meta_bytes, str(record.label).encode("ascii"))
+
+
+def _relative_source(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def order_records(records: list[Record], seed: int) -> tuple[list[Record], list[Reject]]:
+    """Sort by id (then source), drop duplicate ids as rejects, and shuffle with `seed`."""
+    ordered: list[Record] = []
+    duplicates: list[Reject] = []
+    seen: set[str] = set()
+    for record in sorted(records, key=lambda r: (r.id, str(r.source))):
+        if record.id in seen:
+            duplicates.append(Reject(record.id, str(record.source), "duplicate id in the annotations"))
+            continue
+        seen.add(record.id)
+        ordered.append(record)
+    random.Random(seed).shuffle(ordered)
+    return ordered, duplicates
+
+
+def part_range(num_records: int, part: tuple[int, int] | None) -> range:
+    """The contiguous slice of the ordered records that part i of n writes (all when `part` is None)."""
+    if part is None:
+        return range(num_records)
+    index, count = part
+    return range(num_records * index // count, num_records * (index + 1) // count)
+
+
+def shard_prefix(dataset: str, split: str, part: tuple[int, int] | None) -> str:
+    """File-name prefix of the shards of one run: `<dataset>-<split>-` or `<dataset>-<split>-pNNN-`."""
+    return f"{dataset}-{split}-" if part is None else f"{dataset}-{split}-p{part[0]:03d}-"
+
+
+def manifest_name(part: tuple[int, int] | None) -> str:
+    """`manifest.json`, or the partial manifest of part i of n."""
+    return "manifest.json" if part is None else f"manifest-p{part[0]:03d}-of-{part[1]:03d}.json"
+
+
+def write_dataset(
+    index: DatasetIndex, out: Path, options: WriteOptions, recorded: dict[str, Any]
+) -> RunSummary:
+    """Write `index` as shards under `out` and its (partial) manifest; resume a killed run of the same job.
+
+    `recorded` holds the command-line options that go into the manifest as they were given.
+    """
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    ordered, duplicates = order_records(index.records, options.shuffle_seed)
+    ordered = [ordered[i] for i in part_range(len(ordered), options.part)]
+    first_part = options.part is None or options.part[0] == 0
+    prefix = shard_prefix(index.dataset, index.split, options.part)
+    progress_path = out / f"{prefix}progress.json"
+    progress = _resume(progress_path, _fingerprint(ordered, recorded), out)
+    _remove_leftovers(out, prefix, manifest_name(options.part), keep=len(progress.shards))
+
+    context = options.context
+    pending = ordered[progress.consumed :]
+    desc = f"{index.dataset}/{index.split}"
+    bar = tqdm(total=len(ordered), initial=progress.consumed, unit="clip", desc=desc)
+    with ExitStack() as stack:
+        stack.callback(bar.close)
+        if options.workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(options.workers))
+            results: Iterator[VideoSample | Reject] = pool.imap(partial(build_sample, context), pending)
+        else:
+            results = map(partial(build_sample, context), pending)
+        shard: _ShardFile | None = None
+        try:
+            for result in results:
+                if isinstance(result, VideoSample) and shard is not None and not shard.fits(result, options):
+                    _finish_shard(shard, progress, progress_path)
+                    shard = None
+                if isinstance(result, Reject):
+                    progress.rejects.append(asdict(result))
+                else:
+                    if shard is None:
+                        shard = _ShardFile(out / f"{prefix}{len(progress.shards):06d}.tar")
+                    shard.add(result)
+                progress.consumed += 1
+                bar.update()
+                if shard is not None and shard.num_samples >= options.max_samples:
+                    _finish_shard(shard, progress, progress_path)
+                    shard = None
+            if shard is not None:
+                _finish_shard(shard, progress, progress_path)
+                shard = None
+        finally:
+            if shard is not None:  # an error mid-shard: its temp file goes, the finished shards stay
+                shard.discard()
+
+    rejects = [asdict(r) for r in duplicates] if first_part else []
+    rejects += [asdict(r) for r in index.rejects] if first_part else []
+    rejects = sorted(rejects + progress.rejects, key=lambda r: (r["id"], r["source"], r["reason"]))
+    manifest = {
+        "dataset": index.dataset,
+        "split": index.split,
+        "tool_version": __version__,
+        "options": recorded,
+        "label_map": {str(k): v for k, v in sorted(index.label_map.items())},
+        "shards": progress.shards,
+        "total": sum(s["num_samples"] for s in progress.shards),
+        "rejects": rejects,
+        "missing": sorted(index.missing) if first_part else [],
+    }
+    if options.part is not None:
+        manifest["part"] = {"index": options.part[0], "count": options.part[1]}
+    manifest_path = out / manifest_name(options.part)
+    atomic_write_json(manifest_path, manifest)
+    progress_path.unlink(missing_ok=True)
+    return RunSummary(
+        written=manifest["total"],
+        rejected=len(rejects),
+        missing=len(manifest["missing"]),
+        num_shards=len(progress.shards),
+        bytes=sum(s["bytes"] for s in progress.shards),
+        seconds=time.perf_counter() - started,
+        manifest=manifest_path,
+    )
+
+
+class _HashingFile:
+    """A write-only file wrapper that hashes and counts what goes through it."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.file.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+class _ShardFile:
+    """One tar shard being written as `*.tar.tmp`; `close` renames it to its name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.num_samples = 0
+        self._stack = ExitStack()
+        self._hashing = _HashingFile(self._stack.enter_context(atomic_open(path, suffix=".tar.tmp")))
+        self._tar = self._stack.enter_context(
+            tarfile.TarFile(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
+        )
+
+    def fits(self, sample: VideoSample, options: WriteOptions) -> bool:
+        """Whether `sample` keeps the finished tar within --max-bytes (an empty shard takes anything)."""
+        if self.num_samples == 0:
+            return True
+        end = self._tar.offset + sum(_member_bytes(name, len(data)) for name, data in sample.members())
+        return _finished_size(end) <= options.max_bytes
+
+    def add(self, sample: VideoSample) -> None:
+        """Append the sample's members with fixed metadata (equal samples give equal bytes)."""
+        for name, data in sample.members():
+            self._tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+        self.num_samples += 1
+
+    def close(self) -> dict[str, Any]:
+        """Finish the tar, rename it into place, and return its manifest entry."""
+        self._stack.close()
+        return {
+            "name": self.path.name,
+            "num_samples": self.num_samples,
+            "bytes": self._hashing.size,
+            "sha256": self._hashing.sha256.hexdigest(),
+        }
+
+    def discard(self) -> None:
+        """Drop the unfinished shard: atomic_open removes the temp file when it sees an exception."""
+        self._stack.__exit__(RuntimeError, RuntimeError("shard discarded"), None)
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _member_bytes(name: str, size: int) -> int:
+    header = _tar_info(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+    return len(header) + -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def _finished_size(offset: int) -> int:
+    return -(-(offset + TAR_END) // TAR_RECORD) * TAR_RECORD
+
+
+def _finish_shard(shard: _ShardFile, progress: _Progress, progress_path: Path) -> None:
+    # The shard is renamed into place first; only then does the saved progress count it.
+    progress.shards.append(shard.close())
+    atomic_write_json(progress_path, asdict(progress))
+
+
+def _fingerprint(ordered: list[Record], recorded: dict[str, Any]) -> str:
+    """Identifies a job: tool version, options, and the ordered records with their files' size and mtime."""
+    rows = []
+    for record in ordered:
+        try:
+            stat = record.source.stat()
+            file_id = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            file_id = [-1, -1]
+        rows.append([record.id, str(record.source), record.label, record.start_s, record.end_s, *file_id])
+    payload = json.dumps([__version__, recorded, rows], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _resume(progress_path: Path, fingerprint: str, out: Path) -> _Progress:
+    """The saved progress of the same job if its shards are still intact in size, else a fresh start."""
+    try:
+        saved = json.loads(progress_path.read_text(encoding="utf-8"))
+        progress = _Progress(**saved)
+    except (OSError, ValueError, TypeError):
+        return _Progress(fingerprint)
+    if progress.fingerprint != fingerprint:
+        return _Progress(fingerprint)
+    for entry in progress.shards:
+        path = out / entry["name"]
+        if not path.is_file() or path.stat().st_size != entry["bytes"]:
+            return _Progress(fingerprint)
+    return progress
+
+
+def _remove_leftovers(out: Path, prefix: str, manifest: str, keep: int) -> None:
+    """Delete this job's temp files (a killed run's) and its shards numbered `keep` and up (older runs').
+
+    Only this job's names are touched: other parts of a job array may be writing in the same folder.
+    """
+    shard_name = re.compile(re.escape(prefix) + r"(\d{6})\.tar")
+    for path in out.iterdir():
+        match = shard_name.fullmatch(path.name)
+        stale_shard = match is not None and int(match.group(1)) >= keep
+        temp_file = path.name.startswith((f".{prefix}", f".{manifest}.")) and path.name.endswith(".tmp")
+        if stale_shard or temp_file:
+            path.unlink()

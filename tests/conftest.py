@@ -1,0 +1,50 @@
+"""Fixtures shared by every test folder: real shards made by the real sharder from synthetic raw data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from shards.__main__ import main as shards_main
+
+
+@pytest.fixture(scope="session")
+def make_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """A factory: `make_shards(dataset, split, ...)` -> the shard folder (with manifest.json).
+
+    It runs `python -m shards synth` and then `python -m shards <dataset>` in-process, once per
+    distinct set of arguments in the whole session.
+    """
+    made: dict[tuple, Path] = {}
+
+    def make(
+        dataset: str = "ssv2",
+        split: str = "train",
+        num_videos: int = 16,
+        classes: int = 4,
+        seed: int = 0,
+        reencode: bool = False,
+        max_samples: int = 4,
+        extra_args: Sequence[str] = (),
+    ) -> Path:
+        key = (dataset, split, num_videos, classes, seed, reencode, max_samples, tuple(extra_args))
+        if key in made:
+            return made[key]
+        base = tmp_path_factory.mktemp(f"{dataset}-{split}")
+        raw, out = base / "raw", base / "shards"
+        synth_args = ["synth", dataset, "--out", str(raw), "--num-videos", str(num_videos)]
+        synth_args += ["--classes", str(classes), "--seed", str(seed)]
+        if shards_main(synth_args) != 0:
+            raise RuntimeError(f"synth failed for {dataset} (arguments {synth_args})")
+        shard_args = [dataset, "--root", str(raw), "--split", split, "--out", str(out)]
+        shard_args += ["--max-samples", str(max_samples), "--shuffle-seed", str(seed), *extra_args]
+        if reencode:
+            shard_args.append("--reencode")
+        if shards_main(shard_args) != 0:
+            raise RuntimeError(f"sharding failed for {dataset} (arguments {shard_args})")
+        made[key] = out
+        return out
+
+    return make

@@ -1,0 +1,195 @@
+"""launch/slurm.py: the checks that need no cluster, then real jobs on a local Slurm cluster (tests/slurm).
+
+The launcher always runs as a subprocess, as a user would run it. On the cluster: array sharding
+against a single sharding run, a 2-node x 2-task training run, and the same run preempted twice
+(USR2, as Slurm sends before a time limit), which must end with the same step and the same parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from shards.__main__ import main as shards_main
+
+if TYPE_CHECKING:
+    from tests.slurm.cluster import SlurmCluster
+
+# the session fixture `slurm_cluster`
+pytest_plugins = ["tests.slurm.cluster"]
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER = REPO / "launch" / "slurm.py"
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+JOB_TIMEOUT_S = 240
+# Training small enough for 4 ranks on 2 cores, long enough to be interrupted twice in the middle.
+TRAIN_STEPS = 24
+TINY_TRAINING = [f"max_steps={TRAIN_STEPS}", "log.every_steps=1", "checkpoint.every_steps=1000"]
+
+
+def launch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run launch/slurm.py with `args` in `cwd`, output captured."""
+    return subprocess.run([sys.executable, str(LAUNCHER), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a launcher run that must have failed with status 2."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def submitted_id(proc: subprocess.CompletedProcess[str], kind: str = "job") -> str:
+    """The job id a successful launcher run printed (`submitted job 12: ...`)."""
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(rf"submitted {kind} (\d+)", proc.stdout)
+    assert match, proc.stdout
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def demo_overrides(make_shards: Callable[..., Path]) -> list[str]:
+    """Overrides that point the demo config at shards made for this session."""
+    train = make_shards("ssv2", "train", num_videos=16, classes=4)
+    val = make_shards("ssv2", "validation", num_videos=16, classes=4)
+    return [f"data.train=[{train}]", f"data.val=[{val}]", *TINY_TRAINING]
+
+
+# ---------------------------------------------------------------- no cluster needed
+
+
+def test_dry_run_prints_the_sbatch_script(tmp_path: Path, demo_overrides: list[str]) -> None:
+    proc = launch("--dry-run", "--nodes", "2", "--tasks-per-node", "2", "--cpus-per-task", "3",
+                  "--partition", "batch", "--account", "vision", "--qos", "high", "--time", "90",
+                  "--mem", "8G", "--constraint", "fast", "--exclude", "node9", "--signal-delay", "45",
+                  "--job-dir", str(tmp_path / "jobs"), "--config", str(DEMO_CONFIG), "name=dry",
+                  *demo_overrides, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    for flag in ("--nodes=2", "--ntasks-per-node=2", "--cpus-per-task=3", "--partition=batch",
+                 "--account=vision", "--qos=high", "--time=90", "--mem=8G", "--constraint=fast",
+                 "--exclude=node9", "--signal=USR2@45", "--job-name=dry"):
+        assert f"#SBATCH {flag}\n" in script, flag
+    assert "--gpus-per-node" not in script
+    assert f"-m submitit.core._submit {tmp_path / 'jobs'}" in script
+    assert not (tmp_path / "jobs").exists() and not (tmp_path / "runs").exists()
+
+
+def test_dry_run_with_gpus_runs_one_task_per_gpu(tmp_path: Path, demo_overrides: list[str]) -> None:
+    proc = launch("--dry-run", "--nodes", "4", "--gpus-per-node", "8", "--config", str(DEMO_CONFIG),
+                  *demo_overrides, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=8"):
+        assert f"#SBATCH {flag}\n" in proc.stdout, flag
+    # the default submitit folder is under runs/, next to the run it belongs to
+    assert f"--output={tmp_path}/runs/" in proc.stdout
+
+
+def test_dry_run_of_array_sharding_shows_the_array_and_the_dependent_merge(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    proc = launch("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "6", "--split", "train",
+                  "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    array_script, merge_script = proc.stdout.split("#!/bin/bash")[1:]
+    assert "#SBATCH --array=0-5%6\n" in array_script
+    assert "#SBATCH --dependency='afterok:<array job id>'\n" in merge_script
+    assert "#SBATCH --kill-on-invalid-dep=yes\n" in merge_script
+
+
+def test_config_error_is_one_line(tmp_path: Path, demo_overrides: list[str]) -> None:
+    proc = launch("--config", str(DEMO_CONFIG), *demo_overrides, "optim.lrr=0.1", cwd=tmp_path)
+    assert "optim.lrr" in one_error_line(proc)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_no_slurm_on_path_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}
+    proc = launch("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "2", "--split", "train",
+                  cwd=tmp_path, env=env)
+    assert "no Slurm found" in one_error_line(proc)
+
+
+def test_bad_resource_options_are_one_line(tmp_path: Path, demo_overrides: list[str]) -> None:
+    proc = launch("--gpus-per-node", "4", "--tasks-per-node", "2", "--config", str(DEMO_CONFIG),
+                  *demo_overrides, cwd=tmp_path)
+    assert "--tasks-per-node" in one_error_line(proc)
+    proc = launch("--time", "1", "--signal-delay", "90", "--config", str(DEMO_CONFIG), *demo_overrides,
+                  cwd=tmp_path)
+    assert "--signal-delay" in one_error_line(proc)
+
+
+# ---------------------------------------------------------------- on the test cluster
+
+
+@pytest.mark.slurm
+def test_unreachable_controller_and_missing_config_are_one_line(slurm_cluster: SlurmCluster,
+                                                                 tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    conf = Path(slurm_cluster.env["SLURM_CONF"]).read_text()
+    # a controller port nothing listens on: the client is installed, the controller is not reachable
+    dead = re.sub(r"(?m)^SlurmctldPort=\d+$", "SlurmctldPort=1", conf)
+    (tmp_path / "dead.conf").write_text(dead)
+    args = ("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "2", "--split", "train")
+    proc = launch(*args, cwd=tmp_path, env={**slurm_cluster.env, "SLURM_CONF": str(tmp_path / "dead.conf")})
+    assert "controller is not reachable" in one_error_line(proc)
+    proc = launch(*args, cwd=tmp_path, env={**slurm_cluster.env, "SLURM_CONF": str(tmp_path / "none.conf")})
+    assert "none.conf" in one_error_line(proc)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slurm
+def test_invalid_partition_is_one_line(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    proc = launch("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "2", "--split", "train",
+                  "--partition", "nosuch", cwd=tmp_path, env=slurm_cluster.env)
+    line = one_error_line(proc)
+    assert "invalid partition 'nosuch'" in line and "debug" in line
+    # an option Slurm itself rejects at submission is one line too
+    proc = launch("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "2", "--split", "train",
+                  "--constraint", "nosuchfeature", cwd=tmp_path, env=slurm_cluster.env)
+    assert "Invalid feature specification" in one_error_line(proc)
+    assert slurm_cluster.run("squeue", "--noheader").stdout.strip() == ""
+
+
+def shard_samples(folder: Path) -> list[tuple[str, bytes]]:
+    """Every member (name, bytes) of every shard, in manifest order."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    members = []
+    for shard in manifest["shards"]:
+        with tarfile.open(folder / shard["name"]) as tar:
+            members += [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    return members
+
+
+@pytest.mark.slurm
+def test_array_sharding_gives_the_samples_of_a_single_run(slurm_cluster: SlurmCluster,
+                                                          tmp_path: Path) -> None:
+    raw, single, merged = tmp_path / "raw", tmp_path / "single", tmp_path / "merged"
+    assert shards_main(["synth", "ssv2", "--out", str(raw), "--num-videos", "14", "--classes", "3"]) == 0
+    options = ["--split", "train", "--max-samples", "2", "--shuffle-seed", "3"]
+    assert shards_main(["ssv2", "--root", str(raw), "--out", str(single), *options]) == 0
+    proc = launch("shard", "ssv2", "--root", str(raw), "--out", str(merged), "--array", "4", *options,
+                  "--time", "10", cwd=tmp_path, env=slurm_cluster.env)
+    array_id, merge_id = submitted_id(proc, "array job"), submitted_id(proc, "merge job")
+    states = slurm_cluster.wait_final([array_id, merge_id], JOB_TIMEOUT_S)
+    assert states == {array_id: ["COMPLETED"] * 4, merge_id: ["COMPLETED"]}
+    assert len(list(merged.glob("manifest-p*-of-004.json"))) == 4
+    expected, got = shard_samples(single), shard_samples(merged)
+    before, after = (json.loads((d / "manifest.json").read_text()) for d in (single, merged))
+    assert before["total"] > 8 and len(expected) == 3 * before["total"]  # .mp4 + .json + .cls each
+    assert got == expected
+    for key in ("total", "label_map", "rejects", "missing"):
+        assert after[key] == before[key], key
+    assert shards_main(["verify", str(merged)]) == 0
