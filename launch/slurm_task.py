@@ -116,8 +116,8 @@ class TrainTask:
         result = train(cfg)
         if not result.stopped_by_signal:
             return result
-        signum = signals.requested() or signal.SIGUSR2
-        name = signal.Signals(signum).name
+        name = result.signal or "SIGUSR2"
+        signum = signal.Signals[name]
         if rank != 0:
             # Every rank has saved. Only rank 0 holds submitit's handler, which requeues the job and
             # thereby ends this task; leaving without a result keeps a stale one from being read later.

@@ -79,6 +79,24 @@ def probe_video(source: Path | bytes) -> VideoInfo:
         raise VideoError(f"cannot decode: {_one_line(err)}") from None
 
 
+def source_duration(source: Path) -> float:
+    """A video's duration in seconds from its container header, without reading its packets.
+
+    Enough to place a trim window (a whole FineGym video may be hours long); falls back to probing
+    when the header does not say. Raises VideoError when the file does not open.
+    """
+    try:
+        with av.open(str(source)) as container:
+            stream = _video_stream(container)
+            if stream.duration is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+    except av.FFmpegError as err:
+        raise VideoError(f"cannot decode: {_one_line(err)}") from None
+    return probe_video(source).duration_s
+
+
 def count_decoded_frames(source: Path | bytes) -> int:
     """Decode every frame of a video and return how many there are (raises VideoError)."""
     try:

@@ -39,6 +39,7 @@ from shards.video import (
     VideoError,
     clip_window,
     probe_video,
+    source_duration,
     transcode,
 )
 
@@ -127,11 +128,9 @@ def build_sample(context: SampleContext, record: Record) -> VideoSample | Reject
         size = record.source.stat().st_size
         if size == 0:
             raise VideoError("empty file (0 bytes)")
-        if record.needs_trim or context.reencode:
-            info = probe_video(record.source)
-            window = clip_window(info.duration_s, record.start_s, record.end_s) if record.needs_trim else None
-        else:
-            window = None
+        window = None
+        if record.needs_trim:
+            window = clip_window(source_duration(record.source), record.start_s, record.end_s)
         if window is not None or context.reencode:
             video, ext = transcode(record.source, context.encode, window), REENCODED_EXT
         else:
@@ -140,6 +139,11 @@ def build_sample(context: SampleContext, record: Record) -> VideoSample | Reject
                 stored = ", ".join(STORE_AS_IS_EXTS)
                 raise VideoError(f"cannot store .{ext} as-is (only {stored}); use --reencode")
         info = probe_video(video)
+        if window is not None and abs(info.num_frames / info.fps - (window[1] - window[0])) > 1.5 / info.fps:
+            seconds = info.num_frames / info.fps
+            raise VideoError(
+                f"the cut clip lasts {seconds:.3f} s of its {window[1] - window[0]:.3f} s window"
+            )
     except VideoError as err:
         return Reject(record.id, source, str(err))
     except OSError as err:

@@ -17,6 +17,7 @@ yields exactly the batches the uninterrupted loader would have yielded next.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Iterator
@@ -111,18 +112,30 @@ class TrainStream(IterableDataset):
         order = [self.shard_set.shards[i] for i in shard_order(len(self.shard_set.shards), self.seed, self.epoch)]
         return SliceSource(slice_stream(order, *self.plan.worker_span(self.rank, worker)))
 
-    def stages(self, worker: int) -> list[Any]:
-        """The stage list of logical `worker`."""
-        cfg, plan = self.cfg, self.plan
+    def read_stages(self, worker: int) -> list[Any]:
+        """The stages that pick this worker's raw samples: slices, tar reading, shuffle, numbering and skip."""
+        plan = self.plan
         seed_parts = (self.seed, self.epoch, self.rank, worker)
         done = batches_of_worker(self.start_batch, plan.workers, worker)
         shuffle_rng = random.Random(derive_seed(*seed_parts, SHUFFLE_TAG))
         return [
             self.source(worker),
             ReadShardSlices(),
-            wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=shuffle_rng),
+            wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=shuffle_rng),
             TakeFirst(plan.worker_samples(worker)),
             NumberAndSkip(done * plan.clips_per_batch),
+        ]
+
+    def first_batch(self, worker: int) -> int:
+        """The index (in the rank's epoch) of the first batch logical `worker` yields."""
+        return worker + batches_of_worker(self.start_batch, self.plan.workers, worker) * self.plan.workers
+
+    def stages(self, worker: int) -> list[Any]:
+        """The full stage list of logical `worker`."""
+        cfg, plan = self.cfg, self.plan
+        seed_parts = (self.seed, self.epoch, self.rank, worker)
+        return [
+            *self.read_stages(worker),
             DecodeClips(
                 cfg.decoder, cfg.sampling, cfg.num_frames, cfg.frame_stride, self.shard_set.num_classes, seed_parts
             ),
@@ -133,7 +146,7 @@ class TrainStream(IterableDataset):
                 self.shard_set.num_classes,
                 cfg.aug,
                 seed_parts,
-                first_batch=worker + done * plan.workers,
+                first_batch=self.first_batch(worker),
                 batch_step=plan.workers,
             ),
         ]
@@ -327,9 +340,7 @@ def build_train_loader(
 
 def build_eval_loader(cfg: DataConfig, *, rank: int, world_size: int) -> EvalLoader:
     """The evaluation loader of `rank` (every sample's views on exactly one rank, equal batch counts)."""
-    shard_set = load_shard_set(cfg.val)
     if cfg.decoder == "dali":
-        from pipeline.data.dali import DaliEvalLoader
-
-        return DaliEvalLoader(cfg, shard_set, rank, world_size)
-    return EvalLoader(cfg, shard_set, rank, world_size)
+        # Evaluation is a small share of the time: it keeps the CPU decoders (see pipeline.data.dali).
+        cfg = dataclasses.replace(cfg, decoder="auto")
+    return EvalLoader(cfg, load_shard_set(cfg.val), rank, world_size)

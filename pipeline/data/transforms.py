@@ -89,7 +89,7 @@ def erase_box(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if 0 < h < height and 0 < w < width:
             top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
             # One noise patch shared by all frames: a static occluder, not flicker that reads as motion.
-            noise = torch.from_numpy(rng.standard_normal((clip.shape[0], 1, h, w), dtype=np.float32))
+            noise = torch.from_numpy(rng.standard_normal((clip.shape[0], 1, h, w), dtype=np.float32)).to(clip.device)
             clip = clip.clone()
             clip[:, :, top : top + h, left : left + w] = noise
             return clip

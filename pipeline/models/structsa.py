@@ -148,8 +148,10 @@ class StructSA(nn.Module):
         maps = conv(t.transpose(2, 3).reshape(batch, heads * head_dim, *grid))
         num_kv = math.prod(maps.shape[2:])
         # channel heads*c + ch, copy d lives at output channel (head*c + ch) * D + d
-        maps = maps.reshape(batch, heads, head_dim, self.structure_dim, num_kv)
-        return maps.permute(0, 1, 3, 4, 2).reshape(batch, heads, self.structure_dim * num_kv, head_dim)
+        maps = maps.reshape(batch, heads, head_dim, self.structure_dim, num_kv).permute(0, 1, 3, 4, 2)
+        # contiguous: the fused kernels need unit stride on head_dim, else SDPA silently falls back
+        # to the math path that materialises the (N x D*N_kv) matrix
+        return maps.contiguous().reshape(batch, heads, self.structure_dim * num_kv, head_dim)
 
     def keep_mask(self, grid: Sequence[int], device: torch.device) -> torch.Tensor | None:
         """The LSA self mask over the stacked keys (None without LSA)."""

@@ -13,7 +13,9 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,11 +31,15 @@ pytest_plugins = ["tests.slurm.cluster"]
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "launch" / "slurm.py"
-DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+DEMO_CONFIG = Path("/tmp/h5try/tiny.yaml")  # TEMP
 JOB_TIMEOUT_S = 240
-# Training small enough for 4 ranks on 2 cores, long enough to be interrupted twice in the middle.
-TRAIN_STEPS = 24
-TINY_TRAINING = [f"max_steps={TRAIN_STEPS}", "log.every_steps=1", "checkpoint.every_steps=1000"]
+# Training small enough for 4 ranks on 2 cores, long enough to be interrupted twice in the middle; a
+# metrics row every step shows how far it got.
+TRAIN_STEPS = 30
+TINY_TRAINING = [f"max_steps={TRAIN_STEPS}", "log.every_steps=1", "checkpoint.every_steps=1000",
+                 "eval.every_epochs=0", "data.workers=0", "data.num_frames=4", "data.frame_stride=2",
+                 "data.crop_size=32", "data.batch_size=1"]
+TRAIN_RESOURCES = ["--nodes", "2", "--gpus-per-node", "0", "--tasks-per-node", "2", "--time", "60"]
 
 
 def launch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -193,3 +199,127 @@ def test_array_sharding_gives_the_samples_of_a_single_run(slurm_cluster: SlurmCl
     for key in ("total", "label_map", "rejects", "missing"):
         assert after[key] == before[key], key
     assert shards_main(["verify", str(merged)]) == 0
+
+
+@dataclass
+class SlurmRun:
+    """A training job submitted through the launcher: its id, run folder and submitit folder."""
+
+    job_id: str
+    run_dir: Path
+    job_dir: Path
+    launcher_output: str
+
+    def log(self, task: int, stream: str = "out") -> str:
+        """Task `task`'s log so far (all starts of the job append to the same file)."""
+        path = self.job_dir / f"{self.job_id}_{task}_log.{stream}"
+        return path.read_text() if path.exists() else ""
+
+    def last_step(self) -> int:
+        """The last optimizer step rank 0 logged to metrics.jsonl (0 before the first)."""
+        path = self.run_dir / "metrics.jsonl"
+        rows = path.read_text().splitlines() if path.exists() else []
+        return json.loads(rows[-1])["step"] if rows else 0
+
+    def results(self) -> list[object]:
+        """What every task's `TrainTask` returned (read from submitit's result files)."""
+        import submitit
+
+        return submitit.SlurmJob(folder=self.job_dir, job_id=self.job_id, tasks=(0, 1, 2, 3)).results()
+
+
+def submit_training(cluster: SlurmCluster, cwd: Path, name: str, overrides: list[str]) -> SlurmRun:
+    """Submit the demo config as 2 nodes x 2 CPU tasks through the launcher."""
+    out_dir = cwd / "runs"
+    proc = launch(*TRAIN_RESOURCES, "--config", str(DEMO_CONFIG), f"name={name}", f"out_dir={out_dir}",
+                  *overrides, cwd=cwd, env=cluster.env)
+    return SlurmRun(submitted_id(proc), out_dir / name, out_dir / name / "slurm", proc.stdout)
+
+
+def step_reached(run: SlurmRun, step: int) -> Callable[[], bool]:
+    """A condition: rank 0 has logged optimizer step `step` (or a later one)."""
+    return lambda: run.last_step() >= step
+
+
+def rank0_logged(run: SlurmRun, text: str) -> Callable[[], bool]:
+    """A condition: rank 0's stdout log contains `text`."""
+    return lambda: text in run.log(0)
+
+
+def wait_until(cluster: SlurmCluster, run: SlurmRun, what: str, done: Callable[[], bool]) -> None:
+    """Poll `done` until true; fail with rank 0's log tail on timeout or when the job ended first."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not done():
+        ended = cluster.job_ended(run.job_id)
+        if ended or time.monotonic() > deadline:
+            states = cluster.job_states(run.job_id)
+            pytest.fail(f"job {run.job_id} {'ended' if ended else 'timed out'} ({states}) before {what}; "
+                        f"rank 0 log:\n{run.log(0, 'err')[-3000:]}")
+        time.sleep(0.2)
+
+
+def exported_weights(run_dir: Path) -> dict[str, object]:
+    """The consolidated fp32 weights of the run's latest checkpoint."""
+    import torch
+
+    from pipeline.export import export_checkpoint
+
+    return torch.load(export_checkpoint(run_dir), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(slurm_cluster: SlurmCluster, demo_overrides: list[str],
+                      tmp_path_factory: pytest.TempPathFactory) -> SlurmRun:
+    """The demo config trained to the end on 2 nodes x 2 tasks, without interruption."""
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    run = submit_training(slurm_cluster, cwd, "reference", demo_overrides)
+    states = slurm_cluster.wait_final([run.job_id], JOB_TIMEOUT_S)
+    assert states[run.job_id] == ["COMPLETED"], run.log(0, "err")[-3000:]
+    return run
+
+
+@pytest.mark.slurm
+def test_two_nodes_train_as_four_ranks_to_the_end(uninterrupted_run: SlurmRun) -> None:
+    run = uninterrupted_run
+    assert f"logs: {run.job_dir}/{run.job_id}_{{0..3}}_log.out" in run.launcher_output
+    assert f"tensorboard --logdir {run.run_dir / 'tensorboard'}" in run.launcher_output
+    for rank in range(4):
+        line = f"[slurm] job {run.job_id} restart 0: rank {rank} of world size 4 (node {rank // 2} of 2,"
+        assert line in run.log(rank), run.log(rank)[-2000:]
+    results = run.results()
+    assert [(r.step, r.stopped_by_signal) for r in results] == [(TRAIN_STEPS, False)] * 4
+    assert (run.run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{TRAIN_STEPS:08d}"
+
+
+@pytest.mark.slurm
+def test_preempted_twice_resumes_to_the_same_parameters(
+    slurm_cluster: SlurmCluster, demo_overrides: list[str], uninterrupted_run: SlurmRun, tmp_path: Path
+) -> None:
+    import torch
+
+    run = submit_training(slurm_cluster, tmp_path, "preempted", demo_overrides)
+    stopped_at = [0]
+    for restart in (1, 2):
+        # USR2 in the middle of training, as Slurm sends it before a time limit or a preemption
+        wait_until(slurm_cluster, run, f"step {stopped_at[-1] + 3}", step_reached(run, stopped_at[-1] + 3))
+        assert slurm_cluster.run("scancel", "--signal=USR2", run.job_id).returncode == 0
+        started_again = f"[slurm] job {run.job_id} restart {restart}: rank 0"
+        wait_until(slurm_cluster, run, f"restart {restart}", rank0_logged(run, started_again))
+        stops = re.findall(r"stopped by SIGUSR2 at step (\d+) after saving", run.log(0, "err"))
+        assert len(stops) == restart, run.log(0, "err")[-3000:]
+        stopped_at.append(int(stops[-1]))
+        assert f"[slurm] requeueing: restart {restart} of at most 5" in run.log(0)
+    states = slurm_cluster.wait_final([run.job_id], JOB_TIMEOUT_S)
+    assert states[run.job_id] == ["COMPLETED"], run.log(0, "err")[-3000:]
+    assert 0 < stopped_at[1] < stopped_at[2] < TRAIN_STEPS
+    history = slurm_cluster.run("sacct", "--jobs", run.job_id, "--duplicates", "--allocations", "--noheader",
+                                "--format=State").stdout.split()
+    assert history == ["REQUEUED", "REQUEUED", "COMPLETED"]
+    for step in stopped_at[1:]:
+        assert f"resuming {run.run_dir}/checkpoints/step_{step:08d}" in run.log(0, "err")
+    results = run.results()
+    assert [(r.step, r.stopped_by_signal) for r in results] == [(TRAIN_STEPS, False)] * 4
+    expected, got = exported_weights(uninterrupted_run.run_dir), exported_weights(run.run_dir)
+    assert expected.keys() == got.keys() and len(got) > 10
+    different = [name for name in got if not torch.equal(got[name], expected[name])]
+    assert not different, f"parameters differ from the uninterrupted run: {different[:5]}"

@@ -48,7 +48,8 @@ def test_overrides_reach_the_model() -> None:
 @pytest.mark.parametrize("frames", [None, 4])
 def test_backbone_surface(name: str, frames: int | None) -> None:
     torch.manual_seed(0)
-    model = create_model(name, 5, num_frames=frames, img_size=32).eval()
+    small = {"depth": 2} if name.startswith("vit") else {}  # the surface does not depend on depth
+    model = create_model(name, 5, num_frames=frames, img_size=32, **small).eval()
     x = torch.randn(2, 3, 32, 32) if frames is None else torch.randn(2, 3, frames, 32, 32)
     features = model.forward_features(x)
     logits = model.forward_head(features)
@@ -61,7 +62,8 @@ def test_backbone_surface(name: str, frames: int | None) -> None:
 
 
 def test_drop_path_rises_linearly() -> None:
-    model = create_model("structvit_s_4_1", 10, drop_path_rate=0.2)
+    with torch.device("meta"):
+        model = create_model("structvit_s_4_1", 10, drop_path_rate=0.2)
     rates = [
         block.drop_path.rate
         for stage in (model.blocks1, model.blocks2, model.blocks3, model.blocks4)
@@ -82,30 +84,29 @@ def _loss_and_grads(model: torch.nn.Module, clip: torch.Tensor, labels: torch.Te
 
 def test_checkpointing_gives_same_outputs_gradients_and_batchnorm_stats() -> None:
     torch.manual_seed(0)
-    plain = create_model("structvit_tiny_4_1", 4, num_frames=4, img_size=32, drop_path_rate=0.2).double()
-    checkpointed = create_model(
-        "structvit_tiny_4_1", 4, num_frames=4, img_size=32, drop_path_rate=0.2
-    ).double()
+    plain = create_model("structvit_tiny_4_1", 4, num_frames=4, img_size=32, drop_path_rate=0.2)
+    checkpointed = create_model("structvit_tiny_4_1", 4, num_frames=4, img_size=32, drop_path_rate=0.2)
     checkpointed.load_state_dict(plain.state_dict())
     checkpointed.set_grad_checkpointing([1, 1, 1, 1])
     assert checkpointed.checkpoint_counts == [1, 1, 1, 1]
-    clip, labels = torch.randn(2, 3, 4, 32, 32, dtype=torch.float64), torch.tensor([0, 3])
+    clip, labels = torch.randn(2, 3, 4, 32, 32), torch.tensor([0, 3])
     logits_a, grads_a = _loss_and_grads(plain, clip, labels)
     logits_b, grads_b = _loss_and_grads(checkpointed, clip, labels)
-    torch.testing.assert_close(logits_b, logits_a, rtol=1e-12, atol=1e-12)
+    # the recomputation runs the same kernels on the same inputs: results agree to the bit
+    torch.testing.assert_close(logits_b, logits_a, rtol=0, atol=0)
     for a, b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
     # recomputation must not apply the BatchNorm momentum update twice
     for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values(), strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, msg=name)
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
     with pytest.raises(ValueError, match=r"checkpoint_blocks\[2\]=3"):
         checkpointed.set_grad_checkpointing([0, 0, 3, 0])
 
 
 def test_checkpointing_lowers_measured_peak_memory() -> None:
     torch.manual_seed(0)
-    model = create_model("structvit_tiny_4_1", 4, num_frames=8, img_size=64)
-    clip = torch.randn(4, 3, 8, 64, 64)
+    model = create_model("structvit_tiny_4_1", 4, num_frames=8, img_size=48, depths=(2, 2, 2, 2))
+    clip = torch.randn(2, 3, 8, 48, 48)
 
     def step() -> None:
         model(clip).sum().backward()
@@ -114,8 +115,8 @@ def test_checkpointing_lowers_measured_peak_memory() -> None:
     plain = peak_memory_bytes(step)
     model.set_grad_checkpointing(True)
     checkpointed = peak_memory_bytes(step)
-    assert plain > 10_000_000  # a real measurement of the activations, not a stub
-    assert checkpointed < 0.6 * plain, (plain, checkpointed)
+    assert plain > 2_000_000  # a real measurement of the activations, not a stub
+    assert checkpointed < 0.7 * plain, (plain, checkpointed)
 
 
 def test_structsa_adds_only_its_structure_kernels() -> None:

@@ -9,6 +9,7 @@ import torch
 
 from pipeline.models.spt_lsa import lsa_keep_mask
 from pipeline.models.structsa import MultiHeadAttention, StructSA, attend, structsa_reference
+from pipeline.models.summary import peak_memory_bytes
 
 CASES = [
     # (video, grid, structure_dim, kernel, stride, lsa)
@@ -156,3 +157,15 @@ def test_bad_arguments_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"grid \(3, 3\) for 10 tokens"):
         module(torch.randn(1, 10, 8), (3, 3))
     assert lsa_keep_mask((2, 2), (2, 2), copies=4).all()  # one key position: nothing can be masked
+
+
+def test_fused_structsa_memory_grows_linearly_with_tokens() -> None:
+    # guards the fused kernel choice: keys/values with a non-unit head_dim stride make SDPA fall
+    # back to the math path, whose (N x D*N_kv) matrix grows 16x when N grows 4x
+    torch.manual_seed(7)
+    module = StructSA(32, 1, video=False, structure_dim=4)
+    peaks = []
+    for side in (12, 24):
+        x = torch.randn(1, side * side, 32, requires_grad=True)
+        peaks.append(peak_memory_bytes(lambda x=x, side=side: module(x, (side, side)).sum().backward()))
+    assert peaks[1] < 6 * peaks[0], peaks

@@ -48,14 +48,19 @@ class SlurmCluster:
                        "--format=State")
         return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
+    def job_ended(self, job_id: str) -> bool:
+        """Whether every task of `job_id` is in a final state (a requeued job is not)."""
+        states = self.job_states(job_id)
+        return bool(states) and all(state in FINAL_STATES for state in states)
+
     def wait_final(self, job_ids: Sequence[str], timeout_s: float) -> dict[str, list[str]]:
         """Wait until every job in `job_ids` has a final state; returns them (fails the test on timeout)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            states = {job_id: self.job_states(job_id) for job_id in job_ids}
-            if all(s and all(x in FINAL_STATES for x in s) for s in states.values()):
-                return states
+            if all(self.job_ended(job_id) for job_id in job_ids):
+                return {job_id: self.job_states(job_id) for job_id in job_ids}
             if time.monotonic() > deadline:
+                states = {job_id: self.job_states(job_id) for job_id in job_ids}
                 queue = self.run("squeue", "--all", "--format=%i %T %r %N").stdout
                 pytest.fail(f"jobs {list(job_ids)} not finished after {timeout_s:.0f} s: {states}\n{queue}")
             time.sleep(0.5)

@@ -1,0 +1,248 @@
+"""The NVIDIA DALI training path: DALI decodes, crops, resizes and normalises; the stream stays ours.
+
+The shards are read by the same stages as the CPU path (plan, tar slices, seeded shuffle, resume
+skip), fed to DALI through an external source, so the epoch plan, the exact resume and the keys of
+every batch are those of the CPU loader. Each sample's frame indices, crop box and flip come from
+the same per-sample generators as the CPU path (`PlanClips`), so both paths see the same frames
+and crops; only the decoder's colour conversion and the resize kernel differ.
+
+DALI graph: fn.decoders.video(encoded, frames=indices) -> fn.resize(crop box -> S x S) ->
+fn.crop_mirror_normalize(flip, mean/std, layout CFHW). On a GPU machine the decoder runs with
+device "mixed" (NVDEC: h264, hevc, vp9, av1) and everything after it on the GPU; without a GPU it
+runs on the CPU, where DALI's decoder only handles VP8, VP9 and MJPEG (so test it on VP9 shards).
+Random erasing and mixup/cutmix are applied to the output batch in torch, on its device.
+RandAugment and repeated augmentation are not available on this path (a clear error says so), and
+evaluation keeps the CPU decoders (`build_eval_loader`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.data.config import DataConfig
+from pipeline.data.loader import TrainLoader, TrainStream
+from pipeline.data.manifest import ShardSet
+from pipeline.data.plan import make_rng
+from pipeline.data.stream import (
+    BATCH_TAG,
+    SAMPLE_TAG,
+    DecodeClips,
+    Item,
+    bad_item,
+    empty_batch,
+    one_line,
+    read_label,
+    video_member,
+)
+from pipeline.data.transforms import erase_box, mix_batch, random_resized_crop_box
+
+ERASE_TAG = 2
+
+
+class PlanClips:
+    """Raw samples -> what DALI needs: encoded bytes, frame indices, crop box (y0, x0) - (y1, x1), flip.
+
+    Indices and crop/flip use the generators DecodeClips and TrainTransform use for the same sample.
+    """
+
+    def __init__(self, cfg: DataConfig, num_classes: int, flip: bool, seed_parts: tuple[int, ...]) -> None:
+        self.cfg, self.flip, self.seed_parts = cfg, flip, seed_parts
+        self.indices = DecodeClips("pyav", cfg.sampling, cfg.num_frames, cfg.frame_stride, num_classes, seed_parts)
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        for item in items:
+            if "__error__" in item:
+                yield item
+                continue
+            try:
+                yield self.plan(item)
+            except Exception as err:  # a sample with a broken json or no video is dropped, not fatal
+                yield {**bad_item(item["__key__"], one_line(err)), "__pos__": item["__pos__"]}
+
+    def plan(self, item: Item) -> Item:
+        """The DALI inputs of one raw sample."""
+        meta = json.loads(item["json"])
+        label = read_label(item, meta)
+        if not 0 <= label < self.indices.num_classes:
+            raise ValueError(f"label {label} outside [0, {self.indices.num_classes})")
+        (indices,) = self.indices.clip_indices(int(meta["num_frames"]), item["__pos__"])
+        rng = make_rng(*self.seed_parts, item["__pos__"], SAMPLE_TAG, 1)
+        top, left, h, w = random_resized_crop_box(
+            int(meta["height"]), int(meta["width"]), self.cfg.aug.scale, self.cfg.aug.ratio, rng
+        )
+        mirror = bool(self.flip and rng.random() < 0.5)
+        return {
+            "__key__": item["__key__"],
+            "__pos__": item["__pos__"],
+            "label": label,
+            "encoded": np.frombuffer(video_member(item), dtype=np.uint8),
+            "frames": np.asarray(indices, dtype=np.int32),
+            "roi_start": np.asarray([top, left], dtype=np.float32),
+            "roi_end": np.asarray([top + h, left + w], dtype=np.float32),
+            "mirror": np.asarray(int(mirror), dtype=np.int32),
+        }
+
+
+class GroupItems:
+    """Items -> lists of `size` consecutive items (a batch's worth of stream positions)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[list[Item]]:
+        group: list[Item] = []
+        for item in items:
+            group.append(item)
+            if len(group) == self.size:
+                yield group
+                group = []
+
+
+DALI_INPUTS = ("encoded", "frames", "roi_start", "roi_end", "mirror")
+
+
+def build_dali_pipeline(cfg: DataConfig, batch_size: int, device_id: int | None) -> Any:
+    """The DALI pipeline: external inputs -> decode the given frames -> crop+resize -> flip+normalise (CFHW)."""
+    from nvidia.dali import fn, types
+    from nvidia.dali.pipeline import Pipeline
+
+    on_gpu = device_id is not None
+    pipe = Pipeline(
+        batch_size=batch_size, num_threads=1, device_id=device_id, exec_async=False, exec_pipelined=False
+    )
+    with pipe:
+        encoded, frames, roi_start, roi_end, mirror = (
+            fn.external_source(name=name, dtype=dtype, ndim=ndim)
+            for name, dtype, ndim in zip(
+                DALI_INPUTS, (types.UINT8, types.INT32, types.FLOAT, types.FLOAT, types.INT32), (1, 1, 1, 1, 0)
+            )
+        )
+        video = fn.decoders.video(encoded, frames=frames, device="mixed" if on_gpu else "cpu")
+        video = fn.resize(
+            video,
+            roi_start=roi_start,
+            roi_end=roi_end,
+            roi_relative=False,
+            size=[cfg.crop_size, cfg.crop_size],
+            interp_type=types.INTERP_LINEAR,
+            antialias=True,
+        )
+        video = fn.crop_mirror_normalize(
+            video,
+            mirror=mirror,
+            mean=[m * 255.0 for m in cfg.aug.mean],
+            std=[s * 255.0 for s in cfg.aug.std],
+            output_layout="CFHW",
+            dtype=types.FLOAT,
+        )
+        pipe.set_outputs(video)
+    pipe.build()
+    return pipe
+
+
+def dali_to_torch(output: Any) -> torch.Tensor:
+    """A dense DALI batch (CPU or GPU) as a torch tensor on the same device."""
+    from nvidia.dali.backend import TensorListGPU
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    dense = output.as_tensor()
+    on_gpu = isinstance(output, TensorListGPU)
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    tensor = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+    feed_ndarray(dense, tensor)
+    return tensor
+
+
+class DaliTrainLoader(TrainLoader):
+    """The TrainLoader contract (epochs, steps, state, exact resume, batch dict) with DALI doing the pixels.
+
+    Batches are assembled in the main process in the same order as the CPU loader: batch j comes
+    from logical worker j % K's stream, so keys and resume points are identical. `workers` has no
+    processes here: DALI's own thread decodes.
+    """
+
+    def __init__(self, cfg: DataConfig, shard_set: ShardSet, rank: int, world_size: int, seed: int) -> None:
+        unsupported = [
+            name for name, on in (("aug.randaug_n", cfg.aug.randaug_n > 0), ("aug.repeated_aug", cfg.aug.repeated_aug > 1))
+            if on
+        ]
+        if unsupported:
+            raise ValueError(f"decoder=dali does not support {', '.join(unsupported)}: use a CPU decoder for them")
+        super().__init__(cfg, shard_set, rank, world_size, seed)
+        self.device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
+        self._pipe: Any = None
+
+    def _groups(self, stream: TrainStream, worker: int) -> Iterator[list[Item]]:
+        seed_parts = (self.seed, self.epoch, self.rank, worker)
+        stages = [
+            *stream.read_stages(worker),
+            PlanClips(self.cfg, self.num_classes, stream.flip, seed_parts),
+            GroupItems(self.plan.clips_per_batch),
+        ]
+        source = stages[0]()
+        for stage in stages[1:]:
+            source = stage(source)
+        return source
+
+    def _run(self, items: list[Item]) -> torch.Tensor:
+        if self._pipe is None:
+            self._pipe = build_dali_pipeline(self.cfg, self.plan.clips_per_batch, self.device_id)
+        for name in DALI_INPUTS:
+            self._pipe.feed_input(name, [item[name] for item in items])
+        (video,) = self._pipe.run()
+        return dali_to_torch(video).view(len(items), 3, self.cfg.num_frames, self.cfg.crop_size, self.cfg.crop_size)
+
+    def _decode_group(self, group: list[Item]) -> tuple[list[Item], torch.Tensor | None]:
+        """Run DALI on a group's good items; if the batch fails, retry one by one to drop only the bad ones."""
+        good = [item for item in group if "__error__" not in item]
+        if not good:
+            return [], None
+        try:
+            return good, self._run(good)
+        except RuntimeError:
+            kept, videos = [], []
+            for item in good:
+                try:
+                    videos.append(self._run([item]))
+                    kept.append(item)
+                except RuntimeError as err:
+                    item["__error__"] = f"DALI: {one_line(err)}"
+            return kept, torch.cat(videos) if videos else None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        current = self.state()
+        self.epoch, self.consumed = current.epoch, current.samples_consumed
+        start = self.consumed // self.plan.clips_per_batch
+        stream = TrainStream(self.cfg, self.shard_set, self.plan, self.rank, self.seed, self.epoch, start)
+        groups = {k: self._groups(stream, k) for k in range(self.plan.workers)}
+        aug = self.cfg.aug
+        for j in range(start, self.plan.steps_per_epoch):
+            worker = j % self.plan.workers
+            group = next(groups[worker])
+            good, video = self._decode_group(group)
+            if video is not None:
+                batch = {
+                    "video": video,
+                    "label": torch.tensor([item["label"] for item in good], dtype=torch.long),
+                    "key": [item["__key__"] for item in good],
+                    "view": torch.zeros(len(good), dtype=torch.long),
+                }
+            else:
+                batch = empty_batch((3, self.cfg.num_frames, self.cfg.crop_size, self.cfg.crop_size))
+            seed_parts = (self.seed, self.epoch, self.rank, worker)
+            if aug.erasing_prob > 0:
+                for row, item in enumerate(good):
+                    rng = make_rng(*seed_parts, item["__pos__"], SAMPLE_TAG, ERASE_TAG)
+                    if rng.random() < aug.erasing_prob:
+                        batch["video"][row] = erase_box(batch["video"][row], rng)
+            if aug.mixes:
+                rng = make_rng(*seed_parts, j, BATCH_TAG)
+                batch["video"], batch["label"] = mix_batch(batch["video"], batch["label"], self.num_classes, aug, rng)
+            self._bad.add([(item["__key__"], item["__error__"]) for item in group if "__error__" in item])
+            self.consumed += self.plan.clips_per_batch
+            yield batch

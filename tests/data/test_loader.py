@@ -1,0 +1,223 @@
+"""The streaming loader on real shards: exact epochs across ranks and workers, exact resume, bad samples."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import from_dict
+from pipeline.data.config import DataConfig
+from pipeline.data.loader import LoaderState, build_eval_loader, build_train_loader
+from pipeline.data.manifest import ManifestError, load_shard_set, sample_offsets
+from pipeline.data.plan import ShardSlice
+from pipeline.data.stream import ReadShardSlices
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def uneven_shards(make_shards) -> list[str]:
+    """Two ssv2 shard folders (same label map): shards of 7, 7, 2 samples, then sixteen of 1 sample."""
+    return [str(make_shards("ssv2", "train", max_samples=7)), str(make_shards("ssv2", "val", max_samples=1))]
+
+
+def config(train: list[str], **overrides: object) -> DataConfig:
+    base = {
+        "train": train,
+        "val": train,
+        "num_frames": 4,
+        "sampling": "segment",
+        "crop_size": 32,
+        "batch_size": 2,
+        "workers": 2,
+        "shuffle_buffer": 4,
+        "decoder": "pyav",
+    }
+    return from_dict(DataConfig, {**base, **overrides})
+
+
+def all_keys(folders: list[str]) -> list[str]:
+    keys = []
+    for shard in load_shard_set(folders).shards:
+        with tarfile.open(shard.path) as tar:
+            keys += sorted({m.name.rsplit(".", 1)[0] for m in tar if m.isreg()}, key=lambda k: k)
+    return keys
+
+
+def test_two_ranks_two_workers_uneven_shards_deliver_each_sample_once(uneven_shards: list[str]) -> None:
+    sizes = [s.num_samples for s in load_shard_set(uneven_shards).shards]
+    assert max(sizes) >= 7 and min(sizes) == 1  # very uneven
+    cfg = config(uneven_shards)
+    expected = all_keys(uneven_shards)
+    assert len(expected) == len(set(expected)) == sum(sizes)
+    per_rank = {}
+    for rank in (0, 1):
+        loader = build_train_loader(cfg, rank=rank, world_size=2, seed=3)
+        batches = list(loader)
+        assert len(batches) == loader.steps_per_epoch == sum(sizes) // 4
+        assert all(b["video"].shape == (2, 3, 4, 32, 32) for b in batches)
+        per_rank[rank] = [k for b in batches for k in b["key"]]
+        assert loader.state() == LoaderState(epoch=1, samples_consumed=0, seed=3)
+    assert len(per_rank[0]) == len(per_rank[1])
+    delivered = Counter(per_rank[0] + per_rank[1])
+    assert max(delivered.values()) == 1
+    # N = 32 here, so nothing is left over: every sample exactly once
+    assert sorted(delivered) == sorted(expected)
+
+
+def test_epochs_and_seeds_change_the_order_but_not_the_set(uneven_shards: list[str]) -> None:
+    cfg = config(uneven_shards, workers=0)
+    loader = build_train_loader(cfg, rank=0, world_size=1, seed=5)
+    epoch0 = [k for b in loader for k in b["key"]]
+    epoch1 = [k for b in loader for k in b["key"]]  # the loader advanced itself
+    again = [k for b in build_train_loader(cfg, rank=0, world_size=1, seed=5) for k in b["key"]]
+    other_seed = [k for b in build_train_loader(cfg, rank=0, world_size=1, seed=6) for k in b["key"]]
+    assert epoch0 == again
+    assert epoch0 != epoch1 and epoch0 != other_seed
+    assert sorted(epoch0) == sorted(epoch1) == sorted(other_seed)
+
+
+RESUME_SCRIPT = """
+import json, sys, torch
+from pipeline.config import from_dict
+from pipeline.data.config import DataConfig
+from pipeline.data.loader import LoaderState, build_train_loader
+cfg = from_dict(DataConfig, json.loads(sys.argv[1]))
+state = LoaderState.from_dict(json.loads(sys.argv[2]))
+loader = build_train_loader(cfg, rank=1, world_size=2, seed=0, state=state)
+out = []
+for _ in range(2):  # the rest of this epoch, then the whole next one
+    out += [[b["key"], b["label"].tolist(), b["video"].double().sum().item()] for b in loader]
+print(json.dumps(out))
+"""
+
+
+def test_resume_in_a_new_process_continues_the_exact_sequence(uneven_shards: list[str]) -> None:
+    cfg_dict = {
+        "train": uneven_shards, "num_frames": 4, "sampling": "dense", "frame_stride": 2, "crop_size": 32,
+        "batch_size": 2, "workers": 2, "shuffle_buffer": 6, "decoder": "pyav",
+        "aug": {"randaug_n": 2, "mixup": 0.8, "cutmix": 1.0, "erasing_prob": 0.5},
+    }
+    cfg = from_dict(DataConfig, cfg_dict)
+    full = build_train_loader(cfg, rank=1, world_size=2, seed=0)
+    reference = []
+    for _ in range(2):
+        reference += [[b["key"], b["label"].tolist(), b["video"].double().sum().item()] for b in full]
+    # stop after an odd number of batches, so the resumed loader must start on worker 1's batch
+    stopped = build_train_loader(cfg, rank=1, world_size=2, seed=0)
+    k = 3
+    for step, _ in enumerate(stopped, start=1):
+        if step == k:
+            break
+    state = stopped.state()
+    assert state == LoaderState(epoch=0, samples_consumed=k * 2, seed=0)
+    result = subprocess.run(
+        [sys.executable, "-c", RESUME_SCRIPT, json.dumps(cfg_dict), json.dumps(state.to_dict())],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=True,
+    )
+    resumed = json.loads(result.stdout)
+    assert [r[0] for r in resumed] == [r[0] for r in reference[k:]]  # the keys, exactly
+    assert resumed == reference[k:]  # and the same augmentation and mixing, bit for bit
+
+
+def test_resampled_mode_keeps_equal_steps_and_is_seeded(uneven_shards: list[str]) -> None:
+    cfg = config(uneven_shards, resampled=True)
+    runs = []
+    for rank in (0, 1):
+        loader = build_train_loader(cfg, rank=rank, world_size=2, seed=1)
+        batches = list(loader)
+        assert len(batches) == loader.steps_per_epoch == 8
+        runs.append([k for b in batches for k in b["key"]])
+    assert runs[0] != runs[1]
+    again = [k for b in build_train_loader(cfg, rank=0, world_size=2, seed=1) for k in b["key"]]
+    assert again == runs[0]
+
+
+def corrupt_copy(source: str, destination: Path) -> str:
+    """A copy of a shard folder whose first shard's second sample has a garbage video member."""
+    shutil.copytree(source, destination)
+    manifest = json.loads((destination / "manifest.json").read_text())
+    path = destination / manifest["shards"][0]["name"]
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar if m.isreg()]
+    keys = list(dict.fromkeys(m.name.rsplit(".", 1)[0] for m, _ in members))
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for member, data in members:
+            if member.name.startswith(keys[1]) and member.name.endswith((".webm", ".mp4")):
+                data = b"\x1a\x45garbage" * 100
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return keys[1]
+
+
+def test_corrupt_sample_is_skipped_counted_and_logged_once(
+    make_shards, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "corrupt"
+    bad_key = corrupt_copy(str(make_shards("ssv2", "train", max_samples=7)), folder)
+    loader = build_train_loader(config([str(folder)], batch_size=4), rank=0, world_size=1, seed=0)
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.loader"):
+        for _ in range(2):
+            batches = list(loader)
+            assert len(batches) == loader.steps_per_epoch == 4
+            keys = [k for b in batches for k in b["key"]]
+            assert bad_key not in keys and len(keys) == 15
+            assert sorted(len(b["key"]) for b in batches) == [3, 4, 4, 4]
+    assert loader.bad_samples == 2  # once per epoch
+    logged = [r.getMessage() for r in caplog.records if bad_key in r.getMessage()]
+    assert len(logged) == 1 and "DecodeError" in logged[0]
+
+
+def test_eval_gives_every_view_of_every_sample_on_exactly_one_rank(make_shards) -> None:
+    folder = str(make_shards("ssv2", "val", max_samples=5))
+    cfg = config([folder], test_clips=2, test_crops=3, eval_batch_size=4)
+    expected = all_keys([folder])
+    rows: dict[str, list[int]] = {}
+    steps = set()
+    for rank in (0, 1, 2):
+        loader = build_eval_loader(cfg, rank=rank, world_size=3)
+        batches = list(loader)
+        steps.add(len(batches))
+        assert len(batches) == loader.steps
+        for batch in batches:
+            assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["label"].dtype == torch.long
+            for key, view in zip(batch["key"], batch["view"].tolist()):
+                if view >= 0:
+                    rows.setdefault(key, []).append(view)
+    assert len(steps) == 1  # equal batch counts on every rank
+    assert sorted(rows) == sorted(expected)
+    assert all(sorted(views) == list(range(6)) for views in rows.values())
+
+
+def test_a_slice_starting_mid_shard_reads_the_same_samples(uneven_shards: list[str]) -> None:
+    shard = load_shard_set(uneven_shards).shards[0]
+    assert len(sample_offsets(shard.path)) == shard.num_samples
+    whole = [s["__key__"] for s in ReadShardSlices()([ShardSlice(shard.path, 0, shard.num_samples)])]
+    tail = [s["__key__"] for s in ReadShardSlices()([ShardSlice(shard.path, 3, shard.num_samples)])]
+    assert tail == whole[3:]
+    too_many = list(ReadShardSlices()([ShardSlice(shard.path, 5, shard.num_samples + 2)]))
+    assert [s.get("__error__", "").startswith("shard") for s in too_many][-2:] == [True, True]
+
+
+def test_manifest_problems_are_one_line_errors(tmp_path: Path, uneven_shards: list[str]) -> None:
+    with pytest.raises(ManifestError, match="has no manifest.json"):
+        load_shard_set([str(tmp_path)])
+    other = tmp_path / "other"
+    shutil.copytree(uneven_shards[0], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["label_map"]["0"] = "something else"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="label_map differs"):
+        load_shard_set([uneven_shards[0], str(other)])
+    with pytest.raises(ValueError, match="samples_consumed"):
+        build_train_loader(config(uneven_shards), rank=0, world_size=2, seed=0, state=LoaderState(0, 3, 0))

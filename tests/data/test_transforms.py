@@ -1,0 +1,140 @@
+"""Augmentation: consistent across frames, deterministic per generator, no flip for Something-Something."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import from_dict
+from pipeline.data.config import AugConfig, DataConfig
+from pipeline.data.randaugment import RAND_AUGMENT_OPS
+from pipeline.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    erase_box,
+    mix_batch,
+    random_resized_crop_box,
+    should_flip,
+)
+from shards.synth import motion_clip
+from tests.data.conftest import direction_class
+
+
+def data_config(**aug: object) -> DataConfig:
+    return from_dict(DataConfig, {"num_frames": 8, "crop_size": 48, "aug": aug})
+
+
+@functools.lru_cache(maxsize=64)
+def synth_clip(label: int, seed: int) -> torch.Tensor:
+    """8 frames (every other of 16) of a synth disc moving in direction label * 90 degrees, uint8 (T, H, W, 3)."""
+    frames = motion_clip(label, 4, 16, 64, 64, np.random.default_rng(seed))[::2]
+    return torch.from_numpy(np.ascontiguousarray(frames))
+
+
+def test_flip_is_off_for_something_something_unless_forced() -> None:
+    assert not should_flip(AugConfig(), "ssv2")
+    assert should_flip(AugConfig(), "kinetics400") and should_flip(AugConfig(), "diving48")
+    assert should_flip(AugConfig(flip=True), "ssv2")
+    assert not should_flip(AugConfig(flip=False), "kinetics400")
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_synth_direction_classes_survive_augmentation(flip: bool) -> None:
+    cfg = data_config(scale=[0.4, 1.0], randaug_n=2, randaug_m=9, erasing_prob=0.25)
+    transform = TrainTransform(cfg, flip=flip)
+    swaps = {0: 2, 2: 0}  # a horizontal flip turns right-moving into left-moving and back
+    wrong = []
+    for seed in range(32):
+        label = seed % 4
+        view = transform(synth_clip(label, seed), np.random.default_rng(seed))[0]
+        found = direction_class(view, 4)
+        if found != label:
+            wrong.append((label, found))
+    if not flip:  # the Something-Something setting: every clip keeps its class
+        assert wrong == []
+    else:  # flipping changes exactly the left/right classes, in about half the clips
+        assert all(swaps.get(label) == found for label, found in wrong)
+        assert 3 <= len(wrong) <= 13
+
+
+def test_train_views_are_deterministic_and_shaped() -> None:
+    cfg = data_config(randaug_n=2, erasing_prob=0.5, repeated_aug=2)
+    transform = TrainTransform(cfg, flip=True)
+    clip = synth_clip(1, 0)
+    a = transform(clip, np.random.default_rng(11))
+    b = transform(clip, np.random.default_rng(11))
+    c = transform(clip, np.random.default_rng(12))
+    assert len(a) == 2 and a[0].shape == (3, 8, 48, 48) and a[0].dtype == torch.float32
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0]) and not torch.equal(a[0], a[1])
+
+
+@pytest.mark.parametrize("name", sorted(RAND_AUGMENT_OPS))
+def test_every_randaugment_op_treats_all_frames_alike(name: str) -> None:
+    frame = synth_clip(0, 3)[0].permute(2, 0, 1).float()
+    clip = frame.expand(5, -1, -1, -1).clone()  # five identical frames
+    out = RAND_AUGMENT_OPS[name](clip, 9.0, np.random.default_rng(0))
+    assert out.shape == clip.shape and 0 <= out.min() and out.max() <= 255
+    assert all(torch.equal(out[0], out[t]) for t in range(1, 5))
+    if name != "Identity":
+        assert not torch.equal(out, clip)
+
+
+def test_random_resized_crop_stays_inside_and_in_range() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, h, w = random_resized_crop_box(60, 90, (0.08, 1.0), (0.75, 4 / 3), rng)
+        assert 0 <= top and top + h <= 60 and 0 <= left and left + w <= 90
+        assert 0.07 * 60 * 90 <= h * w <= 60 * 90
+
+
+def test_erasing_uses_one_box_on_every_frame() -> None:
+    clip = torch.zeros(3, 6, 40, 40)
+    out = erase_box(clip, np.random.default_rng(4))
+    changed = out != 0
+    assert changed.any()
+    assert all(torch.equal(changed[:, 0], changed[:, t]) for t in range(6))
+    assert all(torch.equal(out[:, 0], out[:, t]) for t in range(6))
+
+
+def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one() -> None:
+    video = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 3, 2, 8, 8).clone()
+    labels = torch.tensor([0, 1, 2, 3])
+    for aug in (AugConfig(mixup=0.8), AugConfig(cutmix=1.0), AugConfig(mixup=0.8, cutmix=1.0)):
+        for seed in range(5):
+            mixed, targets = mix_batch(video, labels, 5, aug, np.random.default_rng(seed))
+            assert targets.shape == (4, 5)
+            assert torch.allclose(targets.sum(1), torch.ones(4))
+            # each row is a blend of itself (lambda) and its mirror in the batch (1 - lambda)
+            lam = targets[0, 0].item()
+            assert targets[0, 3].item() == pytest.approx(1 - lam) and lam >= 0.0
+            if aug.cutmix and not aug.mixup:  # cutmix: the kept area is exactly lambda
+                kept = (mixed[0] == 0).float().mean().item()
+                assert kept == pytest.approx(lam, abs=1e-6)
+
+
+def test_mixup_prob_zero_leaves_video_alone_but_keeps_soft_labels() -> None:
+    video = torch.randn(2, 3, 2, 4, 4)
+    mixed, targets = mix_batch(video, torch.tensor([1, 0]), 3, AugConfig(mixup=1.0, mixup_prob=0.0), np.random.default_rng(0))
+    assert torch.equal(mixed, video)
+    assert torch.equal(targets, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+
+
+def test_eval_transform_three_crops_along_the_long_side() -> None:
+    cfg = from_dict(DataConfig, {"num_frames": 8, "crop_size": 32, "test_crops": 3})
+    frames = torch.zeros(8, 48, 96, 3, dtype=torch.uint8)
+    frames[:, :, :32] = 255  # bright left third
+    views = EvalTransform(cfg)(frames)
+    assert [v.shape for v in views] == [(3, 8, 32, 32)] * 3
+    left, centre, right = (v.mean().item() for v in views)
+    assert left > centre > right  # the crops go left to right after the 32-pixel short-side resize
+
+
+def test_bad_aug_settings_are_errors_naming_the_key() -> None:
+    with pytest.raises(ValueError, match="aug.scale"):
+        AugConfig(scale=(0.5, 0.2))
+    with pytest.raises(Exception, match="repeated_aug"):
+        from_dict(DataConfig, {"batch_size": 6, "aug": {"repeated_aug": 4}})
