@@ -1,6 +1,6 @@
 """Small-dataset training: vit_tiny vs vit_tiny_spt_lsa vs tiny StructViT / UniFormer, same budget.
 
-    python bench/small_data.py [--epochs 8] [--img-size 32] [--seed 0]
+    python bench/small_data.py [--epochs 8] [--img-size 32] [--vit-patch 4] [--seed 0]
 
 Data: scikit-learn's bundled handwritten digits (1,797 8x8 grey images, 10 classes; it ships
 inside the package, nothing is downloaded), upsampled to --img-size, a fixed stratified 80/20
@@ -51,11 +51,14 @@ def translate(batch: torch.Tensor, generator: torch.Generator, pixels: int = 2) 
     return padded[..., pixels + dy : pixels + dy + height, pixels + dx : pixels + dx + width]
 
 
-def train_and_test(name: str, data: tuple[torch.Tensor, ...], epochs: int, img_size: int, seed: int) -> dict:
+def train_and_test(
+    name: str, data: tuple[torch.Tensor, ...], epochs: int, img_size: int, seed: int, vit_patch: int | None
+) -> dict:
     """Train `name` from scratch on the split and return its test accuracy, size and wall time."""
     train_x, train_y, test_x, test_y = data
     torch.manual_seed(seed)
-    model = create_model(name, 10, img_size=img_size, in_chans=1)
+    overrides = {"patch_size": vit_patch} if vit_patch and name.startswith("vit") else {}
+    model = create_model(name, 10, img_size=img_size, in_chans=1, **overrides)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     steps_per_epoch = math.ceil(len(train_x) / 64)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
@@ -87,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=8, help="training epochs for every model")
     parser.add_argument("--img-size", type=int, default=32, help="digits are upsampled to this size")
+    parser.add_argument("--vit-patch", type=int, default=None, help="ViT patch size (default img_size // 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=MODELS)
     args = parser.parse_args()
@@ -96,7 +100,10 @@ def main() -> None:
         f"seed {args.seed}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load {os.getloadavg()[0]:.1f}"
     )
-    rows = [train_and_test(name, data, args.epochs, args.img_size, args.seed) for name in args.models]
+    rows = [
+        train_and_test(name, data, args.epochs, args.img_size, args.seed, args.vit_patch)
+        for name in args.models
+    ]
     print(f"{'model':<22}{'params (M)':>12}{'test top-1 %':>14}{'train min':>11}")
     for row in rows:
         print(f"{row['model']:<22}{row['params_m']:>12.2f}{row['top1']:>14.2f}{row['minutes']:>11.1f}")

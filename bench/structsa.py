@@ -60,9 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     machine = platform.processor() or platform.machine()
-    print(
-        f"# {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}, load {os.getloadavg()[0]:.1f}"
-    )
+    threads, load = torch.get_num_threads(), os.getloadavg()[0]
+    print(f"# {machine}, {threads} threads, torch {torch.__version__}, load average {load:.1f}")
     print(f"# batch 1, 1 head x {args.dim} channels, kernel 3, median of {args.reps} after warm-up")
     for spec in args.maps:
         grid = tuple(int(s) for s in spec.split("x"))

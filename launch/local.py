@@ -48,10 +48,9 @@ def rank_environment(rank: int, nproc: int, port: int) -> dict[str, str]:
     return env
 
 
-def run(config: str, nproc: int, overrides: list[str]) -> int:
-    """Start `nproc` ranks and wait for them; returns the job's exit status."""
+def run(command: list[str], nproc: int) -> int:
+    """Start `nproc` ranks of `command` and wait for them; returns the job's exit status."""
     port = free_port()
-    command = [sys.executable, "-m", "pipeline.train", "--config", config, *overrides]
     # Own sessions: a terminal Ctrl-C reaches only this launcher, which turns it into a SIGTERM (a save).
     ranks = [
         subprocess.Popen(command, env=rank_environment(rank, nproc, port), start_new_session=True)
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return run(args.config, args.nproc, args.overrides)
+    return run([sys.executable, "-m", "pipeline.train", "--config", args.config, *args.overrides], args.nproc)
 
 
 if __name__ == "__main__":

@@ -26,16 +26,28 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from launch.slurm_task import ShardCommandTask, TrainTask
-from pipeline.config import ConfigError
+# Runnable as a script from any folder: make the repository importable here and in the tasks.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from launch.slurm_task import ShardCommandTask, TrainTask  # noqa: E402
+from pipeline.config import ConfigError  # noqa: E402
 
 PING_TIMEOUT_S = 20  # scontrol's own retries take a minute when no controller answers
 
 
 class LaunchError(RuntimeError):
     """A problem that stops the submission, worded as one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `message` as one line and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def add_slurm_options(parser: argparse.ArgumentParser) -> None:
@@ -63,14 +75,18 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The training parser and the `shard` sub-command's parser."""
-    train = argparse.ArgumentParser(prog="launch/slurm.py", description="Submit a training run to Slurm.")
+    # No abbreviations: `shard` passes unknown options on to the sharder, and its --part must not be
+    # taken for --partition.
+    train = OneLineParser(prog="launch/slurm.py", description="Submit a training run to Slurm.",
+                                    allow_abbrev=False)
     add_slurm_options(train)
     train.add_argument("--config", required=True, help="training config YAML")
     train.add_argument("overrides", nargs="*", help="key=value config overrides")
-    shard = argparse.ArgumentParser(
+    shard = OneLineParser(
         prog="launch/slurm.py shard",
         description="Shard a dataset as a Slurm job array plus a dependent merge job; "
         "unknown options are passed to `python -m shards DATASET`.",
+        allow_abbrev=False,
     )
     add_slurm_options(shard)
     shard.add_argument("dataset")
@@ -91,6 +107,8 @@ def slurm_parameters(args: argparse.Namespace, job_name: str, nodes: int) -> dic
     if args.signal_delay >= args.time * 60:
         raise LaunchError(f"--signal-delay {args.signal_delay} s must be shorter than --time {args.time} min")
     params: dict[str, Any] = {
+        # submitit unpickles the task by reference to launch.slurm_task: the job must import this checkout
+        "setup": [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"],
         "job_name": job_name,
         "nodes": nodes,
         "ntasks_per_node": args.gpus_per_node or args.tasks_per_node,
@@ -157,9 +175,8 @@ def one_line_submission_errors() -> Any:
     """Turn a failed sbatch into one LaunchError line (submitit would print sbatch's stderr as well)."""
     import submitit
 
-    captured = io.StringIO()
     try:
-        with contextlib.redirect_stderr(captured):
+        with contextlib.redirect_stderr(io.StringIO()):
             yield
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -203,6 +220,11 @@ def submit_sharding(args: argparse.Namespace, shard_options: list[str]) -> int:
         raise LaunchError(f"--array must be positive, got {args.array}")
     if args.nodes != 1:
         raise LaunchError("--nodes applies to training only: each sharding part runs on one node")
+    named = {option.split("=", 1)[0] for option in shard_options if option.startswith("--")}
+    if "--part" in named:
+        raise LaunchError("--part is set for each array task by --array; leave it out")
+    if "--split" not in named:
+        raise LaunchError("--split is required (passed to `python -m shards` with the other options)")
     root, out = args.root.absolute(), args.out.absolute()
     if not root.is_dir():
         raise LaunchError(f"--root '{args.root}' is not a folder")
@@ -230,7 +252,8 @@ def submit_sharding(args: argparse.Namespace, shard_options: list[str]) -> int:
         merge_job = executor.submit(merge)
     print(f"submitted array job {array_id}: {args.array} parts of {args.dataset} into {out}")
     print(f"submitted merge job {merge_job.job_id} (after all parts succeed)")
-    print(f"logs: {job_dir}/{array_id}_{{0..{args.array - 1}}}_0_log.out, {merge_job.job_id}_0_log.out there")
+    print(f"logs: {job_dir}/{array_id}_{{0..{args.array - 1}}}_0_log.out (parts), "
+          f"{job_dir}/{merge_job.job_id}_0_log.out (merge)")
     return 0
 
 

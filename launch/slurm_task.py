@@ -22,16 +22,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 # Ports for the rendezvous: one per job id, so that jobs sharing a node do not collide and a requeued
-# job (same id) finds the same one. The range stays clear of torchrun's default 29500 block.
-MASTER_PORT_BASE = 31000
-MASTER_PORT_SPAN = 20000
+# job (same id) finds the same one. The range stays below torchrun's default 29500 and below Linux's
+# ephemeral ports (32768 and up), which outgoing connections may hold at any moment.
+MASTER_PORT_BASE = 20000
+MASTER_PORT_SPAN = 9000
 # Settings every requeued run needs whatever the user asked for the first start: continue from this
 # run's own `latest`, with its full state (optimizer moments, loader position).
 REQUEUE_OVERRIDES = ("checkpoint.resume=auto", "checkpoint.weights_only=false")
 
 
 def master_port(job_id: int) -> int:
-    """The rendezvous port of job `job_id` (the raw id: array tasks of one array share it)."""
+    """The rendezvous port of Slurm job `job_id`."""
     return MASTER_PORT_BASE + job_id % MASTER_PORT_SPAN
 
 
@@ -116,18 +117,16 @@ class TrainTask:
         result = train(cfg)
         if not result.stopped_by_signal:
             return result
-        name = result.signal or "SIGUSR2"
-        signum = signal.Signals[name]
-        if rank != 0:
-            # Every rank has saved. Only rank 0 holds submitit's handler, which requeues the job and
-            # thereby ends this task; leaving without a result keeps a stale one from being read later.
-            print(f"[slurm] rank {rank} stopped by {name} after saving; rank 0 requeues the job", flush=True)
-            sys.exit(0)
-        print(f"[slurm] stopped by {name} after saving; handing over to submitit to requeue", flush=True)
-        # SIGTERM alone is a cancel (or Slurm's own preemption-requeue): submitit only logs it, as it
-        # would without our handler. The USR2 handler calls checkpoint(), requeues and exits.
-        signals.call_previous_handler(signum)
-        return result
+        print(f"[slurm] rank {rank} stopped by {result.signal} at step {result.step} after saving",
+              flush=True)
+        if rank == 0 and result.signal == "SIGUSR2":
+            # The trainer remembered submitit's USR2 handler (installed on every task, acting on rank 0
+            # only): it calls checkpoint(), requeues the job and exits this process.
+            signals.call_previous_handler(signal.SIGUSR2)
+        # Leave without a result (submitit writes one only when this returns): the run is not finished,
+        # and a result file from this start must not be mistaken for the requeued job's. After SIGTERM
+        # (a cancel, or a preemption that Slurm requeues by itself) every rank leaves the same way.
+        sys.exit(0)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Called by submitit on rank 0 at the preemption/time-limit signal: what to run after requeue.

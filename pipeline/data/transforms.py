@@ -57,23 +57,26 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def to_float_clip(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (T, 3, H, W) in [0, 255]."""
-    return frames.permute(0, 3, 1, 2).float()
+def channels_first(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> a (T, 3, H, W) view (channels-last memory, which torch resizes fastest)."""
+    return frames.permute(0, 3, 1, 2)
 
 
 def resize(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear resize of a (T, 3, H, W) clip, antialiased when shrinking."""
+    """Bilinear resize of a (T, 3, H, W) clip (uint8 or float), antialiased when shrinking."""
     if clip.shape[-2:] == (height, width):
         return clip
     return F.interpolate(clip, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
 
 
 def normalise(clip: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(T, 3, H, W) in [0, 255] -> (C, T, H, W) normalised with mean/std given in [0, 1] units."""
-    m = clip.new_tensor(mean).view(1, 3, 1, 1) * 255.0
-    s = clip.new_tensor(std).view(1, 3, 1, 1) * 255.0
-    return ((clip - m) / s).permute(1, 0, 2, 3).contiguous()
+    """(T, 3, H, W) in [0, 255] (uint8 or float) -> float (C, T, H, W) normalised with mean/std in [0, 1] units."""
+    t, c, h, w = clip.shape
+    out = torch.empty((c, t, h, w), dtype=torch.float32, device=clip.device)
+    out.copy_(clip.permute(1, 0, 2, 3))  # converts and transposes in one pass
+    m = torch.tensor(mean, device=clip.device).view(3, 1, 1, 1) * 255.0
+    s = torch.tensor(std, device=clip.device).view(3, 1, 1, 1) * 255.0
+    return out.sub_(m).div_(s)
 
 
 def erase_box(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -109,7 +112,8 @@ class TrainTransform:
     def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> list[torch.Tensor]:
         """Augment one decoded clip (T, H, W, 3) uint8 into its views."""
         aug = self.aug
-        clip = to_float_clip(frames)
+        # Crop, resize and flip stay in uint8 (several times faster than float); RandAugment needs float.
+        clip = channels_first(frames)
         _, _, height, width = clip.shape
         views = []
         for _ in range(aug.repeated_aug):
@@ -118,7 +122,7 @@ class TrainTransform:
             if self.flip and rng.random() < 0.5:
                 view = view.flip(-1)
             if aug.randaug_n > 0:
-                view = rand_augment(view, aug.randaug_n, aug.randaug_m, aug.randaug_mstd, rng)
+                view = rand_augment(view.float(), aug.randaug_n, aug.randaug_m, aug.randaug_mstd, rng)
             view = normalise(view, aug.mean, aug.std)
             if aug.erasing_prob > 0 and rng.random() < aug.erasing_prob:
                 view = erase_box(view, rng)
@@ -139,7 +143,7 @@ class EvalTransform:
 
     def __call__(self, frames: torch.Tensor) -> list[torch.Tensor]:
         """Resize, crop and normalise one test clip (T, H, W, 3) uint8."""
-        clip = to_float_clip(frames)
+        clip = channels_first(frames)
         _, _, height, width = clip.shape
         scale = self.short_side / min(height, width)
         new_h, new_w = max(self.size, round(height * scale)), max(self.size, round(width * scale))

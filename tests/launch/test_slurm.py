@@ -134,6 +134,8 @@ def test_bad_resource_options_are_one_line(tmp_path: Path, demo_overrides: list[
     proc = launch("--time", "1", "--signal-delay", "90", "--config", str(DEMO_CONFIG), *demo_overrides,
                   cwd=tmp_path)
     assert "--signal-delay" in one_error_line(proc)
+    proc = launch("--nodes", "two", "--config", str(DEMO_CONFIG), cwd=tmp_path)
+    assert "argument --nodes: invalid int value: 'two'" in one_error_line(proc)
 
 
 # ---------------------------------------------------------------- on the test cluster
@@ -228,11 +230,12 @@ class SlurmRun:
         return submitit.SlurmJob(folder=self.job_dir, job_id=self.job_id, tasks=(0, 1, 2, 3)).results()
 
 
-def submit_training(cluster: SlurmCluster, cwd: Path, name: str, overrides: list[str]) -> SlurmRun:
+def submit_training(cluster: SlurmCluster, cwd: Path, name: str, overrides: list[str],
+                    options: tuple[str, ...] = ()) -> SlurmRun:
     """Submit the demo config as 2 nodes x 2 CPU tasks through the launcher."""
     out_dir = cwd / "runs"
-    proc = launch(*TRAIN_RESOURCES, "--config", str(DEMO_CONFIG), f"name={name}", f"out_dir={out_dir}",
-                  *overrides, cwd=cwd, env=cluster.env)
+    proc = launch(*TRAIN_RESOURCES, *options, "--config", str(DEMO_CONFIG), f"name={name}",
+                  f"out_dir={out_dir}", *overrides, cwd=cwd, env=cluster.env)
     return SlurmRun(submitted_id(proc), out_dir / name, out_dir / name / "slurm", proc.stdout)
 
 
@@ -323,3 +326,18 @@ def test_preempted_twice_resumes_to_the_same_parameters(
     assert expected.keys() == got.keys() and len(got) > 10
     different = [name for name in got if not torch.equal(got[name], expected[name])]
     assert not different, f"parameters differ from the uninterrupted run: {different[:5]}"
+
+
+@pytest.mark.slurm
+def test_no_requeue_beyond_max_requeue(slurm_cluster: SlurmCluster, demo_overrides: list[str],
+                                       tmp_path: Path) -> None:
+    run = submit_training(slurm_cluster, tmp_path, "bounded", demo_overrides, ("--max-requeue", "0"))
+    wait_until(slurm_cluster, run, "step 3", step_reached(run, 3))
+    assert slurm_cluster.run("scancel", "--signal=USR2", run.job_id).returncode == 0
+    states = slurm_cluster.wait_final([run.job_id], JOB_TIMEOUT_S)
+    assert states[run.job_id] == ["FAILED"]
+    assert "[slurm] not requeueing: 0 restarts already (--max-requeue 0)" in run.log(0)
+    # the ranks still saved where they stopped, so a later resubmission continues from there
+    stops = re.findall(r"stopped by SIGUSR2 at step (\d+) after saving", run.log(0, "err"))
+    assert len(stops) == 1 and 3 <= int(stops[0]) < TRAIN_STEPS
+    assert (run.run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{int(stops[0]):08d}"

@@ -1,0 +1,214 @@
+"""Loader throughput, side by side on the same clips, sampling, transforms and number of workers.
+
+    python bench/loader.py [--clips 32] [--frames 150] [--height 240] [--workers 2] [--batch-size 4]
+
+Builds a synthetic Diving-48-style raw tree (whole files, stored as-is) (real H.264 files with one keyframe per 300 frames,
+like downloaded originals), shards it twice (as-is, and re-encoded with a GOP of 16), then measures clips/s of:
+  (a) this loader reading the shards (webdataset stream, sampling, decode, augmentation, batching);
+  (b) the usual raw-file loader: a list file of mp4 paths, decord opening each file, the same
+      sampling and transforms (as VideoMAE's dataset does);
+  (c) decode-only of the same kind of clips with the same decoder as (a), from bytes in memory;
+and prints a/b, a/c, and frames decoded per frame delivered (PyAV's count) on both shard sets.
+Hardware, versions and the resolved config are printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import from_dict, to_dict
+from pipeline.data.config import DataConfig
+from pipeline.data.decoders import PyAVDecoder, build_decoder, resolve_decoder_name
+from pipeline.data.loader import build_train_loader
+from pipeline.data.manifest import load_shard_set
+from pipeline.data.plan import (
+    ShardSlice,
+    make_rng,
+)
+from pipeline.data.sampling import train_indices
+from pipeline.data.stream import ReadShardSlices, video_member
+from pipeline.data.transforms import TrainTransform
+from shards.__main__ import main as shards_main
+
+
+def make_data(root: Path, clips: int, frames: int, height: int) -> tuple[Path, Path, Path]:
+    """Raw tree, as-is shards and short-GOP re-encoded shards."""
+    raw, original, short_gop = root / "raw", root / "shards-original", root / "shards-gop16"
+    synth = ["synth", "diving48", "--out", str(raw), "--num-videos", str(clips), "--classes", "4"]
+    synth += ["--frames", str(frames), "--height", str(height), "--splits", "train", "--missing", "0"]
+    common = ["diving48", "--root", str(raw), "--split", "train", "--max-samples", "8", "--workers", "2"]
+    for args in (
+        synth,
+        [*common, "--out", str(original)],
+        [*common, "--out", str(short_gop), "--reencode", "--gop", "16"],
+    ):
+        if shards_main(args) != 0:
+            raise SystemExit(f"preparing the benchmark data failed: {' '.join(args)}")
+    return raw, original, short_gop
+
+
+def read_samples(folder: Path) -> list[dict]:
+    """Every sample of a shard folder in manifest order (raw members)."""
+    samples = []
+    for shard in load_shard_set([str(folder)]).shards:
+        samples += ReadShardSlices()([ShardSlice(shard.path, 0, shard.num_samples)])
+    return samples
+
+
+class RawFileClips(Dataset):
+    """The usual raw-file loader: `path label` lines of a list file, decord opening each mp4."""
+
+    def __init__(self, list_file: Path, cfg: DataConfig, num_frames_of: dict[str, int]) -> None:
+        self.rows = [line.rsplit(" ", 1) for line in list_file.read_text().splitlines()]
+        self.cfg, self.num_frames_of = cfg, num_frames_of
+        self.transform = TrainTransform(cfg, flip=True)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        import decord
+
+        path, label = self.rows[index]
+        reader = decord.VideoReader(path, num_threads=1)
+        rng = make_rng(0, index)
+        indices = train_indices(
+            self.cfg.sampling, len(reader), self.cfg.num_frames, self.cfg.frame_stride, rng
+        )
+        frames = torch.from_numpy(reader.get_batch(indices).asnumpy())
+        return self.transform(frames, rng)[0], int(label)
+
+
+class DecodeOnly(Dataset):
+    """Decode the sampled frames of in-memory videos and nothing else (the limit)."""
+
+    def __init__(self, videos: list[tuple[bytes, int]], cfg: DataConfig, decoder: str) -> None:
+        self.videos, self.cfg, self.decoder = videos, cfg, build_decoder(decoder)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        data, num_frames = self.videos[index]
+        indices = train_indices(
+            self.cfg.sampling, num_frames, self.cfg.num_frames, self.cfg.frame_stride, make_rng(1, index)
+        )
+        return self.decoder.decode(data, indices)
+
+
+def clips_per_second(loader, repeats: int) -> float:
+    """Clips per second over `repeats` passes (the first batch of each pass counts: worker start is part of it)."""
+    clips, started = 0, time.perf_counter()
+    for _ in range(repeats):
+        for batch in loader:
+            video = (
+                batch["video"] if isinstance(batch, dict) else batch[0] if isinstance(batch, list) else batch
+            )
+            clips += video.shape[0]
+    return clips / (time.perf_counter() - started)
+
+
+def amplification(samples: list[dict], cfg: DataConfig) -> float:
+    """Frames PyAV decodes per frame delivered, for one sampled clip of every sample."""
+    decoder, delivered = PyAVDecoder(), 0
+    for i, sample in enumerate(samples):
+        meta = json.loads(sample["json"])
+        indices = train_indices(
+            cfg.sampling, int(meta["num_frames"]), cfg.num_frames, cfg.frame_stride, make_rng(2, i)
+        )
+        decoder.decode(video_member(sample), indices)
+        delivered += len(indices)
+    return decoder.frames_decoded / delivered
+
+
+def main() -> None:
+    """Run the benchmark and print its figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=150, help="frames per raw clip (150 = 10 s at 15 fps)")
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, original, short_gop = make_data(Path(tmp), args.clips, args.frames, args.height)
+        cfg = from_dict(
+            DataConfig,
+            {
+                "train": [str(original)],
+                "num_frames": 16,
+                "sampling": "dense",
+                "frame_stride": 4,
+                "crop_size": 224,
+                "batch_size": args.batch_size,
+                "workers": args.workers,
+                "decoder": "auto",
+                "shuffle_buffer": 16,
+            },
+        )
+        samples = read_samples(original)
+        metas = [json.loads(s["json"]) for s in samples]
+        list_file = Path(tmp) / "train_list.txt"
+        list_file.write_text("".join(f"{raw / m['source']} {m['label']}\n" for m in metas))
+        decoder = resolve_decoder_name(cfg.decoder)
+        loaders = {
+            "a": build_train_loader(cfg, rank=0, world_size=1, seed=0),
+            "b": DataLoader(
+                RawFileClips(list_file, cfg, {}),
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=args.workers,
+                drop_last=True,
+            ),
+            "c": DataLoader(
+                DecodeOnly(
+                    [(video_member(s), int(m["num_frames"])) for s, m in zip(samples, metas)], cfg, decoder
+                ),
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                drop_last=True,
+            ),
+        }
+        rates = {name: clips_per_second(loader, args.repeats) for name, loader in loaders.items()}
+        amp = {
+            "original": amplification(samples, cfg),
+            "short-GOP (16) re-encoded": amplification(read_samples(short_gop), cfg),
+        }
+        short_gop_cfg = from_dict(DataConfig, {**to_dict(cfg), "train": [str(short_gop)]})
+        rate_short = clips_per_second(
+            build_train_loader(short_gop_cfg, rank=0, world_size=1, seed=0), args.repeats
+        )
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, torch {torch.__version__}"
+    )
+    print(
+        f"clips: {args.clips} x {args.frames} frames at {args.height}p, decoder for (a) and (c): {decoder}, "
+        f"workers: {args.workers}, batch: {args.batch_size}, passes: {args.repeats}"
+    )
+    print(f"config: {json.dumps(to_dict(cfg), sort_keys=True)}")
+    print(
+        f"(a) this loader, shards           {rates['a']:8.1f} clips/s   (short-GOP shards: {rate_short:.1f})"
+    )
+    print(f"(b) raw files + decord, list file {rates['b']:8.1f} clips/s")
+    print(f"(c) decode only (the limit)       {rates['c']:8.1f} clips/s")
+    print(f"a/b = {rates['a'] / rates['b']:.2f}   (target >= 1.0)")
+    print(f"a/c = {rates['a'] / rates['c']:.2f}   (target >= 0.85)")
+    for name, value in amp.items():
+        print(f"frames decoded per frame delivered, {name}: {value:.2f}")
+
+
+if __name__ == "__main__":
+    main()
