@@ -2,8 +2,9 @@
 
     python bench/loader.py [--clips 32] [--frames 150] [--height 240] [--workers 2] [--batch-size 4]
 
-Builds a synthetic Diving-48-style raw tree (whole files, stored as-is) (real H.264 files with one keyframe per 300 frames,
-like downloaded originals), shards it twice (as-is, and re-encoded with a GOP of 16), then measures clips/s of:
+Builds a synthetic Diving-48-style raw tree (whole H.264 files, stored as-is by the sharder, with
+one keyframe per 300 frames like downloaded originals), shards it twice (as-is, and re-encoded
+with a GOP of 16), then measures clips/s of:
   (a) this loader reading the shards (webdataset stream, sampling, decode, augmentation, batching);
   (b) the usual raw-file loader: a list file of mp4 paths, decord opening each file, the same
       sampling and transforms (as VideoMAE's dataset does);
@@ -23,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -41,6 +44,7 @@ from pipeline.data.sampling import train_indices
 from pipeline.data.stream import ReadShardSlices, video_member
 from pipeline.data.transforms import TrainTransform
 from shards.__main__ import main as shards_main
+from shards.synth import encode_video
 
 
 def make_data(root: Path, clips: int, frames: int, height: int) -> tuple[Path, Path, Path]:
@@ -49,14 +53,26 @@ def make_data(root: Path, clips: int, frames: int, height: int) -> tuple[Path, P
     synth = ["synth", "diving48", "--out", str(raw), "--num-videos", str(clips), "--classes", "4"]
     synth += ["--frames", str(frames), "--height", str(height), "--splits", "train", "--missing", "0"]
     common = ["diving48", "--root", str(raw), "--split", "train", "--max-samples", "8", "--workers", "2"]
+    if shards_main(synth) != 0:
+        raise SystemExit(f"preparing the benchmark data failed: {' '.join(synth)}")
+    for path in sorted(raw.rglob("*.mp4")):
+        make_long_gop(path)
     for args in (
-        synth,
         [*common, "--out", str(original)],
         [*common, "--out", str(short_gop), "--reencode", "--gop", "16"],
     ):
         if shards_main(args) != 0:
             raise SystemExit(f"preparing the benchmark data failed: {' '.join(args)}")
     return raw, original, short_gop
+
+
+def make_long_gop(path: Path) -> None:
+    """Re-encode a raw clip with one keyframe per 300 frames, like downloaded originals."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+    encode_video(frames, path, "h264", fps, gop=300)
 
 
 def read_samples(folder: Path) -> list[dict]:
@@ -109,7 +125,7 @@ class DecodeOnly(Dataset):
 
 
 def clips_per_second(loader, repeats: int) -> float:
-    """Clips per second over `repeats` passes (the first batch of each pass counts: worker start is part of it)."""
+    """Clips per second over `repeats` passes (worker start-up included, as in training)."""
     clips, started = 0, time.perf_counter()
     for _ in range(repeats):
         for batch in loader:
@@ -175,7 +191,9 @@ def main() -> None:
             ),
             "c": DataLoader(
                 DecodeOnly(
-                    [(video_member(s), int(m["num_frames"])) for s, m in zip(samples, metas)], cfg, decoder
+                    [(video_member(s), int(m["num_frames"])) for s, m in zip(samples, metas, strict=True)],
+                    cfg,
+                    decoder,
                 ),
                 batch_size=args.batch_size,
                 num_workers=args.workers,
@@ -192,7 +210,8 @@ def main() -> None:
             build_train_loader(short_gop_cfg, rank=0, world_size=1, seed=0), args.repeats
         )
     print(
-        f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, torch {torch.__version__}"
+        f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
+        f"torch {torch.__version__}"
     )
     print(
         f"clips: {args.clips} x {args.frames} frames at {args.height}p, decoder for (a) and (c): {decoder}, "

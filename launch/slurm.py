@@ -54,10 +54,15 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
     """The resource options shared by training and sharding submissions."""
     res = parser.add_argument_group("Slurm resources")
     res.add_argument("--nodes", type=int, default=1, help="nodes per job (training only)")
-    res.add_argument("--gpus-per-node", type=int, default=0,
-                     help="GPUs per node, one task each; 0: CPU tasks (see --tasks-per-node)")
-    res.add_argument("--tasks-per-node", type=int, default=1,
-                     help="CPU tasks per node with --gpus-per-node 0")
+    res.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=0,
+        help="GPUs per node, one task each; 0: CPU tasks (see --tasks-per-node)",
+    )
+    res.add_argument(
+        "--tasks-per-node", type=int, default=1, help="CPU tasks per node with --gpus-per-node 0"
+    )
     res.add_argument("--cpus-per-task", type=int, default=None, help="CPU cores per task")
     res.add_argument("--partition", default=None)
     res.add_argument("--account", default=None)
@@ -68,8 +73,12 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
     res.add_argument("--exclude", default=None, help="nodes to avoid (sbatch --exclude)")
     res.add_argument("--job-dir", type=Path, default=None, help="submitit folder: scripts, pickles, logs")
     res.add_argument("--max-requeue", type=int, default=5, help="restarts allowed after preemption/timeout")
-    res.add_argument("--signal-delay", type=int, default=120,
-                     help="seconds before the time limit at which USR2 asks the job to save and requeue")
+    res.add_argument(
+        "--signal-delay",
+        type=int,
+        default=120,
+        help="seconds before the time limit at which USR2 asks the job to save and requeue",
+    )
     res.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting")
 
 
@@ -77,8 +86,9 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The training parser and the `shard` sub-command's parser."""
     # No abbreviations: `shard` passes unknown options on to the sharder, and its --part must not be
     # taken for --partition.
-    train = OneLineParser(prog="launch/slurm.py", description="Submit a training run to Slurm.",
-                                    allow_abbrev=False)
+    train = OneLineParser(
+        prog="launch/slurm.py", description="Submit a training run to Slurm.", allow_abbrev=False
+    )
     add_slurm_options(train)
     train.add_argument("--config", required=True, help="training config YAML")
     train.add_argument("overrides", nargs="*", help="key=value config overrides")
@@ -198,8 +208,9 @@ def submit_training(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.overrides, world_size=ntasks)
     params = slurm_parameters(args, job_name=cfg.name, nodes=args.nodes)
     job_dir = (args.job_dir or cfg.run_dir / "slurm").absolute()
-    task = TrainTask(config=str(Path(args.config).absolute()), overrides=list(args.overrides),
-                     max_requeue=args.max_requeue)
+    task = TrainTask(
+        config=str(Path(args.config).absolute()), overrides=list(args.overrides), max_requeue=args.max_requeue
+    )
     if args.dry_run:
         print(render_sbatch_script(job_dir, params))
         return 0
@@ -235,8 +246,11 @@ def submit_sharding(args: argparse.Namespace, shard_options: list[str]) -> int:
     job_dir = (args.job_dir or Path("runs") / f"shard-{args.dataset}" / "slurm").absolute()
     # A failed part makes the dependency unsatisfiable: Slurm then cancels the merge job instead of
     # leaving it pending forever.
-    merge_params = {**params, "job_name": f"merge-{args.dataset}",
-                    "additional_parameters": {"kill-on-invalid-dep": "yes"}}
+    merge_params = {
+        **params,
+        "job_name": f"merge-{args.dataset}",
+        "additional_parameters": {"kill-on-invalid-dep": "yes"},
+    }
     if args.dry_run:
         print(render_sbatch_script(job_dir, {**params, "map_count": args.array}))
         print(render_sbatch_script(job_dir, {**merge_params, "dependency": "afterok:<array job id>"}))
@@ -252,8 +266,10 @@ def submit_sharding(args: argparse.Namespace, shard_options: list[str]) -> int:
         merge_job = executor.submit(merge)
     print(f"submitted array job {array_id}: {args.array} parts of {args.dataset} into {out}")
     print(f"submitted merge job {merge_job.job_id} (after all parts succeed)")
-    print(f"logs: {job_dir}/{array_id}_{{0..{args.array - 1}}}_0_log.out (parts), "
-          f"{job_dir}/{merge_job.job_id}_0_log.out (merge)")
+    print(
+        f"logs: {job_dir}/{array_id}_{{0..{args.array - 1}}}_0_log.out (parts), "
+        f"{job_dir}/{merge_job.job_id}_0_log.out (merge)"
+    )
     return 0
 
 

@@ -58,8 +58,10 @@ def node_address(hostname: str) -> str:
     for item in out.stdout.split():
         if item.startswith("NodeAddr="):
             return item.split("=", 1)[1]
-    raise RuntimeError(f"cannot find an address for node '{hostname}': it does not resolve and "
-                       f"`scontrol show node` gave none ({out.stderr.strip() or 'no output'})")
+    raise RuntimeError(
+        f"cannot find an address for node '{hostname}': it does not resolve and "
+        f"`scontrol show node` gave none ({out.stderr.strip() or 'no output'})"
+    )
 
 
 def torch_distributed_env(job_env: Any) -> dict[str, str]:
@@ -117,8 +119,9 @@ class TrainTask:
         result = train(cfg)
         if not result.stopped_by_signal:
             return result
-        print(f"[slurm] rank {rank} stopped by {result.signal} at step {result.step} after saving",
-              flush=True)
+        print(
+            f"[slurm] rank {rank} stopped by {result.signal} at step {result.step} after saving", flush=True
+        )
         if rank == 0 and result.signal == "SIGUSR2":
             # The trainer remembered submitit's USR2 handler (installed on every task, acting on rank 0
             # only): it calls checkpoint(), requeues the job and exits this process.
@@ -138,12 +141,15 @@ class TrainTask:
 
         restarts = restart_count()
         if restarts >= self.max_requeue:
-            print(f"[slurm] not requeueing: {restarts} restarts already (--max-requeue {self.max_requeue})",
-                  flush=True)
+            print(
+                f"[slurm] not requeueing: {restarts} restarts already (--max-requeue {self.max_requeue})",
+                flush=True,
+            )
             return None
         print(f"[slurm] requeueing: restart {restarts + 1} of at most {self.max_requeue}", flush=True)
-        overrides = [o for o in self.overrides if not o.startswith(("checkpoint.resume=",
-                                                                    "checkpoint.weights_only="))]
+        overrides = [
+            o for o in self.overrides if not o.startswith(("checkpoint.resume=", "checkpoint.weights_only="))
+        ]
         return submitit.helpers.DelayedSubmission(replace(self, overrides=[*overrides, *REQUEUE_OVERRIDES]))
 
 

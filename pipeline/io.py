@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 TMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -27,6 +29,8 @@ def atomic_open(path: str | os.PathLike, suffix: str = TMP_SUFFIX) -> Iterator[B
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
+        # mkstemp makes the file 0600; shards and checkpoints are read by other users on a cluster.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -60,7 +60,9 @@ def encode_video(
     if codec == "h264":
         # A fixed preset, no scene-cut heuristics and no rate-control lookahead: with lookahead
         # (mb-tree) this libx264 build gave different bytes for equal frames on a few clips.
-        options.update({"preset": "veryfast", "crf": "23", "x264-params": "scenecut=0:rc-lookahead=0"})
+        # cpu-independent: the same bytes whatever SIMD the CPU has (AVX-512 paths differ otherwise).
+        params = "scenecut=0:rc-lookahead=0:cpu-independent=1"
+        options.update({"preset": "veryfast", "crf": "23", "x264-params": params})
     else:
         options.update({"deadline": "good", "cpu-used": "8", "row-mt": "0", "crf": "32", "b": "0"})
     # bitexact keeps the muxers from writing random segment ids and creation dates.

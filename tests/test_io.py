@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -16,6 +17,9 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path) -> None:
     assert json.loads(target.read_text()) == {"a": "é", "b": 2}
     assert target.read_text().index('"a"') < target.read_text().index('"b"')  # sorted: stable bytes
     assert sorted(p.name for p in target.parent.iterdir()) == ["manifest.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # like open(), not mkstemp's 0600
 
 
 def test_failed_write_keeps_the_old_file(tmp_path) -> None:

@@ -52,7 +52,9 @@ class PlanClips:
 
     def __init__(self, cfg: DataConfig, num_classes: int, flip: bool, seed_parts: tuple[int, ...]) -> None:
         self.cfg, self.flip, self.seed_parts = cfg, flip, seed_parts
-        self.indices = DecodeClips("pyav", cfg.sampling, cfg.num_frames, cfg.frame_stride, num_classes, seed_parts)
+        self.indices = DecodeClips(
+            "pyav", cfg.sampling, cfg.num_frames, cfg.frame_stride, num_classes, seed_parts
+        )
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         for item in items:
@@ -107,7 +109,7 @@ DALI_INPUTS = ("encoded", "frames", "roi_start", "roi_end", "mirror")
 
 
 def build_dali_pipeline(cfg: DataConfig, batch_size: int, device_id: int | None) -> Any:
-    """The DALI pipeline: external inputs -> decode the given frames -> crop+resize -> flip+normalise (CFHW)."""
+    """The DALI graph: external inputs -> decode the given frames -> crop+resize -> flip+normalise."""
     from nvidia.dali import fn, types
     from nvidia.dali.pipeline import Pipeline
 
@@ -119,7 +121,10 @@ def build_dali_pipeline(cfg: DataConfig, batch_size: int, device_id: int | None)
         encoded, frames, roi_start, roi_end, mirror = (
             fn.external_source(name=name, dtype=dtype, ndim=ndim)
             for name, dtype, ndim in zip(
-                DALI_INPUTS, (types.UINT8, types.INT32, types.FLOAT, types.FLOAT, types.INT32), (1, 1, 1, 1, 0)
+                DALI_INPUTS,
+                (types.UINT8, types.INT32, types.FLOAT, types.FLOAT, types.INT32),
+                (1, 1, 1, 1, 0),
+                strict=True,
             )
         )
         video = fn.decoders.video(encoded, frames=frames, device="mixed" if on_gpu else "cpu")
@@ -168,11 +173,17 @@ class DaliTrainLoader(TrainLoader):
 
     def __init__(self, cfg: DataConfig, shard_set: ShardSet, rank: int, world_size: int, seed: int) -> None:
         unsupported = [
-            name for name, on in (("aug.randaug_n", cfg.aug.randaug_n > 0), ("aug.repeated_aug", cfg.aug.repeated_aug > 1))
+            name
+            for name, on in (
+                ("aug.randaug_n", cfg.aug.randaug_n > 0),
+                ("aug.repeated_aug", cfg.aug.repeated_aug > 1),
+            )
             if on
         ]
         if unsupported:
-            raise ValueError(f"decoder=dali does not support {', '.join(unsupported)}: use a CPU decoder for them")
+            raise ValueError(
+                f"decoder=dali does not support {', '.join(unsupported)}: use a CPU decoder for them"
+            )
         super().__init__(cfg, shard_set, rank, world_size, seed)
         self.device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
         self._pipe: Any = None
@@ -195,10 +206,12 @@ class DaliTrainLoader(TrainLoader):
         for name in DALI_INPUTS:
             self._pipe.feed_input(name, [item[name] for item in items])
         (video,) = self._pipe.run()
-        return dali_to_torch(video).view(len(items), 3, self.cfg.num_frames, self.cfg.crop_size, self.cfg.crop_size)
+        return dali_to_torch(video).view(
+            len(items), 3, self.cfg.num_frames, self.cfg.crop_size, self.cfg.crop_size
+        )
 
     def _decode_group(self, group: list[Item]) -> tuple[list[Item], torch.Tensor | None]:
-        """Run DALI on a group's good items; if the batch fails, retry one by one to drop only the bad ones."""
+        """Run DALI on a group's good items; if the batch fails, retry one by one to drop only bad ones."""
         good = [item for item in group if "__error__" not in item]
         if not good:
             return [], None
@@ -242,7 +255,9 @@ class DaliTrainLoader(TrainLoader):
                         batch["video"][row] = erase_box(batch["video"][row], rng)
             if aug.mixes:
                 rng = make_rng(*seed_parts, j, BATCH_TAG)
-                batch["video"], batch["label"] = mix_batch(batch["video"], batch["label"], self.num_classes, aug, rng)
+                batch["video"], batch["label"] = mix_batch(
+                    batch["video"], batch["label"], self.num_classes, aug, rng
+                )
             self._bad.add([(item["__key__"], item["__error__"]) for item in group if "__error__" in item])
             self.consumed += self.plan.clips_per_batch
             yield batch

@@ -29,8 +29,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.data.config import DataConfig
 from pipeline.data.manifest import ShardSet, load_shard_set
-from pipeline.data.plan import EvalPlan, ShardSlice, TrainPlan, batches_of_worker, derive_seed, make_rng
-from pipeline.data.plan import shard_order, slice_stream
+from pipeline.data.plan import (
+    EvalPlan,
+    ShardSlice,
+    TrainPlan,
+    batches_of_worker,
+    derive_seed,
+    make_rng,
+    shard_order,
+    slice_stream,
+)
 from pipeline.data.stream import (
     AppendPadding,
     AugmentClips,
@@ -51,7 +59,7 @@ SHUFFLE_TAG, RESAMPLE_TAG = 3, 4
 
 @dataclass
 class LoaderState:
-    """The loader's position, saved in every checkpoint: epoch, stream samples this rank consumed in it, seed."""
+    """The loader's position, saved in every checkpoint: epoch, samples this rank consumed in it, seed."""
 
     epoch: int = 0
     samples_consumed: int = 0
@@ -74,7 +82,7 @@ class LoaderState:
 
 
 class ResampledShards:
-    """An endless stream of whole-shard slices drawn with replacement from the (seed, epoch, rank, worker) generator."""
+    """Endless whole-shard slices drawn with replacement by the (seed, epoch, rank, worker) generator."""
 
     def __init__(self, shard_set: ShardSet, seed_parts: tuple[int, ...]) -> None:
         self.shards, self.seed_parts = shard_set.shards, seed_parts
@@ -90,7 +98,14 @@ class TrainStream(IterableDataset):
     """One epoch of one rank from batch `start_batch` on; each DataLoader worker runs its own stages."""
 
     def __init__(
-        self, cfg: DataConfig, shard_set: ShardSet, plan: TrainPlan, rank: int, seed: int, epoch: int, start_batch: int
+        self,
+        cfg: DataConfig,
+        shard_set: ShardSet,
+        plan: TrainPlan,
+        rank: int,
+        seed: int,
+        epoch: int,
+        start_batch: int,
     ) -> None:
         super().__init__()
         self.cfg, self.shard_set, self.plan = cfg, shard_set, plan
@@ -109,11 +124,13 @@ class TrainStream(IterableDataset):
         seed_parts = (self.seed, self.epoch, self.rank, worker)
         if self.cfg.resampled:
             return ResampledShards(self.shard_set, seed_parts)
-        order = [self.shard_set.shards[i] for i in shard_order(len(self.shard_set.shards), self.seed, self.epoch)]
+        order = [
+            self.shard_set.shards[i] for i in shard_order(len(self.shard_set.shards), self.seed, self.epoch)
+        ]
         return SliceSource(slice_stream(order, *self.plan.worker_span(self.rank, worker)))
 
     def read_stages(self, worker: int) -> list[Any]:
-        """The stages that pick this worker's raw samples: slices, tar reading, shuffle, numbering and skip."""
+        """The stages that pick this worker's raw samples: slices, tar reading, shuffle, number, skip."""
         plan = self.plan
         seed_parts = (self.seed, self.epoch, self.rank, worker)
         done = batches_of_worker(self.start_batch, plan.workers, worker)
@@ -137,7 +154,12 @@ class TrainStream(IterableDataset):
         return [
             *self.read_stages(worker),
             DecodeClips(
-                cfg.decoder, cfg.sampling, cfg.num_frames, cfg.frame_stride, self.shard_set.num_classes, seed_parts
+                cfg.decoder,
+                cfg.sampling,
+                cfg.num_frames,
+                cfg.frame_stride,
+                self.shard_set.num_classes,
+                seed_parts,
             ),
             AugmentClips(TrainTransform(cfg, self.flip), seed_parts),
             BatchTrain(
@@ -211,14 +233,19 @@ class TrainLoader:
 
     def restore(self, state: LoaderState) -> None:
         """Continue from a saved state (its seed replaces the one given at build time)."""
-        if state.samples_consumed > self.plan.samples_per_rank or state.samples_consumed % self.plan.clips_per_batch:
+        if (
+            state.samples_consumed > self.plan.samples_per_rank
+            or state.samples_consumed % self.plan.clips_per_batch
+        ):
             raise ValueError(
                 f"loader state samples_consumed={state.samples_consumed} does not fit this run's plan "
                 f"({self.plan.samples_per_rank} per epoch in batches of {self.plan.clips_per_batch} clips): "
                 "the data, world size or batch size changed"
             )
         if state.seed != self.seed:
-            log.warning("resuming the data stream with the checkpoint's seed %d (not %d)", state.seed, self.seed)
+            log.warning(
+                "resuming the data stream with the checkpoint's seed %d (not %d)", state.seed, self.seed
+            )
         self.epoch, self.consumed, self.seed = state.epoch, state.samples_consumed, state.seed
 
     def set_epoch(self, epoch: int) -> None:
@@ -227,7 +254,7 @@ class TrainLoader:
             self.epoch, self.consumed = epoch, 0
 
     def state(self) -> LoaderState:
-        """What has been consumed up to the last batch yielded (a finished epoch reads as the next one's start)."""
+        """What was consumed up to the last batch yielded (a finished epoch reads as the next one's start)."""
         if self.consumed >= self.plan.samples_per_rank:
             return LoaderState(self.epoch + 1, 0, self.seed)
         return LoaderState(self.epoch, self.consumed, self.seed)
@@ -317,7 +344,9 @@ class EvalLoader:
         return self.steps
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in make_dataloader(EvalStream(self.cfg, self.shard_set, self.plan, self.rank), self.cfg.workers):
+        for batch in make_dataloader(
+            EvalStream(self.cfg, self.shard_set, self.plan, self.rank), self.cfg.workers
+        ):
             self._bad.add(batch.pop("bad"))
             yield batch
 

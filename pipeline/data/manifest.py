@@ -68,7 +68,9 @@ def _shard_infos(folder: Path, manifest: dict) -> list[ShardInfo]:
     for i, entry in enumerate(manifest["shards"]):
         name, count = entry.get("name"), entry.get("num_samples")
         if not isinstance(name, str) or not isinstance(count, int) or count < 0:
-            raise ManifestError(f"{folder / MANIFEST_NAME}: shards[{i}] needs a string 'name' and an int 'num_samples'")
+            raise ManifestError(
+                f"{folder / MANIFEST_NAME}: shards[{i}] needs a string 'name' and an int 'num_samples'"
+            )
         path = folder / name
         if not path.is_file():
             raise ManifestError(f"{folder / MANIFEST_NAME}: shard {name} does not exist in {folder}")

@@ -41,7 +41,9 @@ def _affine(clip: torch.Tensor, matrix: list[list[float]]) -> torch.Tensor:
     grid = F.affine_grid(theta, [t, 3, h, w], align_corners=False)
     ones = torch.ones_like(clip[:, :1])
     # Sampling a ones-mask alongside tells which output pixels came from outside the frame.
-    out = F.grid_sample(torch.cat([clip, ones], 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        torch.cat([clip, ones], 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     mask = out[:, 3:]
     return out[:, :3] * mask + FILL * (1 - mask)
 

@@ -38,10 +38,7 @@ def dense_indices(
     _check(num_video_frames, num_frames)
     span = (num_frames - 1) * stride + 1
     free = max(0, num_video_frames - span)
-    if rng is not None:
-        start = int(rng.integers(0, free + 1))
-    else:
-        start = int(free * (clip + 0.5) / num_clips)
+    start = int(rng.integers(0, free + 1)) if rng is not None else int(free * (clip + 0.5) / num_clips)
     last = num_video_frames - 1
     return [min(start + i * stride, last) for i in range(num_frames)]
 
@@ -59,10 +56,7 @@ def segment_indices(
         # Too short to give every segment its own frame: take them all, then repeat the last one.
         return [min(i, num_video_frames - 1) for i in range(num_frames)]
     segment = num_video_frames / num_frames
-    if rng is not None:
-        offsets = rng.random(num_frames)
-    else:
-        offsets = np.full(num_frames, (clip + 0.5) / num_clips)
+    offsets = rng.random(num_frames) if rng is not None else np.full(num_frames, (clip + 0.5) / num_clips)
     return [min(int(segment * (i + offsets[i])), num_video_frames - 1) for i in range(num_frames)]
 
 
@@ -80,12 +74,14 @@ def eval_indices(
 ) -> list[list[int]]:
     """The frame indices of each of the `num_clips` deterministic test clips."""
     if sampling == "dense":
-        return [dense_indices(num_video_frames, num_frames, stride, None, c, num_clips) for c in range(num_clips)]
+        return [
+            dense_indices(num_video_frames, num_frames, stride, None, c, num_clips) for c in range(num_clips)
+        ]
     return [segment_indices(num_video_frames, num_frames, None, c, num_clips) for c in range(num_clips)]
 
 
 def eval_crop_boxes(height: int, width: int, size: int, num_crops: int) -> list[tuple[int, int]]:
-    """Top-left corners of the `num_crops` square test crops of side `size` (1: centre; 3: along the long side).
+    """Top-left corners of the `num_crops` test crops of side `size` (1: centre; 3: along the long side).
 
     The frame is expected to be resized already so that its short side is at least `size`.
     """

@@ -13,7 +13,6 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
@@ -141,7 +140,9 @@ class DecodeClips:
     def clip_indices(self, num_video_frames: int, position: int) -> list[list[int]]:
         """Frame indices of each clip to decode for the sample at `position`."""
         if self.seed_parts is None:
-            return eval_indices(self.sampling, num_video_frames, self.num_frames, self.stride, self.test_clips)
+            return eval_indices(
+                self.sampling, num_video_frames, self.num_frames, self.stride, self.test_clips
+            )
         rng = make_rng(*self.seed_parts, position, SAMPLE_TAG)
         return [train_indices(self.sampling, num_video_frames, self.num_frames, self.stride, rng)]
 
@@ -192,7 +193,10 @@ class AugmentClips:
             try:
                 item["views"] = self.transform(frames, rng)
             except Exception as err:  # e.g. a frame too small to crop: drop the sample, keep the run
-                item = {**bad_item(item["__key__"], f"augmentation: {one_line(err)}"), "__pos__": item["__pos__"]}
+                item = {
+                    **bad_item(item["__key__"], f"augmentation: {one_line(err)}"),
+                    "__pos__": item["__pos__"],
+                }
             yield item
 
 
@@ -268,7 +272,12 @@ class BatchTrain:
         first_batch: int,
         batch_step: int,
     ) -> None:
-        self.clips_per_batch, self.row_shape, self.num_classes, self.aug = clips_per_batch, row_shape, num_classes, aug
+        self.clips_per_batch, self.row_shape, self.num_classes, self.aug = (
+            clips_per_batch,
+            row_shape,
+            num_classes,
+            aug,
+        )
         self.seed_parts, self.first_batch, self.batch_step = seed_parts, first_batch, batch_step
 
     def __call__(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
@@ -291,20 +300,26 @@ class BatchTrain:
         batch = collate_rows(rows) if rows else empty_batch(self.row_shape)
         if self.aug.mixes:
             rng = make_rng(*self.seed_parts, batch_index, BATCH_TAG)
-            batch["video"], batch["label"] = mix_batch(batch["video"], batch["label"], self.num_classes, self.aug, rng)
+            batch["video"], batch["label"] = mix_batch(
+                batch["video"], batch["label"], self.num_classes, self.aug, rng
+            )
         batch["bad"] = [(item["__key__"], item["__error__"]) for item in group if "__error__" in item]
         return batch
 
 
 class BatchEval:
-    """Test views -> batches of exactly `rows_per_batch` rows; padding and failed samples give rows with view -1.
+    """Test views -> batches of exactly `rows_per_batch` rows; padding and failed samples give view -1 rows.
 
     Each sample contributes `views_per_sample` rows (real or padding), so the number of batches depends
     only on the plan and is the same on every rank.
     """
 
     def __init__(self, rows_per_batch: int, views_per_sample: int, row_shape: tuple[int, ...]) -> None:
-        self.rows_per_batch, self.views_per_sample, self.row_shape = rows_per_batch, views_per_sample, row_shape
+        self.rows_per_batch, self.views_per_sample, self.row_shape = (
+            rows_per_batch,
+            views_per_sample,
+            row_shape,
+        )
 
     def __call__(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
         rows: list[tuple[torch.Tensor, int, str, int]] = []

@@ -70,7 +70,7 @@ def resize(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def normalise(clip: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(T, 3, H, W) in [0, 255] (uint8 or float) -> float (C, T, H, W) normalised with mean/std in [0, 1] units."""
+    """(T, 3, H, W) in [0, 255], uint8 or float -> float (C, T, H, W) normalised (mean/std in [0, 1])."""
     t, c, h, w = clip.shape
     out = torch.empty((c, t, h, w), dtype=torch.float32, device=clip.device)
     out.copy_(clip.permute(1, 0, 2, 3))  # converts and transposes in one pass
@@ -92,7 +92,9 @@ def erase_box(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if 0 < h < height and 0 < w < width:
             top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
             # One noise patch shared by all frames: a static occluder, not flicker that reads as motion.
-            noise = torch.from_numpy(rng.standard_normal((clip.shape[0], 1, h, w), dtype=np.float32)).to(clip.device)
+            noise = torch.from_numpy(rng.standard_normal((clip.shape[0], 1, h, w), dtype=np.float32)).to(
+                clip.device
+            )
             clip = clip.clone()
             clip[:, :, top : top + h, left : left + w] = noise
             return clip

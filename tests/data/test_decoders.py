@@ -1,4 +1,4 @@
-"""Every CPU decoder returns PyAV's frames for the same indices, on h264 and VP9, decoding only what it needs."""
+"""Every CPU decoder gives PyAV's frames for the same indices (h264 and VP9), decoding only what it needs."""
 
 from __future__ import annotations
 

@@ -104,8 +104,15 @@ print(json.dumps(out))
 
 def test_resume_in_a_new_process_continues_the_exact_sequence(uneven_shards: list[str]) -> None:
     cfg_dict = {
-        "train": uneven_shards, "num_frames": 4, "sampling": "dense", "frame_stride": 2, "crop_size": 32,
-        "batch_size": 2, "workers": 2, "shuffle_buffer": 6, "decoder": "pyav",
+        "train": uneven_shards,
+        "num_frames": 4,
+        "sampling": "dense",
+        "frame_stride": 2,
+        "crop_size": 32,
+        "batch_size": 2,
+        "workers": 2,
+        "shuffle_buffer": 6,
+        "decoder": "pyav",
         "aug": {"randaug_n": 2, "mixup": 0.8, "cutmix": 1.0, "erasing_prob": 0.5},
     }
     cfg = from_dict(DataConfig, cfg_dict)
@@ -123,7 +130,11 @@ def test_resume_in_a_new_process_continues_the_exact_sequence(uneven_shards: lis
     assert state == LoaderState(epoch=0, samples_consumed=k * 2, seed=0)
     result = subprocess.run(
         [sys.executable, "-c", RESUME_SCRIPT, json.dumps(cfg_dict), json.dumps(state.to_dict())],
-        capture_output=True, text=True, cwd=REPO, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=True,
     )
     resumed = json.loads(result.stdout)
     assert [r[0] for r in resumed] == [r[0] for r in reference[k:]]  # the keys, exactly
@@ -191,7 +202,7 @@ def test_eval_gives_every_view_of_every_sample_on_exactly_one_rank(make_shards) 
         assert len(batches) == loader.steps
         for batch in batches:
             assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["label"].dtype == torch.long
-            for key, view in zip(batch["key"], batch["view"].tolist()):
+            for key, view in zip(batch["key"], batch["view"].tolist(), strict=True):
                 if view >= 0:
                     rows.setdefault(key, []).append(view)
     assert len(steps) == 1  # equal batch counts on every rank
@@ -210,7 +221,7 @@ def test_a_slice_starting_mid_shard_reads_the_same_samples(uneven_shards: list[s
 
 
 def test_manifest_problems_are_one_line_errors(tmp_path: Path, uneven_shards: list[str]) -> None:
-    with pytest.raises(ManifestError, match="has no manifest.json"):
+    with pytest.raises(ManifestError, match=r"has no manifest\.json"):
         load_shard_set([str(tmp_path)])
     other = tmp_path / "other"
     shutil.copytree(uneven_shards[0], other)

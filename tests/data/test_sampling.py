@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.data.sampling import dense_indices, segment_indices, eval_crop_boxes, eval_indices, train_indices
+from pipeline.data.sampling import (
+    dense_indices,
+    eval_crop_boxes,
+    eval_indices,
+    segment_indices,
+    train_indices,
+)
 
 
 def test_dense_training_window_is_random_and_strided() -> None:
@@ -14,7 +20,7 @@ def test_dense_training_window_is_random_and_strided() -> None:
     for _ in range(200):
         idx = dense_indices(100, 8, 4, rng)
         assert np.all(np.diff(idx) == 4)
-        assert 0 <= idx[0] and idx[-1] <= 99
+        assert idx[0] >= 0 and idx[-1] <= 99
         starts.add(idx[0])
     # every start in [0, 100 - 29] is possible; 200 draws hit most of them
     assert min(starts) == 0 and max(starts) == 71 and len(starts) > 50

@@ -31,21 +31,29 @@ pytest_plugins = ["tests.slurm.cluster"]
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "launch" / "slurm.py"
-DEMO_CONFIG = Path("/tmp/h5try/tiny.yaml")  # TEMP
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 JOB_TIMEOUT_S = 240
 # Training small enough for 4 ranks on 2 cores, long enough to be interrupted twice in the middle; a
 # metrics row every step shows how far it got.
 TRAIN_STEPS = 30
-TINY_TRAINING = [f"max_steps={TRAIN_STEPS}", "log.every_steps=1", "checkpoint.every_steps=1000",
-                 "eval.every_epochs=0", "data.workers=0", "data.num_frames=4", "data.frame_stride=2",
-                 "data.crop_size=32", "data.batch_size=1"]
+TINY_TRAINING = [
+    f"max_steps={TRAIN_STEPS}",
+    "data.batch_size=1",
+    "data.workers=0",
+    "log.every_steps=1",
+    "checkpoint.every_steps=1000",
+    "eval.every_epochs=0",
+]
+# a sharding submission of raw/ (which the test creates) into out/, relative to the launcher's folder
+SHARD_ARGS = ("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "2", "--split", "train")
 TRAIN_RESOURCES = ["--nodes", "2", "--gpus-per-node", "0", "--tasks-per-node", "2", "--time", "60"]
 
 
 def launch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run launch/slurm.py with `args` in `cwd`, output captured."""
-    return subprocess.run([sys.executable, str(LAUNCHER), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(LAUNCHER), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -75,26 +83,41 @@ def demo_overrides(make_shards: Callable[..., Path]) -> list[str]:
 # ---------------------------------------------------------------- no cluster needed
 
 
+# launcher option, its value, and the line it must put in the sbatch script
+DRY_RUN_OPTIONS = [
+    ("--nodes", "2", "--nodes=2"),
+    ("--tasks-per-node", "2", "--ntasks-per-node=2"),
+    ("--cpus-per-task", "3", "--cpus-per-task=3"),
+    ("--partition", "batch", "--partition=batch"),
+    ("--account", "vision", "--account=vision"),
+    ("--qos", "high", "--qos=high"),
+    ("--time", "90", "--time=90"),
+    ("--mem", "8G", "--mem=8G"),
+    ("--constraint", "fast", "--constraint=fast"),
+    ("--exclude", "node9", "--exclude=node9"),
+    ("--signal-delay", "45", "--signal=USR2@45"),
+]
+
+
 def test_dry_run_prints_the_sbatch_script(tmp_path: Path, demo_overrides: list[str]) -> None:
-    proc = launch("--dry-run", "--nodes", "2", "--tasks-per-node", "2", "--cpus-per-task", "3",
-                  "--partition", "batch", "--account", "vision", "--qos", "high", "--time", "90",
-                  "--mem", "8G", "--constraint", "fast", "--exclude", "node9", "--signal-delay", "45",
-                  "--job-dir", str(tmp_path / "jobs"), "--config", str(DEMO_CONFIG), "name=dry",
-                  *demo_overrides, cwd=tmp_path)
+    options = [word for option, value, _ in DRY_RUN_OPTIONS for word in (option, value)]
+    jobs = tmp_path / "jobs"
+    proc = launch(
+        "--dry-run", *options, "--job-dir", str(jobs), "--config", str(DEMO_CONFIG), "name=dry",
+        *demo_overrides, cwd=tmp_path,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     script = proc.stdout
-    for flag in ("--nodes=2", "--ntasks-per-node=2", "--cpus-per-task=3", "--partition=batch",
-                 "--account=vision", "--qos=high", "--time=90", "--mem=8G", "--constraint=fast",
-                 "--exclude=node9", "--signal=USR2@45", "--job-name=dry"):
+    for flag in [line for _, _, line in DRY_RUN_OPTIONS] + ["--job-name=dry"]:
         assert f"#SBATCH {flag}\n" in script, flag
     assert "--gpus-per-node" not in script
-    assert f"-m submitit.core._submit {tmp_path / 'jobs'}" in script
-    assert not (tmp_path / "jobs").exists() and not (tmp_path / "runs").exists()
+    assert f"-m submitit.core._submit {jobs}" in script
+    assert not jobs.exists() and not (tmp_path / "runs").exists()
 
 
 def test_dry_run_with_gpus_runs_one_task_per_gpu(tmp_path: Path, demo_overrides: list[str]) -> None:
-    proc = launch("--dry-run", "--nodes", "4", "--gpus-per-node", "8", "--config", str(DEMO_CONFIG),
-                  *demo_overrides, cwd=tmp_path)
+    gpus = ["--nodes", "4", "--gpus-per-node", "8"]
+    proc = launch("--dry-run", *gpus, "--config", str(DEMO_CONFIG), *demo_overrides, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=8"):
         assert f"#SBATCH {flag}\n" in proc.stdout, flag
@@ -105,7 +128,7 @@ def test_dry_run_with_gpus_runs_one_task_per_gpu(tmp_path: Path, demo_overrides:
 def test_dry_run_of_array_sharding_shows_the_array_and_the_dependent_merge(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
     proc = launch("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "6", "--split", "train",
-                  "--dry-run", cwd=tmp_path)
+                  "--dry-run", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     array_script, merge_script = proc.stdout.split("#!/bin/bash")[1:]
     assert "#SBATCH --array=0-5%6\n" in array_script
@@ -122,17 +145,17 @@ def test_config_error_is_one_line(tmp_path: Path, demo_overrides: list[str]) -> 
 def test_no_slurm_on_path_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
     env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}
-    proc = launch("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "2", "--split", "train",
-                  cwd=tmp_path, env=env)
+    proc = launch(*SHARD_ARGS, cwd=tmp_path, env=env)
     assert "no Slurm found" in one_error_line(proc)
 
 
 def test_bad_resource_options_are_one_line(tmp_path: Path, demo_overrides: list[str]) -> None:
-    proc = launch("--gpus-per-node", "4", "--tasks-per-node", "2", "--config", str(DEMO_CONFIG),
-                  *demo_overrides, cwd=tmp_path)
+    gpus = ["--gpus-per-node", "4", "--tasks-per-node", "2"]
+    proc = launch(*gpus, "--config", str(DEMO_CONFIG), *demo_overrides, cwd=tmp_path)
     assert "--tasks-per-node" in one_error_line(proc)
-    proc = launch("--time", "1", "--signal-delay", "90", "--config", str(DEMO_CONFIG), *demo_overrides,
-                  cwd=tmp_path)
+    proc = launch(
+        "--time", "1", "--signal-delay", "90", "--config", str(DEMO_CONFIG), *demo_overrides, cwd=tmp_path
+    )
     assert "--signal-delay" in one_error_line(proc)
     proc = launch("--nodes", "two", "--config", str(DEMO_CONFIG), cwd=tmp_path)
     assert "argument --nodes: invalid int value: 'two'" in one_error_line(proc)
@@ -142,17 +165,18 @@ def test_bad_resource_options_are_one_line(tmp_path: Path, demo_overrides: list[
 
 
 @pytest.mark.slurm
-def test_unreachable_controller_and_missing_config_are_one_line(slurm_cluster: SlurmCluster,
-                                                                 tmp_path: Path) -> None:
+def test_unreachable_controller_and_missing_config_are_one_line(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
     (tmp_path / "raw").mkdir()
     conf = Path(slurm_cluster.env["SLURM_CONF"]).read_text()
     # a controller port nothing listens on: the client is installed, the controller is not reachable
     dead = re.sub(r"(?m)^SlurmctldPort=\d+$", "SlurmctldPort=1", conf)
     (tmp_path / "dead.conf").write_text(dead)
-    args = ("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "2", "--split", "train")
-    proc = launch(*args, cwd=tmp_path, env={**slurm_cluster.env, "SLURM_CONF": str(tmp_path / "dead.conf")})
-    assert "controller is not reachable" in one_error_line(proc)
-    proc = launch(*args, cwd=tmp_path, env={**slurm_cluster.env, "SLURM_CONF": str(tmp_path / "none.conf")})
+    env = {**slurm_cluster.env, "SLURM_CONF": str(tmp_path / "dead.conf")}
+    assert "controller is not reachable" in one_error_line(launch(*SHARD_ARGS, cwd=tmp_path, env=env))
+    env = {**slurm_cluster.env, "SLURM_CONF": str(tmp_path / "none.conf")}
+    proc = launch(*SHARD_ARGS, cwd=tmp_path, env=env)
     assert "none.conf" in one_error_line(proc)
     assert not (tmp_path / "runs").exists()
 
@@ -160,13 +184,11 @@ def test_unreachable_controller_and_missing_config_are_one_line(slurm_cluster: S
 @pytest.mark.slurm
 def test_invalid_partition_is_one_line(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
-    proc = launch("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "2", "--split", "train",
-                  "--partition", "nosuch", cwd=tmp_path, env=slurm_cluster.env)
+    proc = launch(*SHARD_ARGS, "--partition", "nosuch", cwd=tmp_path, env=slurm_cluster.env)
     line = one_error_line(proc)
     assert "invalid partition 'nosuch'" in line and "debug" in line
     # an option Slurm itself rejects at submission is one line too
-    proc = launch("shard", "ssv2", "--root", "raw", "--out", "out", "--array", "2", "--split", "train",
-                  "--constraint", "nosuchfeature", cwd=tmp_path, env=slurm_cluster.env)
+    proc = launch(*SHARD_ARGS, "--constraint", "nosuchfeature", cwd=tmp_path, env=slurm_cluster.env)
     assert "Invalid feature specification" in one_error_line(proc)
     assert slurm_cluster.run("squeue", "--noheader").stdout.strip() == ""
 
@@ -182,14 +204,17 @@ def shard_samples(folder: Path) -> list[tuple[str, bytes]]:
 
 
 @pytest.mark.slurm
-def test_array_sharding_gives_the_samples_of_a_single_run(slurm_cluster: SlurmCluster,
-                                                          tmp_path: Path) -> None:
+def test_array_sharding_gives_the_samples_of_a_single_run(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
     raw, single, merged = tmp_path / "raw", tmp_path / "single", tmp_path / "merged"
     assert shards_main(["synth", "ssv2", "--out", str(raw), "--num-videos", "14", "--classes", "3"]) == 0
     options = ["--split", "train", "--max-samples", "2", "--shuffle-seed", "3"]
     assert shards_main(["ssv2", "--root", str(raw), "--out", str(single), *options]) == 0
-    proc = launch("shard", "ssv2", "--root", str(raw), "--out", str(merged), "--array", "4", *options,
-                  "--time", "10", cwd=tmp_path, env=slurm_cluster.env)
+    proc = launch(
+        "shard", "ssv2", "--root", str(raw), "--out", str(merged), "--array", "4", *options, "--time", "10",
+        cwd=tmp_path, env=slurm_cluster.env,
+    )  # fmt: skip
     array_id, merge_id = submitted_id(proc, "array job"), submitted_id(proc, "merge job")
     states = slurm_cluster.wait_final([array_id, merge_id], JOB_TIMEOUT_S)
     assert states == {array_id: ["COMPLETED"] * 4, merge_id: ["COMPLETED"]}
@@ -230,12 +255,22 @@ class SlurmRun:
         return submitit.SlurmJob(folder=self.job_dir, job_id=self.job_id, tasks=(0, 1, 2, 3)).results()
 
 
-def submit_training(cluster: SlurmCluster, cwd: Path, name: str, overrides: list[str],
-                    options: tuple[str, ...] = ()) -> SlurmRun:
+def submit_training(
+    cluster: SlurmCluster, cwd: Path, name: str, overrides: list[str], options: tuple[str, ...] = ()
+) -> SlurmRun:
     """Submit the demo config as 2 nodes x 2 CPU tasks through the launcher."""
     out_dir = cwd / "runs"
-    proc = launch(*TRAIN_RESOURCES, *options, "--config", str(DEMO_CONFIG), f"name={name}",
-                  f"out_dir={out_dir}", *overrides, cwd=cwd, env=cluster.env)
+    proc = launch(
+        *TRAIN_RESOURCES,
+        *options,
+        "--config",
+        str(DEMO_CONFIG),
+        f"name={name}",
+        f"out_dir={out_dir}",
+        *overrides,
+        cwd=cwd,
+        env=cluster.env,
+    )
     return SlurmRun(submitted_id(proc), out_dir / name, out_dir / name / "slurm", proc.stdout)
 
 
@@ -256,8 +291,10 @@ def wait_until(cluster: SlurmCluster, run: SlurmRun, what: str, done: Callable[[
         ended = cluster.job_ended(run.job_id)
         if ended or time.monotonic() > deadline:
             states = cluster.job_states(run.job_id)
-            pytest.fail(f"job {run.job_id} {'ended' if ended else 'timed out'} ({states}) before {what}; "
-                        f"rank 0 log:\n{run.log(0, 'err')[-3000:]}")
+            pytest.fail(
+                f"job {run.job_id} {'ended' if ended else 'timed out'} ({states}) before {what}; "
+                f"rank 0 log:\n{run.log(0, 'err')[-3000:]}"
+            )
         time.sleep(0.2)
 
 
@@ -271,8 +308,9 @@ def exported_weights(run_dir: Path) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_run(slurm_cluster: SlurmCluster, demo_overrides: list[str],
-                      tmp_path_factory: pytest.TempPathFactory) -> SlurmRun:
+def uninterrupted_run(
+    slurm_cluster: SlurmCluster, demo_overrides: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> SlurmRun:
     """The demo config trained to the end on 2 nodes x 2 tasks, without interruption."""
     cwd = tmp_path_factory.mktemp("uninterrupted")
     run = submit_training(slurm_cluster, cwd, "reference", demo_overrides)
@@ -315,8 +353,9 @@ def test_preempted_twice_resumes_to_the_same_parameters(
     states = slurm_cluster.wait_final([run.job_id], JOB_TIMEOUT_S)
     assert states[run.job_id] == ["COMPLETED"], run.log(0, "err")[-3000:]
     assert 0 < stopped_at[1] < stopped_at[2] < TRAIN_STEPS
-    history = slurm_cluster.run("sacct", "--jobs", run.job_id, "--duplicates", "--allocations", "--noheader",
-                                "--format=State").stdout.split()
+    history = slurm_cluster.run(
+        "sacct", "--jobs", run.job_id, "--duplicates", "--allocations", "--noheader", "--format=State"
+    ).stdout.split()
     assert history == ["REQUEUED", "REQUEUED", "COMPLETED"]
     for step in stopped_at[1:]:
         assert f"resuming {run.run_dir}/checkpoints/step_{step:08d}" in run.log(0, "err")
@@ -329,8 +368,9 @@ def test_preempted_twice_resumes_to_the_same_parameters(
 
 
 @pytest.mark.slurm
-def test_no_requeue_beyond_max_requeue(slurm_cluster: SlurmCluster, demo_overrides: list[str],
-                                       tmp_path: Path) -> None:
+def test_no_requeue_beyond_max_requeue(
+    slurm_cluster: SlurmCluster, demo_overrides: list[str], tmp_path: Path
+) -> None:
     run = submit_training(slurm_cluster, tmp_path, "bounded", demo_overrides, ("--max-requeue", "0"))
     wait_until(slurm_cluster, run, "step 3", step_reached(run, 3))
     assert slurm_cluster.run("scancel", "--signal=USR2", run.job_id).returncode == 0

@@ -26,8 +26,17 @@ NODES = 2
 CPUS_PER_NODE = 4  # declared, not real: config_overrides lets 2 nodes x 4 CPUs share a 2-core machine
 UP_TIMEOUT_S = 900  # the first start installs packages
 # sacct states after which a job will not run again (REQUEUED, PENDING, RUNNING are not among them).
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED")
+FINAL_STATES = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+)
 REQUIRED_PROGRAMS = ("slurmctld", "slurmd", "sbatch", "munged", "slurmdbd", "mariadbd")
 
 
@@ -44,8 +53,9 @@ class SlurmCluster:
 
     def job_states(self, job_id: str) -> list[str]:
         """The sacct state of `job_id`, one per array task; first word only ('CANCELLED by 0')."""
-        out = self.run("sacct", "--jobs", job_id, "--allocations", "--noheader", "--parsable2",
-                       "--format=State")
+        out = self.run(
+            "sacct", "--jobs", job_id, "--allocations", "--noheader", "--parsable2", "--format=State"
+        )
         return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
     def job_ended(self, job_id: str) -> bool:
@@ -110,8 +120,13 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         "SLURM_TEST_PORT_BASE": str(free_port_base(NODES)),
         "SLURM_TEST_PURGE": "1",  # slurm-down.sh removes the folder
     }
-    up = subprocess.run(["bash", str(HERE / "slurm-up.sh")], env=setup_env, capture_output=True, text=True,
-                        timeout=UP_TIMEOUT_S)
+    up = subprocess.run(
+        ["bash", str(HERE / "slurm-up.sh")],
+        env=setup_env,
+        capture_output=True,
+        text=True,
+        timeout=UP_TIMEOUT_S,
+    )
     try:
         if up.returncode != 0:
             pytest.fail(f"slurm-up.sh failed (status {up.returncode}):\n{up.stderr[-4000:]}")

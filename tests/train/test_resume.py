@@ -1,0 +1,152 @@
+"""Exact resume: a job killed (SIGKILL) or stopped (SIGTERM) mid-epoch and started again with the same
+command ends with the same bits as a job that was never interrupted (fp32, ZeRO-2, 2 processes).
+The uninterrupted job's TensorBoard files are read back for every promised scalar."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pipeline.export import export_checkpoint
+from pipeline.train.checkpoint import is_complete, tag_for_step
+from tests.train.conftest import job_overrides, start_job
+
+STEPS_PER_EPOCH = 4  # 32 clips / (2 ranks x 4 per batch)
+EPOCHS = 3
+SCALARS = (
+    "train/loss",
+    "train/lr",
+    "train/clips_per_s",
+    "train/data_wait_frac",
+    "train/step_s",
+    "mem/peak_gb",
+    "val/top1",
+    "val/top5",
+    "val/mean_class_top1",
+)
+pytestmark = pytest.mark.slow
+
+
+def overrides(shards: tuple[Path, Path], root: Path, name: str) -> list[str]:
+    """A 12-step job that checkpoints every 3 steps and logs every step."""
+    return job_overrides(
+        shards,
+        root,
+        name,
+        f"optim.epochs={EPOCHS}",
+        "checkpoint.every_steps=3",
+        "log.every_steps=1",
+        "eval.every_epochs=1",
+        "eval.mean_class_accuracy=true",
+    )
+
+
+def last_logged_step(run_dir: Path) -> int:
+    """The newest training step rank 0 has logged (0 before the first)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if '"train/loss"' in line]
+    return max(steps, default=0)
+
+
+def wait_for_step(job: subprocess.Popen, run_dir: Path, step: int, timeout: float = 240) -> int:
+    """Block until the job has logged `step` (or a later one); returns the step seen."""
+    deadline = time.monotonic() + timeout
+    while (seen := last_logged_step(run_dir)) < step:
+        assert job.poll() is None, f"job ended (exit {job.returncode}) before step {step}"
+        assert time.monotonic() < deadline, f"no step {step} after {timeout} s"
+        time.sleep(0.05)
+    return seen
+
+
+def rank_pids(launcher: int) -> list[int]:
+    """The processes the launcher started."""
+    return [int(pid) for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()]
+
+
+def run_to_end(shards: tuple[Path, Path], root: Path, name: str, log: Path) -> None:
+    job = start_job(overrides(shards, root, name), log)
+    assert job.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+
+def exported(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Consolidated weights of the run's latest checkpoint."""
+    return torch.load(export_checkpoint(run_dir), weights_only=True)
+
+
+def assert_bit_identical(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    assert ours.keys() == reference.keys()
+    different = [name for name in reference if not torch.equal(ours[name], reference[name])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference(small_shards: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted job; returns its run folder."""
+    root = tmp_path_factory.mktemp("runs")
+    run_to_end(small_shards, root, "reference", root / "reference.log")
+    return root / "reference"
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(small_shards, reference: Path, tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    # A random step that is not an epoch boundary nor a checkpoint step.
+    kill_at = random.choice([s for s in range(4, 11) if s % STEPS_PER_EPOCH and s % 3])
+    job = start_job(overrides(small_shards, tmp_path, "killed"), log)
+    wait_for_step(job, tmp_path / "killed", kill_at)
+    for pid in [job.pid, *rank_pids(job.pid)]:
+        os.kill(pid, signal.SIGKILL)
+    job.wait(timeout=30)
+    time.sleep(1.0)  # let the kernel reap the ranks before the same run folder is reused
+    killed_at = last_logged_step(tmp_path / "killed")
+    assert killed_at < STEPS_PER_EPOCH * EPOCHS, "the job finished before it was killed"
+
+    run_to_end(small_shards, tmp_path, "killed", log)
+    text = log.read_text()
+    assert "resuming" in text and tag_for_step(killed_at - killed_at % 3) in text, text[-3000:]
+    assert_bit_identical(exported(tmp_path / "killed"), exported(reference))
+
+
+def test_sigterm_saves_on_every_rank_then_resume_is_bit_identical(small_shards, reference: Path, tmp_path) -> None:
+    log = tmp_path / "job.log"
+    job = start_job(overrides(small_shards, tmp_path, "stopped"), log)
+    wait_for_step(job, tmp_path / "stopped", 5)
+    job.send_signal(signal.SIGTERM)  # the launcher forwards it to both ranks
+    assert job.wait(timeout=120) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "stopped by SIGTERM" in text, text[-3000:]
+    stopped_at = int(text.split("stopped by SIGTERM at step ")[1].split()[0])
+    assert 5 <= stopped_at < STEPS_PER_EPOCH * EPOCHS
+    tag_dir = tmp_path / "stopped" / "checkpoints" / tag_for_step(stopped_at)
+    assert is_complete(tag_dir) and (tmp_path / "stopped" / "checkpoints" / "latest").read_text() == tag_dir.name
+    # Both ranks wrote their ZeRO-2 partition of the signal checkpoint.
+    assert len(list(tag_dir.glob("*zero_pp_rank_*_optim_states.pt"))) == 2
+
+    run_to_end(small_shards, tmp_path, "stopped", log)
+    assert f"resuming {tag_dir}" in log.read_text()
+    assert_bit_identical(exported(tmp_path / "stopped"), exported(reference))
+
+
+def test_tensorboard_holds_every_scalar_and_run_folder_is_complete(reference: Path) -> None:
+    events = EventAccumulator(str(reference / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert set(SCALARS) <= tags, f"missing: {sorted(set(SCALARS) - tags)}"
+    losses = [event.value for event in events.Scalars("train/loss")]
+    assert len(losses) == STEPS_PER_EPOCH * EPOCHS and all(0 < v < 10 for v in losses)
+    assert [event.step for event in events.Scalars("val/top1")][-1] == STEPS_PER_EPOCH * EPOCHS
+    assert (reference / "config.yaml").is_file()
+    final = json.loads((reference / "eval.json").read_text())
+    assert final["step"] == STEPS_PER_EPOCH * EPOCHS and 0 <= final["val/top1"] <= 100
+    rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert {"train/loss", "val/top1"} <= {key for row in rows for key in row}
