@@ -51,11 +51,7 @@ def rank_environment(rank: int, nproc: int, port: int) -> dict[str, str]:
 def run(command: list[str], nproc: int) -> int:
     """Start `nproc` ranks of `command` and wait for them; returns the job's exit status."""
     port = free_port()
-    # Own sessions: a terminal Ctrl-C reaches only this launcher, which turns it into a SIGTERM (a save).
-    ranks = [
-        subprocess.Popen(command, env=rank_environment(rank, nproc, port), start_new_session=True)
-        for rank in range(nproc)
-    ]
+    ranks: list[subprocess.Popen] = []
     forwarded = 0
 
     def forward(signum: int, frame: object) -> None:
@@ -71,8 +67,19 @@ def run(command: list[str], nproc: int) -> int:
             if proc.poll() is None:
                 proc.send_signal(stop)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for rank in range(nproc):
+            # Own sessions: a terminal Ctrl-C reaches only this launcher, which makes it a SIGTERM (a save).
+            ranks.append(subprocess.Popen(command, env=rank_environment(rank, nproc, port), start_new_session=True))
+        return wait_for_ranks(ranks)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def wait_for_ranks(ranks: list[subprocess.Popen]) -> int:
+    """Wait until every rank has exited; after a failure the others get GRACE_S to stop, then a kill."""
     failed_at = None
     while any(proc.poll() is None for proc in ranks):
         codes = [proc.poll() for proc in ranks]
