@@ -2,8 +2,8 @@
 
     python bench/structsa.py [--reps 3] [--maps 56x56 28x28 8x14x14 16x14x14] [--dim 64]
 
-For every token map: forward + backward time (fastest of --reps after one warm-up) and peak
-allocated memory (torch profiler allocation events, one extra pass) of plain multi-head attention
+For every token map: forward + backward time (fastest of --reps, round-robin over variants, after
+a warm-up) and peak allocated memory (torch profiler allocation events, one extra pass) of plain multi-head attention
 and of StructSA for D in {1, 2, 4, 8} and stride in {1, 2}, each with the fused path
 (scaled_dot_product_attention) and the naive path (materialised softmax(q k^T) matrix). Ratios are
 against plain fused attention on the same map; the last columns give naive / fused.
@@ -34,23 +34,25 @@ def build(depth: int, stride: int, dim: int, video: bool, fused: bool) -> nn.Mod
     return StructSA(dim, 1, video=video, structure_dim=depth, stride=stride, fused_attention=fused)
 
 
-def measure(module: nn.Module, grid: tuple[int, ...], dim: int, reps: int) -> tuple[float, int]:
-    """Fastest forward+backward seconds and peak bytes of one (1, N, dim) input on `grid`.
+def measure_map(
+    modules: dict[tuple[int, int, bool], nn.Module], grid: tuple[int, ...], dim: int, reps: int
+) -> dict[tuple[int, int, bool], tuple[float, int]]:
+    """Fastest forward+backward seconds and peak bytes per module for one (1, N, dim) input on `grid`.
 
-    The minimum, not the median: on a shared machine other load only ever adds time.
+    Repetitions go round-robin over all modules and the fastest is kept: on a shared machine other
+    load only ever adds time, and interleaving spreads any burst over every variant.
     """
     x = torch.randn(1, math.prod(grid), dim, requires_grad=True)
-
-    def step() -> None:
-        module(x, grid).sum().backward()
-
-    step()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
+    steps = {key: (lambda m=module: m(x, grid).sum().backward()) for key, module in modules.items()}
+    best = dict.fromkeys(steps, math.inf)
+    for step in steps.values():  # warm-up round
         step()
-        times.append(time.perf_counter() - start)
-    return min(times), peak_memory_bytes(step)
+    for _ in range(reps):
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return {key: (best[key], peak_memory_bytes(step)) for key, step in steps.items()}
 
 
 def main() -> None:
@@ -64,16 +66,16 @@ def main() -> None:
     machine = platform.processor() or platform.machine()
     threads, load = torch.get_num_threads(), os.getloadavg()[0]
     print(f"# {machine}, {threads} threads, torch {torch.__version__}, load average {load:.1f}")
-    print(f"# batch 1, 1 head x {args.dim} channels, kernel 3, fastest of {args.reps} after warm-up")
+    print(f"# batch 1, 1 head x {args.dim} channels, kernel 3, fastest of {args.reps} round-robin after warm-up")
     for spec in args.maps:
         grid = tuple(int(s) for s in spec.split("x"))
         video = len(grid) == 3
-        results = {}
+        modules = {}
         for depth, stride in VARIANTS:
             for fused in (True, False):
                 torch.manual_seed(0)
-                module = build(depth, stride, args.dim, video, fused)
-                results[depth, stride, fused] = measure(module, grid, args.dim, args.reps)
+                modules[depth, stride, fused] = build(depth, stride, args.dim, video, fused)
+        results = measure_map(modules, grid, args.dim, args.reps)
         base_time, base_mem = results[0, 1, True]
         print(f"\nmap {spec} ({math.prod(grid)} tokens)")
         print(

@@ -71,7 +71,8 @@ def run(command: list[str], nproc: int) -> int:
     try:
         for rank in range(nproc):
             # Own sessions: a terminal Ctrl-C reaches only this launcher, which makes it a SIGTERM (a save).
-            ranks.append(subprocess.Popen(command, env=rank_environment(rank, nproc, port), start_new_session=True))
+            env = rank_environment(rank, nproc, port)
+            ranks.append(subprocess.Popen(command, env=env, start_new_session=True))
         return wait_for_ranks(ranks)
     finally:
         for signum, handler in previous.items():

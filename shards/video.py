@@ -6,8 +6,9 @@ counted. Counting reads every packet but decodes only the first and the last GOP
 costs about the same for a 2 s and a 2 h video.
 
 Re-encoding normalises what trips the training decoders (variable frame rate, VP9 seeking, long
-GOPs): H.264 yuv420p at a constant frame rate, an optional short side, a fixed GOP, no audio. One
-encoder thread, fixed options and bit-exact muxing make equal inputs give equal bytes.
+GOPs): H.264 yuv420p at a constant frame rate, an optional short side, a fixed closed GOP with
+non-reference B-frames (which a loader can skip), no audio. One encoder thread, fixed options and
+bit-exact muxing make equal inputs give equal bytes.
 """
 
 from __future__ import annotations
@@ -58,7 +59,13 @@ class EncodeOptions:
     threads: int = 1
 
     def x264_options(self) -> dict[str, str]:
-        """Encoder options; scenecut off keeps every GOP exactly `gop` frames long.
+        """Encoder options; scenecut off keeps every GOP exactly `gop` frames long (closed GOPs).
+
+        B-frames are non-reference (no B-pyramid), seven between anchors in a fixed pattern (b-adapt
+        off; a GOP of 16 is I b x7 P b x6 P): a loader that skips the non-reference frames it does not
+        want decodes only the anchors plus the frames it returns. For dense 16 x 4 clips that is about
+        1.7 frames decoded per frame delivered (all-reference GOPs of 16: 3.9; three B-frames: 2.0),
+        at a slightly smaller file and ~1 dB lower PSNR than without B-frames at the same CRF.
 
         cpu-independent: without it, x264's CPU-specific code paths made about one encode in a few
         hundred differ in a long-running process (seen on an AVX-512 machine), breaking
@@ -68,7 +75,7 @@ class EncodeOptions:
             "preset": self.preset,
             "crf": str(self.crf),
             "threads": str(self.threads),
-            "x264-params": "scenecut=0:cpu-independent=1",
+            "x264-params": "scenecut=0:open-gop=0:bframes=7:b-pyramid=none:b-adapt=0:cpu-independent=1",
         }
 
 

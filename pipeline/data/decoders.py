@@ -52,11 +52,19 @@ class FrameDecoder:
 
 
 class PyAVDecoder(FrameDecoder):
-    """PyAV (FFmpeg bundled in the wheel): the fallback that is always installed, and the reference.
+    """PyAV (FFmpeg bundled in the wheel): the reference decoder, and the only one here that can skip.
 
-    It demuxes the packets once (no decoding) to learn every frame's timestamp and where the keyframes
-    are, then for each wanted frame either keeps decoding forward or, when a keyframe lies between,
-    seeks to that keyframe. `frames_decoded` counts every frame that went through the decoder.
+    It demuxes the packets once (no decoding) and keeps them, learning every frame's timestamp and
+    where the keyframes are. The wanted frames are then decoded in runs: a run starts at the keyframe
+    before its first frame and stops at the packet (in decode order) of its last frame; a frame whose
+    keyframe lies beyond the current run starts a new one, skipping the packets between.
+
+    Inside a run the decoder is told to skip non-reference frames (`skip_frame = NONREF`) on every
+    packet that is not a wanted frame: nothing depends on them, so with non-reference B-frames (the
+    sharder's `--reencode`) a dense clip decodes the reference frames plus the wanted ones instead of
+    every frame in between. Decode order differs from display order with B-frames, so packets are
+    matched to wanted frames by pts. `frames_decoded` counts the frames the decoder produced (each run
+    is drained, so reference frames decoded but never shown are counted too); skipped ones are not.
     """
 
     name = "pyav"
@@ -78,29 +86,45 @@ class PyAVDecoder(FrameDecoder):
     def _decode_container(self, container, wanted: list[int]) -> torch.Tensor:
         stream = container.streams.video[0]
         stream.thread_count = 1
-        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None]
-        frame_pts = sorted(pts for pts, _ in packets)
-        keyframe_pts = sorted(pts for pts, key in packets if key)
+        packets = [p for p in container.demux(stream) if p.size > 0]
+        frame_pts = sorted(p.pts for p in packets if p.pts is not None)
         if not frame_pts or wanted[-1] >= len(frame_pts):
             raise DecodeError(f"pyav: frame {wanted[-1]} asked, the video has {len(frame_pts)} frames")
-        frames, position, decoding = [], None, None
-        for index in wanted:
-            target = frame_pts[index]
-            keyframe = keyframe_pts[max(0, bisect.bisect_right(keyframe_pts, target) - 1)]
-            if position is None or keyframe > position:
-                container.seek(keyframe, stream=stream, backward=True, any_frame=False)
-                decoding = container.decode(stream)
-            for frame in decoding:
-                self.frames_decoded += 1
-                position = frame.pts
-                if frame.pts == target:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                    break
-                if frame.pts > target:
-                    raise DecodeError(f"pyav: frame {index} (pts {target}) was not produced by the decoder")
+        targets = [frame_pts[index] for index in wanted]
+        decoded = self._decode_runs(stream.codec_context, packets, targets)
+        for index, pts in zip(wanted, targets, strict=True):
+            if pts not in decoded:
+                raise DecodeError(f"pyav: frame {index} (pts {pts}) was not produced by the decoder")
+        return torch.from_numpy(np.stack([decoded[pts] for pts in targets]))
+
+    def _decode_runs(self, decoder, packets: list, targets: list[int]) -> dict[int, np.ndarray]:
+        """Decode the frames with pts in `targets` (sorted): {pts: rgb24 array}."""
+        keyframes = sorted((p.pts, i) for i, p in enumerate(packets) if p.is_keyframe and p.pts is not None)
+        keyframe_pts = [pts for pts, _ in keyframes]
+        packet_of = {p.pts: i for i, p in enumerate(packets) if p.pts is not None}
+        runs: list[tuple[int, int]] = []  # (first packet, last packet) in decode order
+        for pts in targets:
+            # The last keyframe shown at or before the frame: decoding from it reaches the frame.
+            key = keyframes[max(0, bisect.bisect_right(keyframe_pts, pts) - 1)][1]
+            if runs and key <= runs[-1][1]:
+                runs[-1] = (runs[-1][0], max(runs[-1][1], packet_of[pts]))
             else:
-                raise DecodeError(f"pyav: the stream ended before frame {index}")
-        return torch.from_numpy(np.stack(frames))
+                runs.append((key, packet_of[pts]))
+        wanted, decoded = set(targets), {}
+        for first, last in runs:
+            decoder.flush_buffers()
+            for packet in packets[first : last + 1]:
+                decoder.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+                self._keep(decoder.decode(packet), wanted, decoded)
+            decoder.skip_frame = "DEFAULT"
+            self._keep(decoder.decode(None), wanted, decoded)  # drain the frames held for reordering
+        return decoded
+
+    def _keep(self, frames: list, wanted: set[int], decoded: dict[int, np.ndarray]) -> None:
+        for frame in frames:
+            self.frames_decoded += 1
+            if frame.pts in wanted and frame.pts not in decoded:
+                decoded[frame.pts] = frame.to_ndarray(format="rgb24")
 
 
 class DecordDecoder(FrameDecoder):

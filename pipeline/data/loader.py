@@ -7,7 +7,8 @@ Each worker runs one visible list of stages (see `TrainStream.stages`):
 
 Batches are dicts: `video` float (B, C, T, H, W) normalised, `label` (B,) long or (B, K) soft
 targets under mixup/cutmix, `key` list[str], `view` (B,) long (training: the repeated-augmentation
-index; evaluation: the clip x crop view index, -1 on padding rows).
+index; evaluation: the clip x crop view index, -1 on padding rows). Workers send uint8 pixels; the
+loader normalises (and erases, mixes) them in the main process as it yields each batch.
 
 The TrainLoader advances itself: iterating it yields the rest of the current epoch, and once an
 epoch is complete the next iteration starts the next epoch (`set_epoch` jumps explicitly).
@@ -50,6 +51,8 @@ from pipeline.data.stream import (
     ReadShardSlices,
     SliceSource,
     TakeFirst,
+    finish_eval_batch,
+    finish_train_batch,
 )
 from pipeline.data.transforms import EvalTransform, TrainTransform, should_flip
 
@@ -164,9 +167,7 @@ class TrainStream(IterableDataset):
             AugmentClips(TrainTransform(cfg, self.flip), seed_parts),
             BatchTrain(
                 plan.clips_per_batch,
-                (3, cfg.num_frames, cfg.crop_size, cfg.crop_size),
-                self.shard_set.num_classes,
-                cfg.aug,
+                (cfg.num_frames, 3, cfg.crop_size, cfg.crop_size),
                 seed_parts,
                 first_batch=self.first_batch(worker),
                 batch_step=plan.workers,
@@ -267,7 +268,7 @@ class TrainLoader:
         for batch in make_dataloader(stream, self.cfg.workers):
             self._bad.add(batch.pop("bad"))
             self.consumed += self.plan.clips_per_batch
-            yield batch
+            yield finish_train_batch(batch, self.cfg.aug, self.num_classes)
         if self.consumed != self.plan.samples_per_rank:
             raise RuntimeError(
                 f"rank {self.rank} epoch {self.epoch} ended after {self.consumed} samples, "
@@ -306,7 +307,7 @@ class EvalStream(IterableDataset):
                 cfg.test_clips,
             ),
             EvalViews(EvalTransform(cfg), cfg.num_frames),
-            BatchEval(cfg.eval_rows, views, (3, cfg.num_frames, cfg.crop_size, cfg.crop_size)),
+            BatchEval(cfg.eval_rows, views, (cfg.num_frames, 3, cfg.crop_size, cfg.crop_size)),
         ]
 
 
@@ -348,7 +349,7 @@ class EvalLoader:
             EvalStream(self.cfg, self.shard_set, self.plan, self.rank), self.cfg.workers
         ):
             self._bad.add(batch.pop("bad"))
-            yield batch
+            yield finish_eval_batch(batch, self.cfg.aug)
 
 
 def build_train_loader(

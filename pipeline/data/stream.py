@@ -4,6 +4,11 @@ A stream item is a dict. Samples read from a tar carry webdataset's members (`__
 `webm` or `mkv`, `json`, `cls`); an item that failed anywhere carries `__error__` (a one-line
 reason) instead and keeps its place in the stream, so positions, batch boundaries and the resume
 point never depend on which samples were corrupt. Each stage can be run on a plain list.
+
+Workers ship pixels, not floats: the batch stages stack the views before normalisation ((B, T, 3,
+S, S), uint8 unless RandAugment ran), with each row's erased box and the batch's mixing seed, and
+`finish_train_batch` / `finish_eval_batch` normalise, erase and mix in the main process. The uint8
+batch is 4x smaller to stack and to pass through shared memory; the result is bit-identical.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pipeline.data.decoders import FrameDecoder, build_decoder
 from pipeline.data.manifest import sample_offsets
 from pipeline.data.plan import ShardSlice, make_rng
 from pipeline.data.sampling import Sampling, eval_indices, train_indices
-from pipeline.data.transforms import EvalTransform, TrainTransform, mix_batch
+from pipeline.data.transforms import EvalTransform, TrainTransform, mix_batch, normalise_batch
 
 VIDEO_EXTS = ("mp4", "webm", "mkv")
 Item = dict[str, Any]
@@ -178,7 +183,7 @@ class DecodeClips:
 
 
 class AugmentClips:
-    """Decoded clips -> `views`: the TrainTransform's views, from the sample's own generator."""
+    """Decoded clips -> `views`: TrainTransform's (pixels, erased box) pairs, from the sample's generator."""
 
     def __init__(self, transform: TrainTransform, seed_parts: tuple[int, ...]) -> None:
         self.transform, self.seed_parts = transform, seed_parts
@@ -191,7 +196,7 @@ class AugmentClips:
             rng = make_rng(*self.seed_parts, item["__pos__"], SAMPLE_TAG, 1)
             frames = item.pop("frames")
             try:
-                item["views"] = self.transform(frames, rng)
+                item["views"] = self.transform.pixel_views(frames, rng)
             except Exception as err:  # e.g. a frame too small to crop: drop the sample, keep the run
                 item = {
                     **bad_item(item["__key__"], f"augmentation: {one_line(err)}"),
@@ -201,7 +206,7 @@ class AugmentClips:
 
 
 class EvalViews:
-    """Decoded test clips -> `views` (clips x crops), and `view_ids` numbering them clip-major."""
+    """Decoded test clips -> `views`: uint8 crops (T, 3, S, S), clips x crops, numbered clip-major."""
 
     def __init__(self, transform: EvalTransform, num_frames: int) -> None:
         self.transform, self.num_frames = transform, num_frames
@@ -214,13 +219,13 @@ class EvalViews:
             frames = item.pop("frames")
             views = []
             for clip in frames.split(self.num_frames):
-                views += self.transform(clip)
+                views += self.transform.pixel_views(clip)
             item["views"] = views
             yield item
 
 
 def collate_rows(rows: list[tuple[torch.Tensor, int, str, int]]) -> dict[str, Any]:
-    """(view, label, key, view id) rows -> the batch dict (video (B, C, T, H, W), label, key, view)."""
+    """(view, label, key, view id) rows -> the batch dict (video: the stacked views, label, key, view)."""
     return {
         "video": torch.stack([r[0] for r in rows]),
         "label": torch.tensor([r[1] for r in rows], dtype=torch.long),
@@ -259,25 +264,19 @@ class BatchTrain:
 
     A failed item leaves its rows out (the batch is that much smaller) and is reported in the batch's
     `bad` list of (key, reason); so every worker yields its planned number of batches whatever fails.
-    Under mixup/cutmix the batch is mixed with a generator drawn from (seed parts, batch index).
+    The batch holds pixels (`pixel_shape` per row), each row's erased box (`erase`) and the seed parts
+    of its mixing generator (`mix_seed`: seed parts, batch index); `finish_train_batch` completes it.
     """
 
     def __init__(
         self,
         clips_per_batch: int,
-        row_shape: tuple[int, ...],
-        num_classes: int,
-        aug: AugConfig,
+        pixel_shape: tuple[int, ...],
         seed_parts: tuple[int, ...],
         first_batch: int,
         batch_step: int,
     ) -> None:
-        self.clips_per_batch, self.row_shape, self.num_classes, self.aug = (
-            clips_per_batch,
-            row_shape,
-            num_classes,
-            aug,
-        )
+        self.clips_per_batch, self.pixel_shape = clips_per_batch, pixel_shape
         self.seed_parts, self.first_batch, self.batch_step = seed_parts, first_batch, batch_step
 
     def __call__(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
@@ -291,18 +290,15 @@ class BatchTrain:
 
     def collate(self, group: list[Item], batch_index: int) -> dict[str, Any]:
         """One batch from a group of items; `batch_index` is the batch's index in the rank's epoch."""
+        good = [item for item in group if "__error__" not in item]
         rows = [
-            (view, item["label"], item["__key__"], r)
-            for item in group
-            if "__error__" not in item
-            for r, view in enumerate(item["views"])
+            (pixels, item["label"], item["__key__"], r)
+            for item in good
+            for r, (pixels, _) in enumerate(item["views"])
         ]
-        batch = collate_rows(rows) if rows else empty_batch(self.row_shape)
-        if self.aug.mixes:
-            rng = make_rng(*self.seed_parts, batch_index, BATCH_TAG)
-            batch["video"], batch["label"] = mix_batch(
-                batch["video"], batch["label"], self.num_classes, self.aug, rng
-            )
+        batch = collate_rows(rows) if rows else empty_batch(self.pixel_shape)
+        batch["erase"] = [box for item in good for _, box in item["views"]]
+        batch["mix_seed"] = (*self.seed_parts, batch_index)
         batch["bad"] = [(item["__key__"], item["__error__"]) for item in group if "__error__" in item]
         return batch
 
@@ -311,20 +307,20 @@ class BatchEval:
     """Test views -> batches of exactly `rows_per_batch` rows; padding and failed samples give view -1 rows.
 
     Each sample contributes `views_per_sample` rows (real or padding), so the number of batches depends
-    only on the plan and is the same on every rank.
+    only on the plan and is the same on every rank. Rows are uint8 pixels until `finish_eval_batch`.
     """
 
-    def __init__(self, rows_per_batch: int, views_per_sample: int, row_shape: tuple[int, ...]) -> None:
-        self.rows_per_batch, self.views_per_sample, self.row_shape = (
+    def __init__(self, rows_per_batch: int, views_per_sample: int, pixel_shape: tuple[int, ...]) -> None:
+        self.rows_per_batch, self.views_per_sample, self.pixel_shape = (
             rows_per_batch,
             views_per_sample,
-            row_shape,
+            pixel_shape,
         )
 
     def __call__(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
         rows: list[tuple[torch.Tensor, int, str, int]] = []
         bad: list[tuple[str, str]] = []
-        padding = (torch.zeros(self.row_shape), -1, "", -1)
+        padding = (torch.zeros(self.pixel_shape, dtype=torch.uint8), -1, "", -1)
         for item in items:
             if "views" in item:
                 rows += [(view, item["label"], item["__key__"], v) for v, view in enumerate(item["views"])]
@@ -348,3 +344,23 @@ def empty_batch(row_shape: tuple[int, ...]) -> dict[str, Any]:
         "key": [],
         "view": torch.zeros(0, dtype=torch.long),
     }
+
+
+def finish_train_batch(batch: dict[str, Any], aug: AugConfig, num_classes: int) -> dict[str, Any]:
+    """A shipped training batch -> the batch contract: normalise, erase each row's box, mix (in place)."""
+    video = normalise_batch(batch.pop("video"), aug.mean, aug.std)
+    for row, box in enumerate(batch.pop("erase")):
+        if box is not None:
+            top, left, noise = box
+            video[row, :, :, top : top + noise.shape[-2], left : left + noise.shape[-1]] = noise
+    label, mix_seed = batch.pop("label"), batch.pop("mix_seed")
+    if aug.mixes:
+        video, label = mix_batch(video, label, num_classes, aug, make_rng(*mix_seed, BATCH_TAG))
+    return {"video": video, "label": label, **batch}
+
+
+def finish_eval_batch(batch: dict[str, Any], aug: AugConfig) -> dict[str, Any]:
+    """A shipped evaluation batch -> the batch contract: normalise; padding rows (view -1) are zeros."""
+    video = normalise_batch(batch.pop("video"), aug.mean, aug.std)
+    video[batch["view"] == -1] = 0.0
+    return {"video": video, **batch}

@@ -79,12 +79,25 @@ def normalise(clip: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...
     return out.sub_(m).div_(s)
 
 
-def erase_box(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random erasing on a normalised (C, T, H, W) clip: one box filled with noise, the same on every frame.
+def normalise_batch(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(B, T, 3, H, W) in [0, 255], uint8 or float -> float (B, C, T, H, W) normalised (as `normalise`)."""
+    b, t, c, h, w = pixels.shape
+    out = torch.empty((b, c, t, h, w), dtype=torch.float32, device=pixels.device)
+    out.copy_(pixels.permute(0, 2, 1, 3, 4))
+    m = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1, 1) * 255.0
+    s = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1, 1) * 255.0
+    return out.sub_(m).div_(s)
+
+
+# An erased box: (top, left, noise (C, 1, h, w)) in normalised units; None = no erasing.
+EraseBox = tuple[int, int, torch.Tensor] | None
+
+
+def draw_erase_box(height: int, width: int, channels: int, rng: np.random.Generator) -> EraseBox:
+    """The box and noise of random erasing on a frame of `height` x `width` (None when no box fits).
 
     Box area is 2%-33% of the frame and its aspect ratio 0.3-3.3, as in the usual RandomErasing.
     """
-    height, width = clip.shape[-2:]
     for _ in range(10):
         area = height * width * rng.uniform(0.02, 1 / 3)
         aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
@@ -92,20 +105,33 @@ def erase_box(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if 0 < h < height and 0 < w < width:
             top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
             # One noise patch shared by all frames: a static occluder, not flicker that reads as motion.
-            noise = torch.from_numpy(rng.standard_normal((clip.shape[0], 1, h, w), dtype=np.float32)).to(
-                clip.device
-            )
-            clip = clip.clone()
-            clip[:, :, top : top + h, left : left + w] = noise
-            return clip
+            return top, left, torch.from_numpy(rng.standard_normal((channels, 1, h, w), dtype=np.float32))
+    return None
+
+
+def apply_erase(clip: torch.Tensor, box: EraseBox) -> torch.Tensor:
+    """A normalised (C, T, H, W) clip with `box` filled with its noise on every frame."""
+    if box is None:
+        return clip
+    top, left, noise = box
+    h, w = noise.shape[-2:]
+    clip = clip.clone()
+    clip[:, :, top : top + h, left : left + w] = noise.to(clip.device)
     return clip
+
+
+def erase_box(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random erasing on a normalised (C, T, H, W) clip: one noise box, the same on every frame."""
+    height, width = clip.shape[-2:]
+    return apply_erase(clip, draw_erase_box(height, width, clip.shape[0], rng))
 
 
 class TrainTransform:
     """Decoded frames -> `repeated_aug` independently augmented, normalised views (C, T, S, S).
 
     Per view: random resized crop (scale jitter) resized to crop_size, horizontal flip if enabled,
-    RandAugment, normalisation, random erasing.
+    RandAugment, normalisation, random erasing. `pixel_views` stops before normalisation (the loader's
+    workers ship those 4x smaller uint8 views and the main process finishes them, bit-identically).
     """
 
     def __init__(self, cfg: DataConfig, flip: bool) -> None:
@@ -113,6 +139,16 @@ class TrainTransform:
 
     def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> list[torch.Tensor]:
         """Augment one decoded clip (T, H, W, 3) uint8 into its views."""
+        return [
+            apply_erase(normalise(pixels, self.aug.mean, self.aug.std), box)
+            for pixels, box in self.pixel_views(frames, rng)
+        ]
+
+    def pixel_views(
+        self, frames: torch.Tensor, rng: np.random.Generator
+    ) -> list[tuple[torch.Tensor, EraseBox]]:
+        """The views before normalisation: (T, 3, S, S) in [0, 255] (uint8 unless RandAugment ran)
+        and each view's erased box, drawn from `rng` in the same order as `__call__` draws them."""
         aug = self.aug
         # Crop, resize and flip stay in uint8 (several times faster than float); RandAugment needs float.
         clip = channels_first(frames)
@@ -125,10 +161,10 @@ class TrainTransform:
                 view = view.flip(-1)
             if aug.randaug_n > 0:
                 view = rand_augment(view.float(), aug.randaug_n, aug.randaug_m, aug.randaug_mstd, rng)
-            view = normalise(view, aug.mean, aug.std)
+            box = None
             if aug.erasing_prob > 0 and rng.random() < aug.erasing_prob:
-                view = erase_box(view, rng)
-            views.append(view)
+                box = draw_erase_box(self.size, self.size, 3, rng)
+            views.append((view, box))
         return views
 
 
@@ -136,7 +172,7 @@ class EvalTransform:
     """Decoded frames of one test clip -> `test_crops` normalised views (C, T, S, S).
 
     The short side is resized to `eval_short_side` (aspect kept), then 1 centre crop or 3 crops
-    along the long side are taken.
+    along the long side are taken. `pixel_views` gives the uint8 crops (T, 3, S, S) before normalising.
     """
 
     def __init__(self, cfg: DataConfig) -> None:
@@ -145,16 +181,19 @@ class EvalTransform:
 
     def __call__(self, frames: torch.Tensor) -> list[torch.Tensor]:
         """Resize, crop and normalise one test clip (T, H, W, 3) uint8."""
+        return [normalise(crop, self.mean, self.std) for crop in self.pixel_views(frames)]
+
+    def pixel_views(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """Resize and crop one test clip (T, H, W, 3) uint8 into its uint8 crops (T, 3, S, S)."""
         clip = channels_first(frames)
         _, _, height, width = clip.shape
         scale = self.short_side / min(height, width)
         new_h, new_w = max(self.size, round(height * scale)), max(self.size, round(width * scale))
         clip = resize(clip, new_h, new_w)
-        views = []
-        for top, left in eval_crop_boxes(new_h, new_w, self.size, self.crops):
-            crop = clip[:, :, top : top + self.size, left : left + self.size]
-            views.append(normalise(crop, self.mean, self.std))
-        return views
+        return [
+            clip[:, :, top : top + self.size, left : left + self.size]
+            for top, left in eval_crop_boxes(new_h, new_w, self.size, self.crops)
+        ]
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -167,6 +167,8 @@ def check_config(cfg: Config, world_size: int) -> None:
         for folder in folders:
             if not (Path(folder) / "manifest.json").is_file():
                 raise ConfigError(f"data.{key}: '{folder}' is not a shard folder (no manifest.json in it)")
+    if cfg.init.pretrained is not None and not Path(cfg.init.pretrained).is_file():
+        raise ConfigError(f"init.pretrained: no weights file at '{cfg.init.pretrained}'")
     if world_size <= 0:
         raise ConfigError(f"world size must be positive, got {world_size}")
     if cfg.max_steps is not None and cfg.max_steps <= 0:

@@ -38,22 +38,20 @@ class EvalResult:
         return out
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 @torch.no_grad()
 def evaluate(
     forward: Callable[[torch.Tensor], torch.Tensor],
     batches: Iterable[dict],
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    across_ranks: bool = False,
 ) -> EvalResult:
-    """Run `forward` over this rank's evaluation batches; results are merged over all ranks.
+    """Run `forward` over evaluation batches; with `across_ranks` every rank's videos are merged.
 
     The loader gives every rank the same number of full batches (ZeRO-3 gathers parameters
     collectively in forward); rows with view -1 are padding. A video's views may come in different
-    batches; its prediction is the mean of their softmax probabilities. Every rank returns the same result.
+    batches; its prediction is the mean of their softmax probabilities. With `across_ranks` (a
+    collective) every rank returns the same result.
     """
     per_video: dict[str, tuple[torch.Tensor, int, int]] = {}
     for batch in batches:
@@ -66,7 +64,7 @@ def evaluate(
             total, _, views = per_video.get(key, (torch.zeros_like(prob), label, 0))
             per_video[key] = (total + prob, label, views + 1)
     parts = [per_video]
-    if _distributed():
+    if across_ranks:
         parts = [None] * dist.get_world_size()
         dist.all_gather_object(parts, per_video)
     merged: dict[str, tuple[torch.Tensor, int, int]] = {}

@@ -209,7 +209,7 @@ def train(cfg: Config) -> TrainResult:
         engine.eval()
         with buffers_averaged_over_ranks(engine.module):
             batches = build_eval_loader(cfg.data, rank=rank, world_size=world)
-            result = evaluate(engine, batches, dist_info.device, dtype)
+            result = evaluate(engine, batches, dist_info.device, dtype, across_ranks=True)
         engine.train()
         scalars = result.scalars(cfg.eval.mean_class_accuracy)
         metrics.write(step, scalars, epoch=epoch)

@@ -17,6 +17,7 @@ from pipeline.data.decoders import (
     build_decoder,
     resolve_decoder_name,
 )
+from shards.video import EncodeOptions, transcode
 from tests.data.conftest import VIDEO_FRAMES, VIDEO_SIZE
 
 # Unsorted, repeated, first and last frames, across GOP boundaries (GOP 8).
@@ -52,15 +53,56 @@ def test_every_cpu_decoder_equals_pyav(encoded_videos: dict[str, bytes], name: s
 
 
 def test_pyav_decodes_only_from_the_keyframe_before_each_index(encoded_videos: dict[str, bytes]) -> None:
+    # The fixture's x264 GOPs (8 frames) start I0 b1 B2 b3 P4 ... in display order and are decoded
+    # 0, 4, 2, 1, 3, ...: B2 is a reference (B-pyramid), b1 and b3 are not, and are skipped unless wanted.
     short_gop = PyAVDecoder()
-    short_gop.decode(encoded_videos["h264"], [33, 34])  # keyframes every 8 frames: 32, 33, 34
-    assert short_gop.frames_decoded == 3
+    short_gop.decode(encoded_videos["h264"], [33, 34])  # 32, 36 (the anchor), 34, 33
+    assert short_gop.frames_decoded == 4
     short_gop.frames_decoded = 0
-    short_gop.decode(encoded_videos["h264"], [2, 42])  # 0..2, then a seek to 40: 40..42
+    short_gop.decode(encoded_videos["h264"], [2, 42])  # 0, 4, 2, then a jump to the keyframe 40: 40, 44, 42
     assert short_gop.frames_decoded == 6
     long_gop = PyAVDecoder()
-    long_gop.decode(encoded_videos["h264-longgop"], [42])  # one keyframe at 0: everything up to 42
-    assert long_gop.frames_decoded == 43
+    long_gop.decode(encoded_videos["h264-longgop"], [42])  # one keyframe at 0: the 23 even frames 0..44
+    assert long_gop.frames_decoded == 23
+
+
+@pytest.fixture(scope="module")
+def reencoded_video(encoded_videos: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The h264 fixture re-encoded by the sharder's `--reencode` (GOP 16, 7 non-reference B-frames)."""
+    source = tmp_path_factory.mktemp("reencode") / "source.mp4"
+    source.write_bytes(encoded_videos["h264-longgop"])
+    return transcode(source, EncodeOptions(gop=16))
+
+
+def test_reencoded_shards_have_non_reference_b_frames(reencoded_video: bytes) -> None:
+    with av.open(io.BytesIO(reencoded_video)) as container:
+        packets = sorted((p for p in container.demux(video=0) if p.size), key=lambda p: p.pts)
+    kinds = ""
+    for packet in packets:
+        nal = bytes(packet)[4]  # mp4 stores length-prefixed NAL units: the first one's header byte
+        kinds += "I" if packet.is_keyframe else ("P" if nal >> 5 else "b")
+    assert kinds == "IbbbbbbbPbbbbbbP" * (VIDEO_FRAMES // 16)
+
+
+def test_skipping_non_reference_frames_returns_the_sequential_frames(reencoded_video: bytes) -> None:
+    everything = torch.from_numpy(sequential_decode(reencoded_video))
+    anchors = [i for i in range(VIDEO_FRAMES) if i % 16 in (0, 8, 15)]  # I and P frames
+    delivered = decoded = 0
+    for start in range(16):  # every phase of a dense 8 x 4 clip against the GOP
+        indices = [start + 4 * i for i in range(8)]
+        decoder = PyAVDecoder()
+        assert torch.equal(decoder.decode(reencoded_video, indices), everything[indices])
+        # Per GOP: its anchors up to the first one at or after its last wanted frame, plus the
+        # wanted B-frames; the B-frames in between are skipped.
+        expected = set(indices)
+        for gop in {i // 16 for i in indices}:
+            last = max(i for i in indices if i // 16 == gop)
+            stop = min(a for a in anchors if a >= last)
+            expected |= {a for a in anchors if gop * 16 <= a <= stop}
+        assert decoder.frames_decoded == len(expected)
+        delivered, decoded = delivered + len(indices), decoded + decoder.frames_decoded
+    # All-reference GOPs of 16 would decode 4.2 frames per frame delivered here (8 x 4 clips).
+    assert decoded / delivered <= 2.0
 
 
 @pytest.mark.parametrize("name", CPU_DECODERS)

@@ -26,7 +26,10 @@ def synth_split(root: Path, split: str, num_videos: int, classes: int, seed: int
     synth = ["synth", "ssv2", "--out", str(raw), "--num-videos", str(num_videos), "--classes", str(classes)]
     synth += ["--seed", str(seed), "--height", "32", "--frames", str(frames), "--splits", split]
     assert shards_main(synth) == 0
-    assert shards_main(["ssv2", "--root", str(raw), "--split", split, "--out", str(out), "--max-samples", "16"]) == 0
+    assert (
+        shards_main(["ssv2", "--root", str(raw), "--split", split, "--out", str(out), "--max-samples", "16"])
+        == 0
+    )
     return out
 
 
@@ -59,9 +62,18 @@ def job_env() -> dict[str, str]:
     return env
 
 
-def start_job(overrides: Sequence[str], log: Path, nproc: int = 2, config: Path = DEMO_CONFIG) -> subprocess.Popen:
+def start_job(
+    overrides: Sequence[str], log: Path, nproc: int = 2, config: Path = DEMO_CONFIG
+) -> subprocess.Popen:
     """Start `launch/local.py` in the background, output to `log`."""
-    command = [sys.executable, str(REPO / "launch" / "local.py"), "--config", str(config), "--nproc", str(nproc)]
+    command = [
+        sys.executable,
+        str(REPO / "launch" / "local.py"),
+        "--config",
+        str(config),
+        "--nproc",
+        str(nproc),
+    ]
     with log.open("ab") as out:
         return subprocess.Popen(
             [*command, *overrides], cwd=REPO, env=job_env(), stdout=out, stderr=subprocess.STDOUT
@@ -75,6 +87,8 @@ def run_job() -> Callable[..., subprocess.CompletedProcess]:
     def run(overrides: Sequence[str], nproc: int = 2, config: Path = DEMO_CONFIG, timeout: float = 300):
         command = [sys.executable, str(REPO / "launch" / "local.py"), "--config", str(config)]
         command += ["--nproc", str(nproc), *overrides]
-        return subprocess.run(command, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            command, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout
+        )
 
     return run

@@ -1,7 +1,9 @@
-"""The trainer's pure parts, without a process group: schedule, parameter groups, loss, metrics, checkpoints, signals."""
+"""The trainer's parts that need no process group: schedule, parameter groups, loss, accuracy,
+checkpoint folders, signals."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 
@@ -35,7 +37,7 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_the_floor() -> None:
     assert cosine_lr(55, 100, 10, peak, floor) == pytest.approx(floor + (peak - floor) / 2)
     assert cosine_lr(100, 100, 10, peak, floor) == pytest.approx(floor)
     values = [cosine_lr(s, 100, 10, peak, floor) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     assert scaled_lr(OptimConfig(lr=2e-4, base_batch_size=64), 256) == pytest.approx(8e-4)
 
 
@@ -122,7 +124,7 @@ def test_checkpoints_count_only_with_marker_and_latest_falls_back(tmp_path) -> N
     with pytest.warns(UserWarning, match="garbage"):
         assert find_resume_checkpoint(tmp_path, "auto") == tmp_path / tag_for_step(20)
     assert find_resume_checkpoint(tmp_path, "none") is None
-    with pytest.raises(ConfigError, match="checkpoint.resume"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.resume"):
         find_resume_checkpoint(tmp_path, str(tmp_path / tag_for_step(40)))
 
 
@@ -142,4 +144,3 @@ def test_signal_handler_only_records_and_remembers_the_previous_handler() -> Non
     finally:
         signal.signal(signal.SIGUSR2, before)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-

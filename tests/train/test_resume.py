@@ -98,7 +98,9 @@ def reference(small_shards: tuple[Path, Path], tmp_path_factory: pytest.TempPath
     return root / "reference"
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(small_shards, reference: Path, tmp_path: Path) -> None:
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(
+    small_shards, reference: Path, tmp_path: Path
+) -> None:
     log = tmp_path / "job.log"
     # A random step that is not an epoch boundary nor a checkpoint step.
     kill_at = random.choice([s for s in range(4, 11) if s % STEPS_PER_EPOCH and s % 3])
@@ -117,7 +119,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(small_shards, reference:
     assert_bit_identical(exported(tmp_path / "killed"), exported(reference))
 
 
-def test_sigterm_saves_on_every_rank_then_resume_is_bit_identical(small_shards, reference: Path, tmp_path) -> None:
+def test_sigterm_saves_on_every_rank_then_resume_is_bit_identical(
+    small_shards, reference: Path, tmp_path
+) -> None:
     log = tmp_path / "job.log"
     job = start_job(overrides(small_shards, tmp_path, "stopped"), log)
     wait_for_step(job, tmp_path / "stopped", 5)
@@ -128,7 +132,9 @@ def test_sigterm_saves_on_every_rank_then_resume_is_bit_identical(small_shards, 
     stopped_at = int(text.split("stopped by SIGTERM at step ")[1].split()[0])
     assert 5 <= stopped_at < STEPS_PER_EPOCH * EPOCHS
     tag_dir = tmp_path / "stopped" / "checkpoints" / tag_for_step(stopped_at)
-    assert is_complete(tag_dir) and (tmp_path / "stopped" / "checkpoints" / "latest").read_text() == tag_dir.name
+    assert (
+        is_complete(tag_dir) and (tmp_path / "stopped" / "checkpoints" / "latest").read_text() == tag_dir.name
+    )
     # Both ranks wrote their ZeRO-2 partition of the signal checkpoint.
     assert len(list(tag_dir.glob("*zero_pp_rank_*_optim_states.pt"))) == 2
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -38,5 +37,7 @@ def test_zero_stages_with_and_without_activation_checkpointing(small_shards, tmp
     for row in summary:
         losses = row["losses"]
         assert row["step"] == 24 and len(losses) == 6, row
-        assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.05, f"{row['name']}: loss did not fall: {losses}"
+        assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.05, (
+            f"{row['name']}: loss did not fall: {losses}"
+        )
         assert row["exported_top1"] == pytest.approx(row["live_top1"]), row
