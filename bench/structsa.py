@@ -2,11 +2,12 @@
 
     python bench/structsa.py [--reps 3] [--maps 56x56 28x28 8x14x14 16x14x14] [--dim 64]
 
-For every token map: forward + backward time (fastest of --reps, round-robin over variants, after
-a warm-up) and peak allocated memory (torch profiler allocation events, one extra pass) of plain multi-head attention
-and of StructSA for D in {1, 2, 4, 8} and stride in {1, 2}, each with the fused path
-(scaled_dot_product_attention) and the naive path (materialised softmax(q k^T) matrix). Ratios are
-against plain fused attention on the same map; the last columns give naive / fused.
+For every token map: forward + backward time (fastest of --reps, taken round-robin over the
+variants after a warm-up) and peak allocated memory (torch profiler allocation events, one extra
+pass) of plain multi-head attention and of StructSA for D in {1, 2, 4, 8} and stride in {1, 2},
+each with the fused path (scaled_dot_product_attention) and the naive path (materialised
+softmax(q k^T) matrix). Ratios are against plain fused attention on the same map; the last
+columns give naive / fused.
 Batch 1, one head of --dim channels: sizes chosen so the whole run takes minutes on 2 CPU cores.
 """
 
@@ -66,7 +67,7 @@ def main() -> None:
     machine = platform.processor() or platform.machine()
     threads, load = torch.get_num_threads(), os.getloadavg()[0]
     print(f"# {machine}, {threads} threads, torch {torch.__version__}, load average {load:.1f}")
-    print(f"# batch 1, 1 head x {args.dim} channels, kernel 3, fastest of {args.reps} round-robin after warm-up")
+    print(f"# batch 1, 1 head x {args.dim} channels, kernel 3, fastest of {args.reps} round-robin runs")
     for spec in args.maps:
         grid = tuple(int(s) for s in spec.split("x"))
         video = len(grid) == 3

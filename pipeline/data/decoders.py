@@ -44,6 +44,8 @@ class FrameDecoder:
         frames = self._decode_sorted(data, wanted)
         if frames.shape[0] != len(wanted):
             raise DecodeError(f"{self.name} returned {frames.shape[0]} frames for {len(wanted)} indices")
+        if len(wanted) == len(indices) and all(a == b for a, b in zip(wanted, indices, strict=True)):
+            return frames  # already in order (a dense clip): no gather copy of the whole clip
         order = torch.as_tensor(np.searchsorted(wanted, np.asarray(indices)))
         return frames[order]
 

@@ -23,7 +23,7 @@ def motion_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 def final_top1(run_job, shards: tuple[Path, Path], root: Path, name: str, *extra: str) -> float:
     train, val = shards
     overrides = [f"name={name}", f"out_dir={root}", f"data.train=[{train}]", f"data.val=[{val}]"]
-    result = run_job([*overrides, "optim.epochs=12", "eval.every_epochs=0", *extra], timeout=600)
+    result = run_job([*overrides, "eval.every_epochs=0", *extra], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((root / name / "eval.json").read_text())["val/top1"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -156,3 +157,24 @@ def test_tensorboard_holds_every_scalar_and_run_folder_is_complete(reference: Pa
     assert final["step"] == STEPS_PER_EPOCH * EPOCHS and 0 <= final["val/top1"] <= 100
     rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     assert {"train/loss", "val/top1"} <= {key for row in rows for key in row}
+
+
+def test_other_world_size_or_config_is_an_error_and_weights_only_resume_continues(
+    small_shards, reference: Path, tmp_path: Path, run_job
+) -> None:
+    shutil.copytree(reference, tmp_path / "reference")
+    same = overrides(small_shards, tmp_path, "reference")
+
+    fewer_ranks = run_job(same, nproc=1)
+    assert fewer_ranks.returncode == 2
+    assert "saved by 2 ranks, this job has 1" in fewer_ranks.stderr, fewer_ranks.stderr[-2000:]
+
+    changed = run_job([*same, "optim.lr=0.5"])
+    assert changed.returncode == 2
+    assert "config changed since checkpoint" in changed.stderr and "optim.lr" in changed.stderr
+
+    # The documented way across such a change: weights (and epoch) only, on 1 rank, one more epoch.
+    weights_only = run_job([*same, "optim.epochs=4", "checkpoint.weights_only=true"], nproc=1)
+    assert weights_only.returncode == 0, weights_only.stderr[-3000:]
+    final = json.loads((tmp_path / "reference" / "eval.json").read_text())
+    assert final["step"] == 4 * 2 * STEPS_PER_EPOCH  # 1 rank: twice the steps per epoch

@@ -1,0 +1,165 @@
+"""Training step time and peak memory: StructViT-S-4-1 against UniFormer-S, activation checkpointing
+off/on, under DeepSpeed ZeRO 0 / 2 / 3, as ratios, in one run.
+
+    python bench/train_step.py [--nproc 2] [--batch 2] [--frames 8] [--size 64] [--steps 4]
+
+Starts --nproc ranks (gloo on CPU, NCCL on GPUs) through launch/local.py's launcher; every rank
+trains each variant on fixed random clips: one warm-up step, then the median of --steps optimizer
+steps. Peak memory is one step's peak allocation above its start (CUDA allocator statistics on a
+GPU, the profiler's allocation events on CPU), on rank 0. The defaults keep the whole run to a few
+minutes on 2 CPU cores; use real sizes (--frames 16 --size 224 --batch 8) on GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODELS = ("structvit_s_4_1", "uniformer_s")
+STAGES = (0, 2, 3)
+CHECKPOINTING = (False, True)
+
+
+def train_step(engine: Any, video: Any, labels: Any) -> None:
+    """One optimizer step (forward, backward, update) of a DeepSpeed engine."""
+    from pipeline.train.loss import classification_loss
+
+    engine.backward(classification_loss(engine(video), labels, 0.1))
+    engine.step()
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """One rank: every (ZeRO stage, checkpointing, model) variant; returns rank 0's measurements."""
+    import torch
+
+    from pipeline.models import create_model
+    from pipeline.models.summary import peak_memory_bytes
+    from pipeline.train.config import EngineConfig, OptimConfig
+    from pipeline.train.engine import (
+        apply_activation_checkpointing,
+        build_engine,
+        input_dtype,
+        setup_distributed,
+    )
+    from pipeline.train.optim import build_optimizer
+
+    dist_info = setup_distributed()
+    generator = torch.Generator().manual_seed(dist_info.rank)
+    video = torch.randn(args.batch, 3, args.frames, args.size, args.size, generator=generator)
+    labels = torch.randint(0, 10, (args.batch,), generator=generator)
+    rows = []
+    for stage in STAGES:
+        for checkpointing in CHECKPOINTING:
+            for name in MODELS:
+                torch.manual_seed(0)
+                model = create_model(name, num_classes=10, num_frames=args.frames, img_size=args.size)
+                cfg = EngineConfig(zero_stage=stage, activation_checkpointing=checkpointing)
+                apply_activation_checkpointing(model, cfg.activation_checkpointing)
+                engine = build_engine(
+                    model, build_optimizer(model, OptimConfig()), cfg, args.batch, dist_info.world_size
+                )
+                inputs = video.to(dist_info.device, dtype=input_dtype(engine))
+
+                step = functools.partial(train_step, engine, inputs, labels)
+                step()  # warm-up: allocator, kernels, ZeRO buffers
+                times = []
+                for _ in range(args.steps):
+                    if dist_info.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    step()
+                    if dist_info.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times.append(time.perf_counter() - start)
+                if dist_info.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
+                    step()
+                    peak = torch.cuda.max_memory_allocated() - before
+                else:
+                    peak = peak_memory_bytes(step)
+                rows.append(
+                    {
+                        "zero": stage,
+                        "checkpointing": checkpointing,
+                        "model": name,
+                        "step_s": statistics.median(times),
+                        "peak_mb": peak / 2**20,
+                    }
+                )
+                del engine, model, step
+                gc.collect()
+    return rows if dist_info.rank == 0 else []
+
+
+def print_table(rows: list[dict], args: argparse.Namespace) -> None:
+    """Absolute figures plus the two ratios that matter: StructViT / UniFormer and checkpointing on / off."""
+    import torch
+
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}, torch {torch.__version__}"
+    )
+    print(
+        f"# {args.nproc} ranks, {args.batch} clips of {args.frames}x{args.size}x{args.size} per rank, "
+        f"median of {args.steps} steps after 1 warm-up"
+    )
+    key = {(r["zero"], r["checkpointing"], r["model"]): r for r in rows}
+    print(
+        f"{'zero':>4} {'ckpt':>5} | {'structvit s':>11} {'uniformer s':>11} {'ratio':>6} | "
+        f"{'structvit MB':>12} {'uniformer MB':>12} {'ratio':>6} | {'ckpt/off time':>13} {'ckpt/off mem':>12}"
+    )
+    for stage in STAGES:
+        for checkpointing in CHECKPOINTING:
+            ours, base = (key[(stage, checkpointing, m)] for m in MODELS)
+            plain = key[(stage, False, MODELS[0])]
+            mode = "on" if checkpointing else "off"
+            print(
+                f"{stage:>4} {mode:>5} | {ours['step_s']:>11.3f} {base['step_s']:>11.3f} "
+                f"{ours['step_s'] / base['step_s']:>6.2f} | "
+                f"{ours['peak_mb']:>12.1f} {base['peak_mb']:>12.1f} "
+                f"{ours['peak_mb'] / base['peak_mb']:>6.2f} | "
+                f"{ours['step_s'] / plain['step_s']:>13.2f} "
+                f"{ours['peak_mb'] / plain['peak_mb']:>12.2f}"
+            )
+
+
+def main() -> int:
+    """Without RANK in the environment: launch the ranks and print the table; with it: measure."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=2, help="clips per rank")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64, help="crop size in pixels")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per variant")
+    parser.add_argument("--out", help=argparse.SUPPRESS)  # set by the launching parent
+    args = parser.parse_args()
+    if "RANK" in os.environ:
+        rows = measure(args)
+        if rows:
+            Path(args.out).write_text(json.dumps(rows))
+        return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from launch.local import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        status = run([sys.executable, __file__, *sys.argv[1:], "--out", str(out)], args.nproc)
+        if status != 0:
+            return status
+        print_table(json.loads(out.read_text()), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
