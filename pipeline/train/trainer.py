@@ -221,20 +221,18 @@ def train(cfg: Config) -> TrainResult:
         return result
 
     # 7. The loop: one optimizer step = grad_accum_steps micro-batches; stop requests act between steps.
+    # The loader's state is the truth about epochs: iterating it yields the rest of the current epoch.
     engine.train()
     stop_signal = 0
-    batches = iter(loader)
+    batches = None
     while step < stop_step:
         started = time.perf_counter()
         data_wait = 0.0
         loss_sum = torch.zeros((), device=dist_info.device)
         for _ in range(accum):
             fetched = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:  # epoch boundary: the loader's next iteration is the next epoch
-                epoch += 1
-                if cfg.eval.every_epochs and epoch % cfg.eval.every_epochs == 0 and step < stop_step:
-                    run_eval(step)
+            batch = next(batches, None) if batches is not None else None
+            if batch is None:  # a new epoch (a step whose micro-batches straddle two epochs goes on)
                 batches = iter(loader)
                 batch = next(batches)
             data_wait += time.perf_counter() - fetched
@@ -253,6 +251,12 @@ def train(cfg: Config) -> TrainResult:
             metrics.log(
                 step, epoch, cosine_lr(step - 1, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr)
             )
+        if loader.state().epoch != epoch:  # this step completed an epoch
+            epoch = loader.state().epoch
+            if loader.state().samples_consumed == 0:
+                batches = None  # used up: the next fetch starts the next epoch
+            if cfg.eval.every_epochs and epoch % cfg.eval.every_epochs == 0 and step < stop_step:
+                run_eval(step)
         stop_signal = agree_on_stop()
         if stop_signal or step % cfg.checkpoint.every_steps == 0 or step == stop_step:
             save(step, epoch)
