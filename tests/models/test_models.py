@@ -145,10 +145,15 @@ PAPER_IMAGE = {
 }
 
 
+def within_rounded(value: float, reported: float, rel: float = 0.05) -> bool:
+    """`value` is within `rel` of some figure that rounds to `reported` (papers give whole millions)."""
+    return (reported - 0.5) * (1 - rel) <= value <= (reported + 0.5) * (1 + rel)
+
+
 @pytest.mark.parametrize(("name", "paper"), PAPER_IMAGE.items())
 def test_image_counts_match_paper(name: str, paper: tuple[float, float]) -> None:
     row = summarize(name)
-    assert row["params_m"] == pytest.approx(paper[0], rel=0.051)
+    assert within_rounded(row["params_m"], paper[0]), (row["params_m"], paper[0])
     assert row["gflops"] == pytest.approx(paper[1], rel=0.05)
 
 
