@@ -7,7 +7,9 @@ parallelism comes from loader workers, and decord fails on VP9 with more threads
 
 Each decoder decodes only what the indices need: it seeks to the keyframe before the first index
 (decord and torchcodec do this internally from their frame index; the PyAV decoder here does it
-itself and counts the frames it decodes, which is how decode amplification is measured).
+itself and counts the frames it decodes, which is how decode amplification is measured). Only the
+PyAV decoder also skips the non-reference frames it does not want (decord2 3.4 and torchcodec 0.13
+have no such option), which is what makes shards re-encoded with non-reference B-frames cheap.
 """
 
 from __future__ import annotations

@@ -17,16 +17,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-# Scalar names (TensorBoard tags, also the keys of metrics.jsonl rows).
-TRAIN_SCALARS = (
-    "train/loss",
-    "train/lr",
-    "train/clips_per_s",
-    "train/data_wait_frac",
-    "train/step_s",
-    "mem/peak_gb",
-)
-
 
 def peak_memory_gb(device: torch.device) -> float:
     """Peak memory of this process: allocated GPU memory, or the resident set size on CPU."""

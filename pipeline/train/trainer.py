@@ -18,10 +18,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from pipeline.config import ConfigError, config_hash, save_config, to_dict
 from pipeline.data.loader import LoaderState, build_eval_loader, build_train_loader
 from pipeline.io import atomic_write_json
+from pipeline.models import create_model
+from pipeline.models.inflate import load_pretrained
 from pipeline.train import signals
 from pipeline.train.checkpoint import (
     CheckpointManager,
@@ -49,7 +52,6 @@ from pipeline.train.engine import (
 from pipeline.train.evaluate import EvalResult, evaluate
 from pipeline.train.loss import classification_loss
 from pipeline.train.metrics import MetricsProcessor
-from pipeline.train.model import build_model, load_pretrained_weights, model_arguments
 from pipeline.train.optim import build_optimizer, cosine_lr, scaled_lr, set_lr
 
 
@@ -62,6 +64,30 @@ class TrainResult:
     stopped_by_signal: bool = False
     signal: str | None = None  # "SIGTERM" / "SIGUSR2" when stopped_by_signal
     eval: dict[str, float] | None = None  # the final evaluation, when the run completed
+
+
+def model_arguments(cfg: Config, num_classes: int) -> dict[str, Any]:
+    """The `create_model` keyword arguments of this run (recorded with exported weights)."""
+    arguments: dict[str, Any] = {
+        "name": cfg.model.name,
+        "num_classes": cfg.model.num_classes or num_classes,
+        "num_frames": cfg.data.num_frames,
+        "img_size": cfg.data.crop_size,
+    }
+    if cfg.model.drop_path_rate is not None:
+        arguments["drop_path_rate"] = cfg.model.drop_path_rate
+    return arguments
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """The video model of this run (random init; the caller seeds the generator)."""
+    return create_model(**model_arguments(cfg, num_classes))
+
+
+def load_pretrained_weights(model: nn.Module, path: str) -> None:
+    """Start from a weights file: image weights are inflated to video, a head of another class
+    count (e.g. the Kinetics model fine-tuned on SSv2) is re-initialised."""
+    load_pretrained(model, torch.load(path, map_location="cpu", weights_only=True))
 
 
 def derived_seed(*parts: int) -> int:

@@ -27,6 +27,7 @@ from pipeline.train.config import OptimConfig
 from pipeline.train.evaluate import video_accuracy
 from pipeline.train.loss import classification_loss
 from pipeline.train.optim import build_param_groups, cosine_lr, layer_ids, scaled_lr
+from pipeline.train.trainer import load_pretrained_weights
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_the_floor() -> None:
@@ -144,3 +145,24 @@ def test_signal_handler_only_records_and_remembers_the_previous_handler() -> Non
     finally:
         signal.signal(signal.SIGUSR2, before)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_pretrained_init_inflates_image_weights_and_reuses_a_kinetics_export(tmp_path) -> None:
+    torch.manual_seed(0)
+    image = create_model("structvit_tiny_4_1", num_classes=10, num_frames=None, img_size=32)
+    torch.save(image.state_dict(), tmp_path / "image.pt")
+    video = create_model("structvit_tiny_4_1", num_classes=5, num_frames=4, img_size=32)
+    load_pretrained_weights(video, str(tmp_path / "image.pt"))
+    # A 2-D kernel becomes a 3-D one: repeated over time, divided by its length.
+    kernel_2d = image.state_dict()["patch_embed1.proj.weight"]
+    kernel_3d = video.state_dict()["patch_embed1.proj.weight"]
+    assert kernel_3d.shape[2] == 3 and torch.allclose(kernel_3d.sum(dim=2), kernel_2d, atol=1e-6)
+
+    # A Kinetics-style export (plain state dict) into a model with another class count: head re-initialised.
+    torch.save(video.state_dict(), tmp_path / "kinetics.pt")
+    target = create_model("structvit_tiny_4_1", num_classes=3, num_frames=4, img_size=32)
+    load_pretrained_weights(target, str(tmp_path / "kinetics.pt"))
+    for name, value in target.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(value, video.state_dict()[name]), name
+    assert target.head.weight.shape == (3, video.head.weight.shape[1])
