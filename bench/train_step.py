@@ -1,12 +1,12 @@
 """Training step time and peak memory: StructViT-S-4-1 against UniFormer-S, activation checkpointing
 off/on, under DeepSpeed ZeRO 0 / 2 / 3, as ratios, in one run.
 
-    python bench/train_step.py [--nproc 2] [--batch 2] [--frames 8] [--size 64] [--steps 4]
+    python bench/train_step.py [--nproc 2] [--batch 2] [--frames 8] [--size 96] [--steps 3]
 
 Starts --nproc ranks (gloo on CPU, NCCL on GPUs) through launch/local.py's launcher; every rank
 trains each variant on fixed random clips: one warm-up step, then the median of --steps optimizer
-steps. Peak memory is one step's peak allocation above its start (CUDA allocator statistics on a
-GPU, the profiler's allocation events on CPU), on rank 0. The defaults keep the whole run to a few
+steps. Peak memory is one step's peak above what was in use before it, on rank 0 (the CUDA
+allocator's peak on a GPU, the peak resident set on CPU). The defaults keep the whole run to a few
 minutes on 2 CPU cores; use real sizes (--frames 16 --size 224 --batch 8) on GPUs.
 """
 
@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,38 @@ def train_step(engine: Any, video: Any, labels: Any) -> None:
     engine.step()
 
 
+def resident_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: peak), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_step_memory(step: Callable[[], None], device: Any) -> float:
+    """Peak memory of one `step()` above what was in use before it, in bytes.
+
+    GPU: the CUDA allocator's peak. CPU: the peak resident set (memory actually touched, so buffers
+    DeepSpeed reserves but never fills do not count), after resetting the kernel's high-water mark.
+    """
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        return torch.cuda.max_memory_allocated() - before
+    Path("/proc/self/clear_refs").write_text("5")  # 5: reset VmHWM to the current VmRSS
+    before = resident_kib("VmRSS")
+    step()
+    return (resident_kib("VmHWM") - before) * 1024
+
+
 def measure(args: argparse.Namespace) -> list[dict]:
     """One rank: every (ZeRO stage, checkpointing, model) variant; returns rank 0's measurements."""
     import torch
 
     from pipeline.models import create_model
-    from pipeline.models.summary import peak_memory_bytes
     from pipeline.train.config import EngineConfig, OptimConfig
     from pipeline.train.engine import (
         apply_activation_checkpointing,
@@ -81,13 +108,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
                     if dist_info.device.type == "cuda":
                         torch.cuda.synchronize()
                     times.append(time.perf_counter() - start)
-                if dist_info.device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                    before = torch.cuda.memory_allocated()
-                    step()
-                    peak = torch.cuda.max_memory_allocated() - before
-                else:
-                    peak = peak_memory_bytes(step)
+                peak = peak_step_memory(step, dist_info.device)
                 rows.append(
                     {
                         "zero": stage,
@@ -140,8 +161,8 @@ def main() -> int:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2, help="clips per rank")
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--size", type=int, default=64, help="crop size in pixels")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per variant")
+    parser.add_argument("--size", type=int, default=96, help="crop size in pixels")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
     parser.add_argument("--out", help=argparse.SUPPRESS)  # set by the launching parent
     args = parser.parse_args()
     if "RANK" in os.environ:
@@ -152,6 +173,8 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from launch.local import run
 
+    # Freed tensors go back to the kernel at once, so a step's peak resident set is its own.
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
         status = run([sys.executable, __file__, *sys.argv[1:], "--out", str(out)], args.nproc)
