@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipeline.io import atomic_write_text
+
 
 def peak_memory_gb(device: torch.device) -> float:
     """Peak memory of this process: allocated GPU memory, or the resident set size on CPU."""
@@ -24,6 +26,16 @@ def peak_memory_gb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 1e9
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep only the rows of `path` with step <= `last_step` (atomically; a missing file stays missing)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line)["step"] <= last_step]
+    if len(kept) != len(rows):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def format_duration(seconds: float) -> str:
@@ -39,7 +51,9 @@ def format_duration(seconds: float) -> str:
 class MetricsProcessor:
     """Accumulates step timings and losses; `log()` reduces them and, on rank 0, writes them out."""
 
-    def __init__(self, run_dir: Path, rank: int, device: torch.device, total_steps: int) -> None:
+    def __init__(
+        self, run_dir: Path, rank: int, device: torch.device, total_steps: int, start_step: int = 0
+    ) -> None:
         self.rank = rank
         self.device = device
         self.total_steps = total_steps
@@ -48,8 +62,12 @@ class MetricsProcessor:
         if rank == 0:
             from torch.utils.tensorboard import SummaryWriter  # rank 0 only: other ranks never load it
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+            # A resumed run repeats the steps after its checkpoint: drop what the killed run logged
+            # for them, so every step appears once in TensorBoard and in metrics.jsonl.
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+            jsonl_path = run_dir / "metrics.jsonl"
+            truncate_jsonl(jsonl_path, start_step)
+            self.jsonl = jsonl_path.open("a", encoding="utf-8")
         self._reset()
 
     def _reset(self) -> None:
@@ -67,12 +85,16 @@ class MetricsProcessor:
         self.data_wait_s += data_wait_s
         self.step_s += step_s
 
-    def log(self, step: int, epoch: int, lr: float) -> dict[str, float] | None:
-        """Reduce and write the metrics of the steps since the last call (collective: every rank calls it)."""
+    def log(self, step: int, epoch: int, lr: float, bad_samples: int = 0) -> dict[str, float] | None:
+        """Reduce and write the metrics of the steps since the last call (collective: every rank calls it).
+
+        `bad_samples` is this rank's count of skipped corrupt samples so far; the log shows the sum.
+        """
         if self.steps == 0:
             return None
-        dist.all_reduce(self.loss_sum)  # the one device sync per log interval
-        loss = self.loss_sum.item() / (self.steps * dist.get_world_size())
+        reduced = torch.stack([self.loss_sum, self.loss_sum.new_tensor(float(bad_samples))])
+        dist.all_reduce(reduced)  # the one device sync per log interval
+        loss = reduced[0].item() / (self.steps * dist.get_world_size())
         scalars = {
             "train/loss": loss,
             "train/lr": lr,
@@ -80,6 +102,7 @@ class MetricsProcessor:
             "train/data_wait_frac": self.data_wait_s / max(self.step_s, 1e-9),
             "train/step_s": self.step_s / self.steps,
             "mem/peak_gb": peak_memory_gb(self.device),
+            "data/bad_samples": reduced[1].item(),
         }
         eta = (self.total_steps - step) * scalars["train/step_s"]
         self._reset()

@@ -208,7 +208,7 @@ def train(cfg: Config) -> TrainResult:
     epoch = resumed.epoch if resumed is not None else 0
     if resumed is not None and not exact_resume:
         step = epoch * steps_per_epoch
-    metrics = MetricsProcessor(run_dir, rank, dist_info.device, stop_step)
+    metrics = MetricsProcessor(run_dir, rank, dist_info.device, stop_step, start_step=step)
 
     def save(step: int, epoch: int) -> None:
         tag = tag_for_step(step)
@@ -274,9 +274,8 @@ def train(cfg: Config) -> TrainResult:
         step += 1
         metrics.record_step(loss_sum / accum, global_batch, data_wait, time.perf_counter() - started)
         if step % cfg.log.every_steps == 0 or step == stop_step:
-            metrics.log(
-                step, epoch, cosine_lr(step - 1, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr)
-            )
+            lr = cosine_lr(step - 1, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr)
+            metrics.log(step, epoch, lr, bad_samples=loader.bad_samples)
         if loader.state().epoch != epoch:  # this step completed an epoch
             epoch = loader.state().epoch
             if loader.state().samples_consumed == 0:

@@ -118,6 +118,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
     text = log.read_text()
     assert "resuming" in text and tag_for_step(killed_at - killed_at % 3) in text, text[-3000:]
     assert_bit_identical(exported(tmp_path / "killed"), exported(reference))
+    # The steps the killed job logged after its checkpoint were dropped: each step is logged once.
+    rows = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [row["step"] for row in rows if "train/loss" in row]
+    assert train_steps == list(range(1, STEPS_PER_EPOCH * EPOCHS + 1))
+    events = EventAccumulator(str(tmp_path / "killed" / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == train_steps
 
 
 def test_sigterm_saves_on_every_rank_then_resume_is_bit_identical(
