@@ -115,12 +115,13 @@ def run_sharder(args: list[str]) -> None:
 
 def run_ffmpeg(videos: list[Path], out: Path, settings: argparse.Namespace, size: tuple[int, int]) -> None:
     """The ffmpeg CLI re-encoding each clip like `--reencode` does: one thread, same x264 settings."""
+    x264_params = EncodeOptions(gop=settings.gop).x264_options()["x264-params"]
     for number, video in enumerate(videos):
         subprocess.run(
             ["ffmpeg", "-v", "error", "-nostdin", "-threads", "1", "-i", str(video), "-an",
              "-filter_threads", "1", "-vf", f"scale={size[0]}:{size[1]}:flags=bicubic",
              "-c:v", "libx264", "-preset", settings.preset, "-crf", str(settings.crf),
-             "-g", str(settings.gop), "-x264-params", "scenecut=0:cpu-independent=1", "-threads", "1",
+             "-g", str(settings.gop), "-x264-params", x264_params, "-threads", "1",
              "-pix_fmt", "yuv420p", "-y", str(out / f"{number:05d}.mp4")],
             check=True,
         )  # fmt: skip
