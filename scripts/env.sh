@@ -1,5 +1,6 @@
 # Source this file: it makes (once) and activates the project's virtual environment.
-# Re-installs only when setup.cfg or a constraints file changed. Used by demo.sh, test.sh and .ci/run.
+# Re-installs only when setup.cfg, a constraints file or the extras changed. Used by demo.sh and
+# test.sh (which adds the `dali` extra: the DALI path is tested on CPU with VP9 shards).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
@@ -13,15 +14,16 @@ fi
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   # GPU machine: keep the machine's own CUDA torch (visible through system site-packages).
-  VENV_FLAGS=(--system-site-packages); CONSTRAINTS=(); EXTRAS="dev"
+  VENV_FLAGS=(--system-site-packages); CONSTRAINTS=()
 else
-  VENV_FLAGS=(); CONSTRAINTS=(-c "$ROOT/constraints-cpu.txt"); EXTRAS="dev"
+  VENV_FLAGS=(); CONSTRAINTS=(-c "$ROOT/constraints-cpu.txt")
 fi
+EXTRAS=${EXTRAS:-dev}
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "${VENV_FLAGS[@]}" "$VENV"
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
-STAMP="$VENV/.installed-$(cat "$ROOT/setup.cfg" "$ROOT/constraints-cpu.txt" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+STAMP="$VENV/.installed-$( (cat "$ROOT/setup.cfg" "$ROOT/constraints-cpu.txt" "$ROOT/pyproject.toml"; echo "$EXTRAS") | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
   echo "[env] pip install -e .[$EXTRAS] into $VENV (a few minutes the first time)" >&2
   python -m pip install -q "${CONSTRAINTS[@]}" -e "$ROOT[$EXTRAS]" >&2

@@ -3,6 +3,6 @@
 # real DeepSpeed processes over gloo, a real local Slurm cluster). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
+EXTRAS=dev,dali source scripts/env.sh
 ruff check .
 python -m pytest -q "$@"

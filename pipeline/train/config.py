@@ -9,6 +9,7 @@ light.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -167,12 +168,28 @@ def check_config(cfg: Config, world_size: int) -> None:
         for folder in folders:
             if not (Path(folder) / "manifest.json").is_file():
                 raise ConfigError(f"data.{key}: '{folder}' is not a shard folder (no manifest.json in it)")
+    decoder_package = DECODER_PACKAGES.get(cfg.data.decoder)
+    if decoder_package and not _importable(decoder_package):
+        raise ConfigError(
+            f"data.decoder: '{cfg.data.decoder}' needs the Python package '{decoder_package}', "
+            "not installed here"
+        )
     if cfg.init.pretrained is not None and not Path(cfg.init.pretrained).is_file():
         raise ConfigError(f"init.pretrained: no weights file at '{cfg.init.pretrained}'")
     if world_size <= 0:
         raise ConfigError(f"world size must be positive, got {world_size}")
     if cfg.max_steps is not None and cfg.max_steps <= 0:
         raise ConfigError(f"max_steps must be positive, got {cfg.max_steps}")
+
+
+# Import names of the decoders' packages (`auto` picks among the installed ones by itself).
+DECODER_PACKAGES = {"dali": "nvidia.dali", "decord": "decord", "torchcodec": "torchcodec", "pyav": "av"}
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` can be found, without importing it (a dotted name's parents are checked first)."""
+    parts = module.split(".")
+    return all(importlib.util.find_spec(".".join(parts[: i + 1])) is not None for i in range(len(parts)))
 
 
 def config_changes(saved: dict[str, Any], current: Config) -> list[str]:

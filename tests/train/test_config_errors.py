@@ -3,13 +3,14 @@ recipe in configs/ loads."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import from_dict, to_dict
+from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.models import list_models
 from pipeline.train.config import Config, config_changes, load_train_config
 from pipeline.train.optim import scaled_lr
@@ -75,3 +76,14 @@ def test_config_changes_name_what_matters() -> None:
     current = from_dict(Config, {"name": "moved", "optim": {"lr": 2e-3}, "log": {"every_steps": 3}})
     # Renaming the run or changing logging keeps the trajectory; the learning rate does not.
     assert config_changes(saved, current) == ["optim.lr: 0.001 -> 0.002"]
+
+
+def test_a_decoder_that_is_not_installed_is_a_config_error(small_shards, monkeypatch) -> None:
+    train, val = small_shards
+    overrides = [f"data.train=[{train}]", f"data.val=[{val}]", "data.decoder=dali"]
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # this machine may have DALI: hide it the way a machine without it looks
+        importlib.util, "find_spec", lambda name, *a: None if name == "nvidia" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"data\.decoder: 'dali' needs the Python package 'nvidia\.dali'"):
+        load_train_config(DEMO_CONFIG, overrides, world_size=2)
