@@ -58,7 +58,6 @@ def read(root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
     videos = index_videos(args.videos if args.videos is not None else root / "rgb")
 
     index = DatasetIndex(dataset="diving48", split=split, records=[], label_map=label_map, root=root)
-    seen: set[str] = set()
     for position, entry in enumerate(entries):
         source = f"{split_path}[{position}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("vid_name"), str) or not entry["vid_name"]:
@@ -78,10 +77,8 @@ def read(root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
         if not 0 <= start_frame <= end_frame:
             index.rejects.append(Reject(record_id, source, f"bad frame range {start_frame}..{end_frame}"))
             continue
-        if record_id in seen:
-            index.rejects.append(Reject(record_id, source, "duplicate vid_name"))
+        if not index.claim(record_id, source, "duplicate vid_name"):
             continue
-        seen.add(record_id)
         video = videos.get(vid_name)
         if video is None:
             index.missing.append(record_id)

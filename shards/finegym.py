@@ -157,7 +157,6 @@ def read(root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
     videos = index_videos(args.videos if args.videos is not None else root / "videos")
 
     index = DatasetIndex(dataset="finegym", split=split, records=[], label_map=label_map, root=root)
-    seen: set[str] = set()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -178,10 +177,8 @@ def read(root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
         except ValueError as err:
             index.rejects.append(Reject(record_id, source, str(err)))
             continue
-        if record_id in seen:
-            index.rejects.append(Reject(record_id, source, "duplicate element id"))
+        if not index.claim(record_id, source, "duplicate element id"):
             continue
-        seen.add(record_id)
         video = videos.get(ytid)
         if video is None:
             index.missing.append(record_id)

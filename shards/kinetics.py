@@ -118,7 +118,6 @@ def read_split(name: str, root: Path, split: str, args: argparse.Namespace) -> D
 
     index = DatasetIndex(dataset=name, split=split, records=[], label_map=dict(enumerate(classes)), root=root)
     column = {key: i for i, key in enumerate(header)}
-    seen: set[str] = set()
     for line, row in rows:
         source = f"{csv_path}:{line}"
         ytid = row[column["youtube_id"]].strip() if column["youtube_id"] < len(row) else ""
@@ -145,10 +144,8 @@ def read_split(name: str, root: Path, split: str, args: argparse.Namespace) -> D
             index.rejects.append(Reject(row_id, source, f"empty label in the {split} split"))
             continue
         record_id = safe_id(f"{ytid}_{int(start):06d}_{int(end):06d}")
-        if record_id in seen:
-            index.rejects.append(Reject(record_id, source, "duplicate row (same youtube_id and times)"))
+        if not index.claim(record_id, source, "duplicate row (same youtube_id and times)"):
             continue
-        seen.add(record_id)
         label = class_index[label_name] if label_name else -1
         extras = {"youtube_id": ytid, "time_start": start, "time_end": end}
         clip = clips.get((ytid, int(start), int(end)))

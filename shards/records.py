@@ -65,3 +65,12 @@ class DatasetIndex:
     missing: list[str] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     root: Path = Path(".")
+    _claimed: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def claim(self, record_id: str, source: str, duplicate_reason: str) -> bool:
+        """Reserve `record_id` for one row; a later row with the same id becomes a reject (False)."""
+        if record_id in self._claimed:
+            self.rejects.append(Reject(record_id, source, duplicate_reason))
+            return False
+        self._claimed.add(record_id)
+        return True

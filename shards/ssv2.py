@@ -88,7 +88,6 @@ def read(root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
 
     label_map = dict(sorted(label_names.items()))
     index = DatasetIndex(dataset="ssv2", split=split, records=[], label_map=label_map, root=root)
-    seen: set[str] = set()
     for position, entry in enumerate(entries):
         source = f"{split_path}[{position}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), (str, int)):
@@ -114,10 +113,8 @@ def read(root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
                 )
                 continue
             label_name = label_names[label]
-        if record_id in seen:
-            index.rejects.append(Reject(record_id, source, "duplicate id"))
+        if not index.claim(record_id, source, "duplicate id"):
             continue
-        seen.add(record_id)
         video = videos.get(raw_id)
         if video is None:
             index.missing.append(record_id)

@@ -276,9 +276,10 @@ def train(cfg: Config) -> TrainResult:
         if step % cfg.log.every_steps == 0 or step == stop_step:
             lr = cosine_lr(step - 1, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr)
             metrics.log(step, epoch, lr, bad_samples=loader.bad_samples)
-        if loader.state().epoch != epoch:  # this step completed an epoch
-            epoch = loader.state().epoch
-            if loader.state().samples_consumed == 0:
+        position = loader.state()
+        if position.epoch != epoch:  # this step completed an epoch
+            epoch = position.epoch
+            if position.samples_consumed == 0:
                 batches = None  # used up: the next fetch starts the next epoch
             if cfg.eval.every_epochs and epoch % cfg.eval.every_epochs == 0 and step < stop_step:
                 run_eval(step)
