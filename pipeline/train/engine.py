@@ -77,6 +77,17 @@ def setup_distributed() -> DistInfo:
     )
 
 
+def teardown_distributed() -> None:
+    """Leave the process group once every rank is done with it.
+
+    gloo's communication threads must stop before the interpreter exits: left running, they can
+    abort a rank that has already finished and saved (`terminate called without an active exception`).
+    """
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def resolve_precision(cfg: EngineConfig) -> str:
     """`auto` means bf16 on a GPU and fp32 on CPU."""
     if cfg.precision != "auto":
