@@ -22,7 +22,7 @@ from pipeline.train.checkpoint import is_complete, tag_for_step
 from tests.train.conftest import job_overrides, start_job
 
 STEPS_PER_EPOCH = 4  # 32 clips / (2 ranks x 4 per batch)
-EPOCHS = 3
+EPOCHS = 6  # long enough that a signal sent at step 5 lands well before the last step
 SCALARS = (
     "train/loss",
     "train/lr",
@@ -181,7 +181,7 @@ def test_other_world_size_or_config_is_an_error_and_weights_only_resume_continue
     assert "config changed since checkpoint" in changed.stderr and "optim.lr" in changed.stderr
 
     # The documented way across such a change: weights (and epoch) only, on 1 rank, one more epoch.
-    weights_only = run_job([*same, "optim.epochs=4", "checkpoint.weights_only=true"], nproc=1)
+    weights_only = run_job([*same, f"optim.epochs={EPOCHS + 1}", "checkpoint.weights_only=true"], nproc=1)
     assert weights_only.returncode == 0, weights_only.stderr[-3000:]
     final = json.loads((tmp_path / "reference" / "eval.json").read_text())
-    assert final["step"] == 4 * 2 * STEPS_PER_EPOCH  # 1 rank: twice the steps per epoch
+    assert final["step"] == (EPOCHS + 1) * 2 * STEPS_PER_EPOCH  # 1 rank: twice the steps per epoch
