@@ -102,6 +102,7 @@ class TrainTask:
 
         from pipeline.train import signals
         from pipeline.train.config import load_train_config
+        from pipeline.train.engine import teardown_distributed
         from pipeline.train.trainer import train
 
         job_env = submitit.JobEnvironment()
@@ -117,6 +118,7 @@ class TrainTask:
         )
         cfg = load_train_config(self.config, self.overrides, world_size=world)
         result = train(cfg)
+        teardown_distributed()  # every path below ends this process: stop gloo's threads first
         if not result.stopped_by_signal:
             return result
         print(

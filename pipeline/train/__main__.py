@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_train_config(args.config, args.overrides)
+        from pipeline.train.engine import teardown_distributed
         from pipeline.train.trainer import train  # heavy imports only after the config is known good
 
         train(cfg)
+        teardown_distributed()  # this process ends here: stop gloo's threads before the interpreter exits
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -78,7 +78,7 @@ def setup_distributed() -> DistInfo:
 
 
 def teardown_distributed() -> None:
-    """Leave the process group once every rank is done with it.
+    """Leave the process group once every rank is done with it; rank entry points call it last.
 
     gloo's communication threads must stop before the interpreter exits: left running, they can
     abort a rank that has already finished and saved (`terminate called without an active exception`).

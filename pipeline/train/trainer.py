@@ -48,7 +48,6 @@ from pipeline.train.engine import (
     restore_rank_buffers,
     save_checkpoint,
     setup_distributed,
-    teardown_distributed,
 )
 from pipeline.train.evaluate import EvalResult, evaluate
 from pipeline.train.loss import classification_loss
@@ -298,7 +297,6 @@ def train(cfg: Config) -> TrainResult:
             atomic_write_json(run_dir / "eval.json", {"step": step, **final})
     metrics.close()
     signals.uninstall()
-    teardown_distributed()
     name = signal.Signals(stop_signal).name if stop_signal else None
     if name and rank == 0:
         print(f"[train] stopped by {name} at step {step} after saving", file=sys.stderr, flush=True)
