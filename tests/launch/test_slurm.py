@@ -216,7 +216,7 @@ def test_array_sharding_gives_the_samples_of_a_single_run(
         cwd=tmp_path, env=slurm_cluster.env,
     )  # fmt: skip
     array_id, merge_id = submitted_id(proc, "array job"), submitted_id(proc, "merge job")
-    states = slurm_cluster.wait_final([array_id, merge_id], JOB_TIMEOUT_S)
+    states = slurm_cluster.wait_final([array_id, merge_id], JOB_TIMEOUT_S, tasks={array_id: 4})
     assert states == {array_id: ["COMPLETED"] * 4, merge_id: ["COMPLETED"]}
     assert len(list(merged.glob("manifest-p*-of-004.json"))) == 4
     expected, got = shard_samples(single), shard_samples(merged)

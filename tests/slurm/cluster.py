@@ -58,16 +58,23 @@ class SlurmCluster:
         )
         return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
-    def job_ended(self, job_id: str) -> bool:
-        """Whether every task of `job_id` is in a final state (a requeued job is not)."""
-        states = self.job_states(job_id)
-        return bool(states) and all(state in FINAL_STATES for state in states)
+    def job_ended(self, job_id: str, tasks: int = 1) -> bool:
+        """Whether all `tasks` tasks of `job_id` are recorded in a final state (a requeued job is not).
 
-    def wait_final(self, job_ids: Sequence[str], timeout_s: float) -> dict[str, list[str]]:
-        """Wait until every job in `job_ids` has a final state; returns them (fails the test on timeout)."""
+        Accounting is asynchronous: the tasks of an array reach sacct one by one, so count them.
+        """
+        states = self.job_states(job_id)
+        return len(states) >= tasks and all(state in FINAL_STATES for state in states)
+
+    def wait_final(
+        self, job_ids: Sequence[str], timeout_s: float, tasks: dict[str, int] | None = None
+    ) -> dict[str, list[str]]:
+        """Wait until every job in `job_ids` (with `tasks[job]` array tasks, default 1) has a final state;
+        returns the states (fails the test on timeout)."""
+        tasks = tasks or {}
         deadline = time.monotonic() + timeout_s
         while True:
-            if all(self.job_ended(job_id) for job_id in job_ids):
+            if all(self.job_ended(job_id, tasks.get(job_id, 1)) for job_id in job_ids):
                 return {job_id: self.job_states(job_id) for job_id in job_ids}
             if time.monotonic() > deadline:
                 states = {job_id: self.job_states(job_id) for job_id in job_ids}
