@@ -1,6 +1,7 @@
 """Loader throughput, side by side on the same clips, sampling, transforms and number of workers.
 
     python bench/loader.py [--clips 32] [--frames 150] [--height 240] [--workers 2] [--batch-size 4]
+                           [--digest-cost]
 
 Builds a synthetic Diving-48-style raw tree (whole H.264 files, stored as-is by the sharder, with
 one keyframe per 300 frames like downloaded originals), shards it twice (as-is, and re-encoded
@@ -13,16 +14,23 @@ and prints a/b, a/c, and frames decoded per frame delivered on both shard sets (
 frames its decoder produced; non-reference frames it was told to skip are not decoded, not counted).
 (a) also runs on the re-encoded shards with the configured decoder and with PyAV, the one decoder
 here that skips non-reference B-frames.
+With --digest-cost, (a) also runs on a copy of the as-is shards without their per-sample sha256
+members (the loader then skips the check, as for shards from before digests), passes interleaved, and
+the sha256 of every sample is timed on its own: the cost of the integrity check, side by side.
 Hardware, versions and the resolved config are printed with the results.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import os
 import platform
+import shutil
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import from_dict, to_dict
 from pipeline.data.config import DataConfig
 from pipeline.data.decoders import PyAVDecoder, build_decoder, resolve_decoder_name
+from pipeline.data.digest import DIGEST_MEMBER, sample_digest
 from pipeline.data.loader import build_train_loader
 from pipeline.data.manifest import load_shard_set
 from pipeline.data.plan import (
@@ -76,6 +85,33 @@ def make_long_gop(path: Path) -> None:
         fps = float(stream.average_rate)
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
     encode_video(frames, path, "h264", fps, gop=300)
+
+
+def without_digests(folder: Path, dest: Path) -> Path:
+    """A copy of a shard folder whose samples have no sha256 member (the loader then skips the check)."""
+    shutil.copytree(folder, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        path = dest / entry["name"]
+        with tarfile.open(path) as tar:
+            members = [
+                (m, tar.extractfile(m).read()) for m in tar if not m.name.endswith(f".{DIGEST_MEMBER}")
+            ]
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+            for member, data in members:
+                tar.addfile(member, io.BytesIO(data))
+        data = path.read_bytes()
+        entry["bytes"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def digest_seconds(samples: list[dict]) -> float:
+    """Seconds to recompute every sample's digest (what the loader's check costs, per pass)."""
+    started = time.perf_counter()
+    for sample in samples:
+        sample_digest(sample)
+    return time.perf_counter() - started
 
 
 def read_samples(folder: Path) -> list[dict]:
@@ -170,6 +206,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--digest-cost", action="store_true", help="also measure the sha256 check's cost")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         raw, original, short_gop = make_data(Path(tmp), args.clips, args.frames, args.height)
@@ -216,6 +253,11 @@ def main() -> None:
         loaders["a-short-gop"] = build_train_loader(short_gop_cfg, rank=0, world_size=1, seed=0)
         pyav_cfg = from_dict(DataConfig, {**to_dict(short_gop_cfg), "decoder": "pyav"})
         loaders["a-short-gop-pyav"] = build_train_loader(pyav_cfg, rank=0, world_size=1, seed=0)
+        if args.digest_cost:
+            unchecked = without_digests(original, Path(tmp) / "shards-no-digest")
+            unchecked_cfg = from_dict(DataConfig, {**to_dict(cfg), "train": [str(unchecked)]})
+            loaders["a-no-digest"] = build_train_loader(unchecked_cfg, rank=0, world_size=1, seed=0)
+            hashing = digest_seconds(samples) / len(samples)
         rates = interleaved_rates(loaders, args.repeats)
         amp = {
             "original": amplification(samples, cfg),
@@ -240,6 +282,13 @@ def main() -> None:
     print(f"a/c = {rates['a'] / rates['c']:.2f}   (target >= 0.85)")
     for name, value in amp.items():
         print(f"frames decoded per frame delivered, {name}: {value:.2f}")
+    if args.digest_cost:
+        per_clip = args.workers / rates["a"] if args.workers else 1 / rates["a"]  # CPU seconds per clip
+        print(
+            f"integrity check: (a) with / without sha256 = {rates['a'] / rates['a-no-digest']:.3f} "
+            f"({rates['a']:.1f} vs {rates['a-no-digest']:.1f} clips/s); sha256 alone "
+            f"{hashing * 1e3:.2f} ms per sample = {hashing / per_clip:.2%} of a clip's worker time"
+        )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,20 @@
-"""Small-dataset training: vit_tiny vs vit_tiny_spt_lsa vs tiny StructViT / UniFormer, same budget.
+"""Small-dataset training: vit_tiny vs vit_tiny_spt_lsa vs tiny StructViT / UniFormer, one recipe, 3 seeds.
 
-    python bench/small_data.py [--epochs 8] [--img-size 32] [--vit-patch 4] [--seed 0]
+    python bench/small_data.py [--epochs 10] [--seeds 0 1 2] [--img-size 32] [--vit-patch 8]
 
 Data: scikit-learn's bundled handwritten digits (1,797 8x8 grey images, 10 classes; it ships
-inside the package, nothing is downloaded), upsampled to --img-size, a fixed stratified 80/20
-split. Every model gets the same budget: epochs, batch 64, AdamW (lr 1e-3, wd 0.05), cosine
-schedule, +-2 px random translation, same seed. Prints test top-1 per model side by side.
+inside the package, nothing is downloaded), upsampled to --img-size, one fixed stratified 80/20
+split (the seeds vary initialisation, batch order and augmentation, not the split).
+
+Recipe: the small-datasets ViT paper's (Lee et al. 2021: AdamW lr 1e-3, wd 0.05, 10% linear
+warm-up then cosine, label smoothing 0.1, stochastic depth 0.1, 100 epochs of CIFAR's 50k images)
+scaled to 1,433 training images and a 10-minute budget on 2 CPU cores: batch 64 (23 steps an
+epoch), 10 epochs of which 2 warm up (230 optimizer steps; the previous recipe, 8 epochs at lr 1e-3
+without warm-up on 8x8 tokens, left the plain ViT at chance). Longer runs (--epochs 20) raise the
+ViTs further. Augmentation: +-2 px random translation. The ViTs cut
+the 32 px image into 8 px patches: a 4x4 token grid, each token a 2x2 block of the original 8x8
+digit (the paper's 8x8 grid on 32 px CIFAR would be a token per original pixel here, at 4x the
+cost). Prints each model's test top-1 per seed, then mean, sample standard deviation and range.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import platform
+import statistics
 import time
 
 import torch
@@ -23,6 +34,10 @@ from pipeline.models import create_model
 from pipeline.models.summary import count_parameters
 
 MODELS = ["vit_tiny", "vit_tiny_spt_lsa", "structvit_tiny_4_1", "uniformer_tiny"]
+BATCH = 64
+LR, WEIGHT_DECAY, MIN_LR = 1e-3, 0.05, 1e-5
+LABEL_SMOOTHING, DROP_PATH = 0.1, 0.1
+SPLIT_SEED = 0
 
 
 def load_split(img_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,62 +66,102 @@ def translate(batch: torch.Tensor, generator: torch.Generator, pixels: int = 2) 
     return padded[..., pixels + dy : pixels + dy + height, pixels + dx : pixels + dx + width]
 
 
+def learning_rate(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up from 0 to LR over `warmup` steps, then cosine down to MIN_LR at `total`."""
+    if step < warmup:
+        return LR * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return MIN_LR + 0.5 * (LR - MIN_LR) * (1 + math.cos(math.pi * progress))
+
+
 def train_and_test(
-    name: str, data: tuple[torch.Tensor, ...], epochs: int, img_size: int, seed: int, vit_patch: int | None
+    name: str,
+    data: tuple[torch.Tensor, ...],
+    epochs: int,
+    warmup_epochs: int,
+    img_size: int,
+    seed: int,
+    vit_patch: int,
 ) -> dict:
-    """Train `name` from scratch on the split and return its test accuracy, size and wall time."""
+    """Train `name` from scratch with the recipe and return its test accuracy, size and wall time."""
     train_x, train_y, test_x, test_y = data
     torch.manual_seed(seed)
-    overrides = {"patch_size": vit_patch} if vit_patch and name.startswith("vit") else {}
-    model = create_model(name, 10, img_size=img_size, in_chans=1, **overrides)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    steps_per_epoch = math.ceil(len(train_x) / 64)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+    overrides = {"patch_size": vit_patch} if name.startswith("vit") else {}
+    model = create_model(name, 10, img_size=img_size, in_chans=1, drop_path_rate=DROP_PATH, **overrides)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n not in model.no_weight_decay()]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or n in model.no_weight_decay()]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}], lr=LR
+    )
+    steps_per_epoch = math.ceil(len(train_x) / BATCH)
+    total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     model.train()
+    step = 0
     for _ in range(epochs):
         order = torch.randperm(len(train_x), generator=generator)
-        for step in range(steps_per_epoch):
-            index = order[step * 64 : (step + 1) * 64]
-            loss = F.cross_entropy(model(translate(train_x[index], generator)), train_y[index])
+        for batch in range(steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total, warmup)
+            index = order[batch * BATCH : (batch + 1) * BATCH]
+            logits = model(translate(train_x[index], generator))
+            loss = F.cross_entropy(logits, train_y[index], label_smoothing=LABEL_SMOOTHING)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            step += 1
     model.eval()
     with torch.no_grad():
         predictions = torch.cat([model(test_x[i : i + 256]).argmax(-1) for i in range(0, len(test_x), 256)])
     return {
         "model": name,
+        "seed": seed,
         "params_m": count_parameters(model) / 1e6,
         "top1": (predictions == test_y).float().mean().item() * 100,
+        "final_loss": loss.item(),
         "minutes": (time.perf_counter() - start) / 60,
     }
 
 
 def main() -> None:
-    """Train each model with the same budget and print the accuracies side by side."""
+    """Train each model with the recipe for every seed and print per-seed and aggregate accuracies."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs for every model")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs for every model")
+    parser.add_argument("--warmup-epochs", type=int, default=2, help="linear warm-up epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--img-size", type=int, default=32, help="digits are upsampled to this size")
-    parser.add_argument("--vit-patch", type=int, default=None, help="ViT patch size (default img_size // 8)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vit-patch", type=int, default=8, help="ViT patch size in pixels of --img-size")
     parser.add_argument("--models", nargs="+", default=MODELS)
     args = parser.parse_args()
-    data = load_split(args.img_size, args.seed)
+    data = load_split(args.img_size, SPLIT_SEED)
     print(
-        f"# digits: {len(data[0])} train / {len(data[2])} test, {args.img_size}px, {args.epochs} epochs, "
-        f"seed {args.seed}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"load {os.getloadavg()[0]:.1f}"
+        f"# digits: {len(data[0])} train / {len(data[2])} test, {args.img_size}px, {args.epochs} epochs "
+        f"({args.warmup_epochs} warm-up), batch {BATCH}, lr {LR}, seeds {args.seeds}; "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}"
     )
-    rows = [
-        train_and_test(name, data, args.epochs, args.img_size, args.seed, args.vit_patch)
-        for name in args.models
-    ]
-    print(f"{'model':<22}{'params (M)':>12}{'test top-1 %':>14}{'train min':>11}")
-    for row in rows:
-        print(f"{row['model']:<22}{row['params_m']:>12.2f}{row['top1']:>14.2f}{row['minutes']:>11.1f}")
+    print(f"{'model':<22}{'seed':>5}{'params (M)':>12}{'test top-1 %':>14}{'last loss':>11}{'train min':>11}")
+    results: dict[str, list[float]] = {}
+    for name in args.models:
+        for seed in args.seeds:
+            row = train_and_test(
+                name, data, args.epochs, args.warmup_epochs, args.img_size, seed, args.vit_patch
+            )
+            results.setdefault(name, []).append(row["top1"])
+            print(
+                f"{name:<22}{seed:>5}{row['params_m']:>12.2f}{row['top1']:>14.2f}{row['final_loss']:>11.3f}"
+                f"{row['minutes']:>11.1f}",
+                flush=True,
+            )
+    print(
+        f"\n{'model':<22}{'mean top-1 %':>14}{'std':>7}{'min':>8}{'max':>8}  (over {len(args.seeds)} seeds)"
+    )
+    for name, accuracies in results.items():
+        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+        print(
+            f"{name:<22}{statistics.mean(accuracies):>14.1f}{spread:>7.1f}{min(accuracies):>8.1f}{max(accuracies):>8.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@ The config is checked here first (one error line, exit status 2, before any proc
 processes run `python -m pipeline.train` (the entry point the Slurm launcher uses too) with
 torchrun-style variables and a free rendezvous port; DeepSpeed picks gloo on CPU and NCCL on GPUs.
 Ctrl-C or SIGTERM to this launcher is forwarded to every rank as SIGTERM, so they save and exit; a
-second one kills them. If a rank fails, the others are stopped and its exit status is returned.
+second one kills them. If a rank fails (an error, SIGKILL, the OOM killer), one line names it and its
+signal or status, the others are stopped and its exit status is returned. If the launcher itself dies,
+the kernel sends its ranks SIGTERM (they save and stop). A run folder another job holds is refused here.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import os
 import signal
 import socket
@@ -21,10 +25,13 @@ from pathlib import Path
 # Runnable as a script from any folder: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from launch.preflight import interpreter_problem
 from pipeline.config import ConfigError
 from pipeline.train.config import load_train_config
+from pipeline.train.run_lock import RunLock
 
 GRACE_S = 30.0  # how long ranks get to exit after a failed peer before they are killed
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
 
 
 def free_port() -> int:
@@ -46,6 +53,20 @@ def rank_environment(rank: int, nproc: int, port: int) -> dict[str, str]:
         MASTER_PORT=str(port),
     )
     return env
+
+
+def stop_with_launcher(launcher_pid: int) -> None:
+    """In a rank, before it starts: ask the kernel for SIGTERM when the launcher dies (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher_pid:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def describe_exit(code: int) -> str:
+    """`killed by SIGKILL` or `exited with status 2` for a Popen return code."""
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
 
 
 def run(command: list[str], nproc: int) -> int:
@@ -72,7 +93,14 @@ def run(command: list[str], nproc: int) -> int:
         for rank in range(nproc):
             # Own sessions: a terminal Ctrl-C reaches only this launcher, which makes it a SIGTERM (a save).
             env = rank_environment(rank, nproc, port)
-            ranks.append(subprocess.Popen(command, env=env, start_new_session=True))
+            ranks.append(
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=functools.partial(stop_with_launcher, os.getpid()),
+                )
+            )
         return wait_for_ranks(ranks)
     finally:
         for signum, handler in previous.items():
@@ -80,14 +108,20 @@ def run(command: list[str], nproc: int) -> int:
 
 
 def wait_for_ranks(ranks: list[subprocess.Popen]) -> int:
-    """Wait until every rank has exited; after a failure the others get GRACE_S to stop, then a kill."""
-    failed_at = None
+    """Wait until every rank has exited; after a failure the others get GRACE_S to stop, then a kill.
+
+    Returns the status of the rank that failed first (the others' are only the stop it caused).
+    """
+    failed_at, first_failure = None, 0
     while any(proc.poll() is None for proc in ranks):
         codes = [proc.poll() for proc in ranks]
         if failed_at is None and any(code not in (None, 0) for code in codes):
             failed_at = time.monotonic()
+            rank, first_failure = next((r, c) for r, c in enumerate(codes) if c not in (None, 0))
+            code = first_failure
+            where = f"pid {ranks[rank].pid} on {socket.gethostname()}"
             print(
-                f"[launch] a rank failed (exit codes {codes}); stopping the others",
+                f"[launch] rank {rank} ({where}) {describe_exit(code)}; stopping the other ranks",
                 file=sys.stderr,
                 flush=True,
             )
@@ -99,7 +133,7 @@ def wait_for_ranks(ranks: list[subprocess.Popen]) -> int:
                 if proc.poll() is None:
                     proc.kill()
         time.sleep(0.2)
-    failure = next((proc.returncode for proc in ranks if proc.returncode != 0), 0)
+    failure = first_failure or next((proc.returncode for proc in ranks if proc.returncode != 0), 0)
     return 128 - failure if failure < 0 else failure  # killed by signal N: the shell's 128 + N
 
 
@@ -114,9 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
         return 2
     try:
-        load_train_config(args.config, args.overrides, world_size=args.nproc)
+        cfg = load_train_config(args.config, args.overrides, world_size=args.nproc)
+        lock = RunLock(cfg.run_dir)  # refused here once, rather than by rank 0 after every rank started
+        lock.acquire()
+        lock.release()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    if problem := interpreter_problem():  # every rank runs this interpreter
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     return run([sys.executable, "-m", "pipeline.train", "--config", args.config, *args.overrides], args.nproc)
 

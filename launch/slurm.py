@@ -3,10 +3,17 @@
     python launch/slurm.py --nodes 2 --gpus-per-node 8 --partition gpu --config configs/x.yaml key=value ...
     python launch/slurm.py shard ssv2 --root RAW --out OUT --split train --array 16 [shards options]
 
-Training: every task is one rank (tasks per node = GPUs per node, or `--tasks-per-node` CPU tasks with
-`--gpus-per-node 0`); the ranks build their process group from the Slurm environment and run the
-same trainer as `launch/local.py`. Slurm sends USR2 `--signal-delay` seconds before the time limit
-(and a preemption does too): every rank saves, the job requeues itself and resumes from `latest`.
+Training: every task is one rank. Tasks per node = GPUs per node, which default to what the
+partition's nodes offer (`sinfo`), with their CPUs shared out per task; on nodes without GPUs,
+`--tasks-per-node` CPU tasks. The ranks build their process group from the Slurm environment and run
+the same trainer as `launch/local.py`.
+
+Interruptions all end the same way: the ranks save (on USR2 `--signal-delay` seconds before the time
+limit, or on the SIGTERM of a preemption) and exit with EXIT_REQUEUE, or a rank dies and srun stops the
+others (`--kill-on-bad-exit`); then the batch script itself requeues the job (`scontrol requeue`,
+at most `--max-requeue` times) unless the job was cancelled or a task reported an error that a restart
+cannot fix. The requeued job resumes from the newest complete checkpoint. Only a run that reached its
+last step ends COMPLETED.
 
 Sharding: a job array with one `--part i/N` per task, then a merge (and verify) job that starts only
 when every part succeeded.
@@ -25,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,10 +40,12 @@ from typing import Any, NoReturn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from launch.slurm_task import ShardCommandTask, TrainTask  # noqa: E402
+from launch.preflight import interpreter_problem  # noqa: E402
+from launch.slurm_task import ShardCommandTask, TrainTask, no_requeue_marker  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
 
 PING_TIMEOUT_S = 20  # scontrol's own retries take a minute when no controller answers
+SINFO_TIMEOUT_S = 60
 
 
 class LaunchError(RuntimeError):
@@ -57,13 +67,16 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
     res.add_argument(
         "--gpus-per-node",
         type=int,
-        default=0,
-        help="GPUs per node, one task each; 0: CPU tasks (see --tasks-per-node)",
+        default=None,
+        help="GPUs per node, one task each (default: what the partition's nodes have); "
+        "0: CPU tasks (see --tasks-per-node)",
     )
     res.add_argument(
         "--tasks-per-node", type=int, default=1, help="CPU tasks per node with --gpus-per-node 0"
     )
-    res.add_argument("--cpus-per-task", type=int, default=None, help="CPU cores per task")
+    res.add_argument(
+        "--cpus-per-task", type=int, default=None, help="CPU cores per task (default with GPUs: CPUs / GPUs)"
+    )
     res.add_argument("--partition", default=None)
     res.add_argument("--account", default=None)
     res.add_argument("--qos", default=None)
@@ -106,6 +119,59 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     return train, shard
 
 
+@dataclass(frozen=True)
+class NodeResources:
+    """What one node of a partition offers: GPUs (GRES `gpu`) and CPUs."""
+
+    gpus: int
+    cpus: int
+
+
+def gres_gpus(gres: str) -> int:
+    """GPUs in an sinfo GRES string: `gpu:8`, `gpu:a100:4(S:0-1)`, `gpu:2,shard:4` -> 8, 4, 2."""
+    total = 0
+    for item in gres.split(","):
+        fields = item.split("(")[0].split(":")
+        if fields[0] == "gpu" and len(fields) >= 2 and fields[-1].isdigit():
+            total += int(fields[-1])
+    return total
+
+
+def partition_resources(partition: str | None) -> NodeResources | None:
+    """The smallest node of `partition` (the default partition when None), from sinfo; None without Slurm.
+
+    The smallest, so that a per-node request fits every node the job may get.
+    """
+    if shutil.which("sinfo") is None:
+        return None
+    command = ["sinfo", "--noheader", "--format=%P|%G|%c"]
+    out = subprocess.run(
+        [*command, *(["--partition", partition] if partition else [])],
+        capture_output=True,
+        text=True,
+        timeout=SINFO_TIMEOUT_S,
+    )
+    nodes = []
+    for line in out.stdout.splitlines():
+        name, gres, cpus = line.split("|")
+        if partition or name.endswith("*"):  # sinfo marks the default partition with '*'
+            nodes.append(NodeResources(gres_gpus(gres), int(cpus.rstrip("+"))))
+    if out.returncode != 0 or not nodes:
+        return None
+    return NodeResources(min(n.gpus for n in nodes), min(n.cpus for n in nodes))
+
+
+def resolve_resources(args: argparse.Namespace, nodes: NodeResources | None) -> argparse.Namespace:
+    """Fill in GPUs (and CPUs) per task from the partition's nodes where the user left them out."""
+    if args.gpus_per_node is not None:
+        return args
+    gpus = nodes.gpus if nodes else 0
+    cpus = args.cpus_per_task
+    if gpus and cpus is None and nodes and nodes.cpus >= gpus:
+        cpus = nodes.cpus // gpus
+    return argparse.Namespace(**{**vars(args), "gpus_per_node": gpus, "cpus_per_task": cpus})
+
+
 def slurm_parameters(args: argparse.Namespace, job_name: str, nodes: int) -> dict[str, Any]:
     """submitit SlurmExecutor parameters (sbatch names) from the command-line options."""
     if args.gpus_per_node < 0 or args.tasks_per_node <= 0 or nodes <= 0:
@@ -133,6 +199,44 @@ def slurm_parameters(args: argparse.Namespace, job_name: str, nodes: int) -> dic
     return params
 
 
+def with_requeue_on_interruption(params: dict[str, Any], job_dir: Path, max_requeue: int) -> dict[str, Any]:
+    """Training parameters whose batch script requeues the job whenever it ends unfinished.
+
+    The batch script is the one process that outlives every way a run can stop: the ranks saving on a
+    preemption's SIGTERM or the time limit's USR2 (they exit EXIT_REQUEUE), or a rank dying (srun's
+    `--kill-on-bad-exit` then stops the others within KillWait). A job whose tasks exit by themselves
+    inside a preemption's grace time would otherwise end COMPLETED or FAILED and never run again. Not
+    requeued: a job cancelled by the user (scancel signals the batch script itself, a preemption does
+    not), a task that left a no-requeue marker (an error a restart cannot fix), or `max_requeue` used up.
+    """
+    marker = no_requeue_marker(job_dir, "${SLURM_JOB_ID}")
+    restarts = "${SLURM_RESTART_COUNT:-0}"
+    teardown = [
+        "status=$?",
+        'if [ "$status" -ne 0 ]; then',
+        '  if [ "$cancelled" = 1 ]; then',
+        '    echo "[slurm] cancelled: not requeueing (tasks exited with status $status)"',
+        f'  elif [ -e "{marker}" ]; then',
+        f'    echo "[slurm] not requeueing: $(cat "{marker}")"',
+        f'  elif [ "{restarts}" -ge {max_requeue} ]; then',
+        f'    echo "[slurm] not requeueing: {restarts} restarts already (--max-requeue {max_requeue})"',
+        "  else",
+        f'    echo "[slurm] requeueing: restart $(({restarts} + 1)) of at most {max_requeue}'
+        ' (tasks exited with status $status)"',
+        '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
+        "  fi",
+        "fi",
+        'exit "$status"',
+    ]
+    return {
+        **params,
+        # bash runs a trap only after srun returns, so the teardown below still decides
+        "setup": [*params["setup"], "cancelled=0", "trap 'cancelled=1' TERM"],
+        "teardown": teardown,
+        "srun_args": ["--kill-on-bad-exit=1"],
+    }
+
+
 def render_sbatch_script(job_dir: Path, params: dict[str, Any]) -> str:
     """The sbatch script submitit writes for these parameters.
 
@@ -143,6 +247,12 @@ def render_sbatch_script(job_dir: Path, params: dict[str, Any]) -> str:
 
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(job_dir))}"
     return _make_sbatch_string(command=command, folder=job_dir, **params)
+
+
+def check_task_interpreter() -> None:
+    """Raise LaunchError unless this interpreter, which every task runs, can import the project."""
+    if problem := interpreter_problem(pythonpath=[REPO]):  # the tasks' PYTHONPATH (see `setup` above)
+        raise LaunchError(problem)
 
 
 def check_slurm_reachable() -> None:
@@ -204,22 +314,27 @@ def submit_training(args: argparse.Namespace) -> int:
     """Check the config, then submit one multi-task job (or print its script)."""
     from pipeline.train.config import load_train_config
 
+    args = resolve_resources(args, partition_resources(args.partition))
     ntasks = args.nodes * (args.gpus_per_node or args.tasks_per_node)
     cfg = load_train_config(args.config, args.overrides, world_size=ntasks)
-    params = slurm_parameters(args, job_name=cfg.name, nodes=args.nodes)
     job_dir = (args.job_dir or cfg.run_dir / "slurm").absolute()
-    task = TrainTask(
-        config=str(Path(args.config).absolute()), overrides=list(args.overrides), max_requeue=args.max_requeue
-    )
+    params = slurm_parameters(args, job_name=cfg.name, nodes=args.nodes)
+    params = with_requeue_on_interruption(params, job_dir, args.max_requeue)
+    task = TrainTask(config=str(Path(args.config).absolute()), overrides=list(args.overrides))
     if args.dry_run:
         print(render_sbatch_script(job_dir, params))
         return 0
+    check_task_interpreter()
     check_slurm_reachable()
     check_partition(args.partition)
     executor = make_executor(job_dir, params, args.max_requeue)
     with one_line_submission_errors():
         job = executor.submit(task)
-    print(f"submitted job {job.job_id}: {ntasks} tasks on {args.nodes} node(s), run folder {cfg.run_dir}")
+    per_node = f"{args.gpus_per_node} GPUs" if args.gpus_per_node else f"{args.tasks_per_node} CPU tasks"
+    print(
+        f"submitted job {job.job_id}: {ntasks} tasks on {args.nodes} node(s) ({per_node} each), "
+        f"run folder {cfg.run_dir}"
+    )
     print(f"logs: {log_paths(job_dir, job.job_id, ntasks)}")
     print(f"tensorboard: tensorboard --logdir {cfg.run_dir / 'tensorboard'}")
     return 0
@@ -231,6 +346,7 @@ def submit_sharding(args: argparse.Namespace, shard_options: list[str]) -> int:
         raise LaunchError(f"--array must be positive, got {args.array}")
     if args.nodes != 1:
         raise LaunchError("--nodes applies to training only: each sharding part runs on one node")
+    args.gpus_per_node = args.gpus_per_node or 0  # sharding decodes and encodes on CPUs
     named = {option.split("=", 1)[0] for option in shard_options if option.startswith("--")}
     if "--part" in named:
         raise LaunchError("--part is set for each array task by --array; leave it out")
@@ -255,6 +371,7 @@ def submit_sharding(args: argparse.Namespace, shard_options: list[str]) -> int:
         print(render_sbatch_script(job_dir, {**params, "map_count": args.array}))
         print(render_sbatch_script(job_dir, {**merge_params, "dependency": "afterok:<array job id>"}))
         return 0
+    check_task_interpreter()
     check_slurm_reachable()
     check_partition(args.partition)
     executor = make_executor(job_dir, params, args.max_requeue)

@@ -5,21 +5,25 @@ not in the launcher script. Nothing heavy is imported at module level: the launc
 objects on the login node; torch and the trainer are imported inside the task only.
 
 - `TrainTask`: one rank of a training run. It turns the Slurm environment into the torchrun-style
-  variables the trainer reads, runs `pipeline.train.trainer.train`, and implements `checkpoint()`
-  so that submitit requeues the job on preemption or time limit.
+  variables the trainer reads and runs `pipeline.train.trainer.train`. Its exit status tells the batch
+  script (see `launch/slurm.py: with_requeue_on_interruption`) what to do: 0 the run is finished,
+  EXIT_REQUEUE it saved on a stop signal and must continue; an error a restart cannot fix (a config
+  error, diverged training) leaves a no-requeue marker with its one-line reason.
 - `ShardCommandTask`: one `python -m shards ...` command (a part of a job array, or the merge).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from pipeline.config import ConfigError
 
 # Ports for the rendezvous: one per job id, so that jobs sharing a node do not collide and a requeued
 # job (same id) finds the same one. The range stays below torchrun's default 29500 and below Linux's
@@ -27,8 +31,14 @@ from typing import Any
 MASTER_PORT_BASE = 20000
 MASTER_PORT_SPAN = 9000
 # Settings every requeued run needs whatever the user asked for the first start: continue from this
-# run's own `latest`, with its full state (optimizer moments, loader position).
+# run's own newest checkpoint, with its full state (optimizer moments, loader position).
 REQUEUE_OVERRIDES = ("checkpoint.resume=auto", "checkpoint.weights_only=false")
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: saved on a stop signal, not finished
+
+
+def no_requeue_marker(job_dir: Path | str, job_id: str) -> Path:
+    """The file whose presence tells the batch script not to requeue job `job_id` (it holds the reason)."""
+    return Path(job_dir) / f"{job_id}_no_requeue"
 
 
 def master_port(job_id: int) -> int:
@@ -88,24 +98,33 @@ def torch_distributed_env(job_env: Any) -> dict[str, str]:
 class TrainTask:
     """One rank of a training run under Slurm; every task of the job runs the same object.
 
-    `config` is an absolute path; `overrides` are `key=value` strings as on the command line;
-    `max_requeue` bounds how often the job puts itself back in the queue (preemptions and timeouts).
+    `config` is an absolute path; `overrides` are `key=value` strings as on the command line.
     """
 
     config: str
     overrides: list[str] = field(default_factory=list)
-    max_requeue: int = 5
 
     def __call__(self) -> Any:
         """Train from this run's newest checkpoint (or from scratch) until done or signalled."""
         import submitit
 
         from pipeline.train import signals
+
+        # Ours before anything slow: submitit's own USR2 handler would requeue the job a second time.
+        signals.install()
+        job_env = submitit.JobEnvironment()
+        try:
+            return self._train(job_env)
+        except ConfigError as err:  # also diverged training: a restart would meet it again
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            no_requeue_marker(job_env.paths.folder, job_env.job_id).write_text(f"{err}\n")
+            sys.exit(2)
+
+    def _train(self, job_env: Any) -> Any:
         from pipeline.train.config import load_train_config
         from pipeline.train.engine import teardown_distributed
         from pipeline.train.trainer import train
 
-        job_env = submitit.JobEnvironment()
         dist_env = torch_distributed_env(job_env)
         os.environ.update(dist_env)
         rank, world = job_env.global_rank, job_env.num_tasks
@@ -113,10 +132,16 @@ class TrainTask:
             f"[slurm] job {job_env.job_id} restart {restart_count()}: rank {rank} of world size {world} "
             f"(node {job_env.node} of {job_env.num_nodes}, {socket.gethostname()}, local rank "
             f"{dist_env['LOCAL_RANK']} of {dist_env['LOCAL_WORLD_SIZE']}), master "
-            f"{dist_env['MASTER_ADDR']}:{dist_env['MASTER_PORT']}",
+            f"{dist_env['MASTER_ADDR']}:{dist_env['MASTER_PORT']}, pid {os.getpid()}",
             flush=True,
         )
-        cfg = load_train_config(self.config, self.overrides, world_size=world)
+        overrides = self.overrides
+        if restart_count():
+            overrides = [
+                o for o in overrides if not o.startswith(("checkpoint.resume=", "checkpoint.weights_only="))
+            ]
+            overrides += REQUEUE_OVERRIDES
+        cfg = load_train_config(self.config, overrides, world_size=world)
         result = train(cfg)
         teardown_distributed()  # every path below ends this process: stop gloo's threads first
         if not result.stopped_by_signal:
@@ -124,35 +149,10 @@ class TrainTask:
         print(
             f"[slurm] rank {rank} stopped by {result.signal} at step {result.step} after saving", flush=True
         )
-        if rank == 0 and result.signal == "SIGUSR2":
-            # The trainer remembered submitit's USR2 handler (installed on every task, acting on rank 0
-            # only): it calls checkpoint(), requeues the job and exits this process.
-            signals.call_previous_handler(signal.SIGUSR2)
         # Leave without a result (submitit writes one only when this returns): the run is not finished,
-        # and a result file from this start must not be mistaken for the requeued job's. After SIGTERM
-        # (a cancel, or a preemption that Slurm requeues by itself) every rank leaves the same way.
-        sys.exit(0)
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """Called by submitit on rank 0 at the preemption/time-limit signal: what to run after requeue.
-
-        The training state is already saved by every rank; the requeued job runs the same task, which
-        resumes from `latest`. Returns None (no requeue) once `max_requeue` restarts are used up.
-        """
-        import submitit
-
-        restarts = restart_count()
-        if restarts >= self.max_requeue:
-            print(
-                f"[slurm] not requeueing: {restarts} restarts already (--max-requeue {self.max_requeue})",
-                flush=True,
-            )
-            return None
-        print(f"[slurm] requeueing: restart {restarts + 1} of at most {self.max_requeue}", flush=True)
-        overrides = [
-            o for o in self.overrides if not o.startswith(("checkpoint.resume=", "checkpoint.weights_only="))
-        ]
-        return submitit.helpers.DelayedSubmission(replace(self, overrides=[*overrides, *REQUEUE_OVERRIDES]))
+        # and a result file from this start must not be mistaken for the requeued job's. The status tells
+        # the batch script to requeue (a preempted job whose tasks exit 0 would end COMPLETED).
+        sys.exit(EXIT_REQUEUE)
 
 
 @dataclass

@@ -31,6 +31,9 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, out: str | Pa
         raise ConfigError(f"{folder}: no complete checkpoint to export")
     state = read_trainer_state(tag_dir)
     weights = consolidated_state_dict(tag_dir.parent, tag_dir.name)
+    nonfinite = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if nonfinite:  # the trainer never saves such weights; a damaged or foreign checkpoint may hold them
+        raise ConfigError(f"{tag_dir}: weights are not finite ({', '.join(nonfinite[:3])}): not exporting")
     out = Path(out) if out else run_dir / "export" / "model.pt"
     with atomic_open(out) as f:
         torch.save(weights, f)

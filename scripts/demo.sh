@@ -58,4 +58,5 @@ import json, sys
 result = json.load(open(sys.argv[1]))
 print(f"final val top-1 (2 classes, chance 50%): {result['val/top1']:.1f}% at step {result['step']}")
 PY
+echo "In a new shell, enter this environment first (from $PWD): source .venv/bin/activate"
 echo "TensorBoard: tensorboard --logdir $RUN/tensorboard"

@@ -1,6 +1,9 @@
 # Source this file: it makes (once) and activates the project's virtual environment.
 # Re-installs only when setup.cfg, a constraints file or the extras changed. Used by demo.sh and
 # test.sh (which adds the `dali` extra: the DALI path is tested on CPU with VP9 shards).
+# A user's shell enters the environment with `source .venv/bin/activate` (README, Set-up): the
+# package is installed editable (no PYTHONPATH needed) and DeepSpeed detects the accelerator itself
+# (DS_ACCELERATOR spares its CPU warning); sourcing this file would leave `set -euo pipefail` there.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}

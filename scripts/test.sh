@@ -6,3 +6,4 @@ cd "$(dirname "$0")/.."
 EXTRAS=dev,dali source scripts/env.sh
 ruff check .
 python -m pytest -q "$@"
+echo "In a new shell, enter this environment first (from $PWD): source .venv/bin/activate"

@@ -5,4 +5,4 @@ Run as `python -m shards <dataset> --root RAW --split SPLIT --out OUT`; `verify`
 traced back to the tool that wrote them.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2: a sha256 digest member per sample, frame counts per shard

@@ -5,7 +5,9 @@
     python -m shards verify OUT                  # re-read every shard against manifest.json
     python -m shards synth ssv2 --out RAW        # a tiny raw dataset in the publisher's layout
 
-A bad option or an annotation file that cannot be read is one line on stderr and exit status 2.
+A bad option, an annotation file that cannot be read, or an output folder that cannot be written or
+holds another dataset's, split's or options' shards (unless --overwrite) is one line on stderr and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from shards.merge import MergeError, merge_parts
 from shards.records import AnnotationError
 from shards.verify import verify_shards
 from shards.video import EncodeOptions
-from shards.writer import SampleContext, WriteOptions, write_dataset
+from shards.writer import OutputError, SampleContext, WriteOptions, write_dataset
 
 # Options that do not change what is written (or are recorded elsewhere): kept out of the manifest.
-UNRECORDED_OPTIONS = ("command", "handler", "out", "workers", "part")
+UNRECORDED_OPTIONS = ("command", "handler", "out", "workers", "part", "overwrite")
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -69,6 +71,11 @@ def add_write_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, required=True, help="raw dataset root (publisher layout)")
     parser.add_argument("--split", required=True, help="split to shard, e.g. train / val / test")
     parser.add_argument("--out", type=Path, required=True, help="folder for the shards and manifest.json")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="remove the shards, manifests and progress of another dataset, split or options found in --out",
+    )
     encode = parser.add_argument_group("re-encoding (H.264 yuv420p, constant frame rate, no audio)")
     encode.add_argument("--reencode", action="store_true", help="re-encode every clip (default: store as-is)")
     encode.add_argument("--short-side", type=positive_int, default=None, help="scale the short side to N px")
@@ -125,6 +132,7 @@ def run_dataset(reader: DatasetReader, args: argparse.Namespace) -> int:
         shuffle_seed=args.shuffle_seed,
         workers=args.workers,
         part=args.part,
+        overwrite=args.overwrite,
     )
     summary = write_dataset(index, args.out, options, recorded_options(args))
     print(
@@ -166,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except SystemExit as exit_:  # argparse: --help (0) or a bad option (2, already printed)
         return exit_.code if isinstance(exit_.code, int) else 2
-    except AnnotationError as err:
+    except (AnnotationError, OutputError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 

@@ -1,9 +1,11 @@
 """`python -m shards verify OUT`: re-read every shard against manifest.json.
 
 Checks, per shard: the file exists, its size and sha256 match, it is a readable tar whose samples
-are contiguous and complete (one video member, json, cls), the sample count matches; per sample:
+are contiguous and complete (one video member, json, cls, and the sha256 digest member of shards
+written since digests exist), the sample count matches; per sample: its digest matches its members,
 the key is `<dataset>/<split>/<id>`, cls equals the json label, the label is in the label map, and
-the video decodes to exactly the json's num_frames. Every mismatch is one line naming the shard
+the video decodes to exactly the json's num_frames. A shard whose size or sha256 differs is still
+read, so that the samples whose bytes changed are named. Every mismatch is one line naming the shard
 (and sample); no problem means the shards can be trained on as the manifest describes them.
 """
 
@@ -16,6 +18,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.digest import DIGEST_MEMBER, digest_problem
 from shards.video import STORE_AS_IS_EXTS, VideoError, count_decoded_frames
 
 HASH_CHUNK = 1 << 20
@@ -57,16 +60,16 @@ def _verify_shard(out: Path, entry: dict[str, Any], manifest: dict[str, Any]) ->
     path = out / name
     if not path.is_file():
         return [f"{name}: shard file is missing"], []
+    problems = []
     size = path.stat().st_size
     if size != entry["bytes"]:
-        return [f"{name}: {size} bytes, the manifest says {entry['bytes']}"], []
-    if _sha256(path) != entry["sha256"]:
-        return [f"{name}: sha256 differs from the manifest"], []
+        problems.append(f"{name}: {size} bytes, the manifest says {entry['bytes']}")
+    elif _sha256(path) != entry["sha256"]:
+        problems.append(f"{name}: sha256 differs from the manifest")
     try:
         samples = _read_samples(path)
     except (tarfile.TarError, OSError, ValueError) as err:
-        return [f"{name}: cannot read the tar: {' '.join(str(err).split())}"], []
-    problems = []
+        return [*problems, f"{name}: cannot read the tar: {' '.join(str(err).split())}"], []
     if len(samples) != entry["num_samples"]:
         problems.append(f"{name}: {len(samples)} samples, the manifest says {entry['num_samples']}")
     for key, members in samples.items():
@@ -98,8 +101,11 @@ def _read_samples(path: Path) -> dict[str, dict[str, bytes]]:
 def _check_sample(key: str, members: dict[str, bytes], manifest: dict[str, Any]) -> list[str]:
     videos = [ext for ext in members if ext in STORE_AS_IS_EXTS]
     expected = {"json", "cls"} | set(videos)
-    if len(videos) != 1 or set(members) != expected:
+    if len(videos) != 1 or set(members) - {DIGEST_MEMBER} != expected:
         return [f"members {sorted(members)}: expected one of {list(STORE_AS_IS_EXTS)} plus json and cls"]
+    bytes_changed = digest_problem(members)
+    if bytes_changed:
+        return [bytes_changed]
     try:
         meta = json.loads(members["json"])
         label, sample_id, num_frames = meta["label"], meta["id"], meta["num_frames"]

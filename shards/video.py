@@ -3,7 +3,10 @@
 Validation is what makes a corrupt source a reject-list entry at shard time instead of a crashed
 training job: the clip must open, its first and its last frame must decode, and its frames are
 counted. Counting reads every packet but decodes only the first and the last GOP, so validation
-costs about the same for a 2 s and a 2 h video.
+costs about the same for a 2 s and a 2 h video. The count must also fill the duration that the
+container's header states (at the stream's frame rate, within TRUNCATION_TOLERANCE): a file cut short
+keeps its header, so in every container (WebM and Matroska too, which list no frame count) a
+truncated video is a reject, not a short clip.
 
 Re-encoding normalises what trips the training decoders (variable frame rate, VP9 seeking, long
 GOPs): H.264 yuv420p at a constant frame rate, an optional short side, a fixed closed GOP with
@@ -30,6 +33,10 @@ REENCODED_EXT = "mp4"
 PRECUT_SLACK_S = 1.0
 # A window may overrun the end of the video by this much (rounding in annotations); it is clamped.
 WINDOW_END_SLACK_S = 0.5
+# A video may hold this share of the frames its header's duration implies fewer (rounding, a header
+# that counts a longer audio track), plus TRUNCATION_SLACK_FRAMES, before it counts as truncated.
+TRUNCATION_TOLERANCE = 0.1
+TRUNCATION_SLACK_FRAMES = 2
 
 
 class VideoError(Exception):
@@ -99,22 +106,57 @@ def source_duration(source: Path) -> float:
     """
     try:
         with av.open(str(source)) as container:
-            stream = _video_stream(container)
-            if stream.duration is not None:
-                return float(stream.duration * stream.time_base)
-            if container.duration is not None:
-                return container.duration / av.time_base
+            duration = header_duration(container, _video_stream(container))
     except av.FFmpegError as err:
         raise VideoError(f"cannot decode: {_one_line(err)}") from None
-    return probe_video(source).duration_s
+    return duration if duration is not None else probe_video(source).duration_s
+
+
+def header_duration(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> float | None:
+    """The video's duration in seconds as the container header states it; None when it does not.
+
+    The stream's own duration first (MP4), then Matroska's per-track DURATION tag, then the
+    container's (which may also count an audio track).
+    """
+    if stream.duration is not None:
+        return float(stream.duration * stream.time_base)
+    hours, _, rest = stream.metadata.get("DURATION", "").partition(":")
+    minutes, _, seconds = rest.partition(":")
+    try:
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        pass
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def check_complete(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, num_frames: int
+) -> None:
+    """Raise VideoError when `num_frames` decoded frames fall short of the header's duration x frame rate."""
+    duration = header_duration(container, stream)
+    if duration is None:
+        return
+    fps = float(_frame_rate(stream))
+    expected = duration * fps
+    if num_frames < expected * (1 - TRUNCATION_TOLERANCE) - TRUNCATION_SLACK_FRAMES:
+        raise VideoError(
+            f"truncated: {num_frames} frames decode, the container says {duration:.3f} s at {fps:g} fps "
+            f"({expected:.0f} frames)"
+        )
 
 
 def count_decoded_frames(source: Path | bytes) -> int:
-    """Decode every frame of a video and return how many there are (raises VideoError)."""
+    """Decode every frame of a video and return how many there are (raises VideoError, also if truncated)."""
     try:
         with _open_input(source) as container:
             stream = _video_stream(container)
-            return sum(1 for _ in container.decode(stream))
+            count = sum(1 for _ in container.decode(stream))
+            check_complete(container, stream, count)
+            return count
     except av.FFmpegError as err:
         raise VideoError(f"cannot decode: {_one_line(err)}") from None
 
@@ -210,6 +252,7 @@ def _probe(container: av.container.InputContainer) -> VideoInfo:
         raise VideoError("the first frame does not decode")
     if stream.frames and stream.frames != num_packets:
         raise VideoError(f"container lists {stream.frames} frames but holds {num_packets} (truncated?)")
+    check_complete(container, stream, num_packets)
 
     decoder.flush_buffers()
     tail_frames = 0

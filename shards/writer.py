@@ -8,6 +8,12 @@ with fixed metadata, so the same inputs and options give byte-identical shards.
 Resuming: after each shard is renamed into place, a progress file records the shards done, how
 many records they consumed and the rejects so far. A rerun of the same command (same options, same
 source files) skips those records and continues with the next shard; anything else starts over.
+
+The output folder is never mixed: files of another dataset, split or options (a manifest, a progress
+file, shards not named after this dataset and split) are refused with one line, or removed with
+--overwrite. The manifests this run rewrites are removed before the first shard is written and the new
+one appears last, atomically, so a killed run leaves a folder without manifest.json (clearly
+unfinished, resumable), never an old manifest beside new shards.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import multiprocessing
 import random
 import re
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -29,9 +36,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pipeline.data.digest import DIGEST_MEMBER, sample_digest
 from pipeline.io import atomic_open, atomic_write_json
 from shards import __version__
+from shards.merge import PART_MANIFEST
 from shards.records import DatasetIndex, Record, Reject
+from shards.verify import SHARD_FILE
 from shards.video import (
     REENCODED_EXT,
     STORE_AS_IS_EXTS,
@@ -60,23 +70,26 @@ class SampleContext:
     encode: EncodeOptions = field(default_factory=EncodeOptions)
 
 
+class OutputError(RuntimeError):
+    """An output folder that cannot be written or holds another job's files; the message is one line."""
+
+
 @dataclass(frozen=True)
 class VideoSample:
-    """One validated sample: its key and the bytes of its three members."""
+    """One validated sample: its key, the bytes of its video, json and cls members, its frame count."""
 
     key: str
     video_ext: str
     video: bytes
     meta: bytes
     cls: bytes
+    num_frames: int
 
     def members(self) -> list[tuple[str, bytes]]:
-        """(member name, bytes) in the order they are written to the tar."""
-        return [
-            (f"{self.key}.{self.video_ext}", self.video),
-            (f"{self.key}.json", self.meta),
-            (f"{self.key}.cls", self.cls),
-        ]
+        """(member name, bytes) in the order they are written to the tar; the digest of the others last."""
+        content = {self.video_ext: self.video, "json": self.meta, "cls": self.cls}
+        members = [(f"{self.key}.{ext}", data) for ext, data in content.items()]
+        return [*members, (f"{self.key}.{DIGEST_MEMBER}", sample_digest(content).encode("ascii"))]
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,7 @@ class WriteOptions:
     shuffle_seed: int = 0
     workers: int = 1
     part: tuple[int, int] | None = None
+    overwrite: bool = False
 
 
 @dataclass
@@ -109,6 +123,7 @@ class _Progress:
     """The resumable state: written after every complete shard."""
 
     fingerprint: str
+    job: dict[str, Any] = field(default_factory=dict)  # dataset, split, options: whose files these are
     consumed: int = 0
     shards: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[dict[str, str]] = field(default_factory=list)
@@ -161,7 +176,7 @@ def build_sample(context: SampleContext, record: Record) -> VideoSample | Reject
     if window is not None:
         meta["clip_start_s"], meta["clip_end_s"] = window
     meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
-    return VideoSample(key, ext, video, meta_bytes, str(record.label).encode("ascii"))
+    return VideoSample(key, ext, video, meta_bytes, str(record.label).encode("ascii"), info.num_frames)
 
 
 def _relative_source(path: Path, root: Path) -> str:
@@ -212,14 +227,19 @@ def write_dataset(
     `recorded` holds the command-line options that go into the manifest as they were given.
     """
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    # As JSON gives it back from a manifest or progress file, so that the two compare equal.
+    job = json.loads(json.dumps({"dataset": index.dataset, "split": index.split, "options": recorded}))
+    prepare_output(out, job, options.overwrite)
     ordered, duplicates = order_records(index.records, options.shuffle_seed)
     ordered = [ordered[i] for i in part_range(len(ordered), options.part)]
     first_part = options.part is None or options.part[0] == 0
     prefix = shard_prefix(index.dataset, index.split, options.part)
     progress_path = out / f"{prefix}progress.json"
-    progress = _resume(progress_path, _fingerprint(ordered, recorded), out)
+    progress = _resume(progress_path, _fingerprint(ordered, recorded), job, out)
     _remove_leftovers(out, prefix, manifest_name(options.part), keep=len(progress.shards))
+    # Manifests that this run makes stale go before the first shard is written (see the module doc).
+    for stale in {"manifest.json", manifest_name(options.part)}:
+        (out / stale).unlink(missing_ok=True)
 
     context = options.context
     pending = ordered[progress.consumed :]
@@ -286,6 +306,68 @@ def write_dataset(
     )
 
 
+def prepare_output(out: Path, job: dict[str, Any], overwrite: bool) -> None:
+    """Create `out`, check that it is writable, and refuse (or, with `overwrite`, remove) other jobs' files.
+
+    Raises OutputError with one line. Files of the same dataset, split and options stay: they are
+    this job's own (a resume, a rerun, or the other parts of a job array writing beside it).
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise OutputError(f"cannot write to the output folder {out}: {err.strerror or err}") from None
+    foreign = foreign_files(out, job)
+    if foreign and not overwrite:
+        others = f" and {len(foreign) - 1} more files" if len(foreign) > 1 else ""
+        raise OutputError(
+            f"{out} holds files of another dataset, split or options ({foreign[0].name}{others}); "
+            "pass --overwrite to replace them, or choose another --out"
+        )
+    for path in foreign:
+        path.unlink(missing_ok=True)
+
+
+def foreign_files(out: Path, job: dict[str, Any]) -> list[Path]:
+    """The manifests, progress files and shards under `out` that another job (dataset, split, options) wrote.
+
+    A manifest or progress file belongs to this job when its dataset, split and options are this
+    job's (an unreadable one does not); the shards a foreign manifest lists are foreign, and so is
+    any shard not named `<dataset>-<split>-...` of this job.
+    """
+    foreign: list[Path] = []
+    listed_by_foreign: set[str] = set()
+    for path in sorted(out.iterdir()):
+        if path.name == "manifest.json" or PART_MANIFEST.fullmatch(path.name):
+            manifest = _read_json(path)
+            owner = {k: manifest.get(k) for k in ("dataset", "split", "options")}
+            if owner != job:
+                foreign.append(path)
+                entries = [e for e in manifest.get("shards", []) if isinstance(e, dict)]
+                listed_by_foreign |= {str(e.get("name")) for e in entries}
+        elif path.name.endswith("progress.json") and _read_json(path).get("job") != job:
+            foreign.append(path)
+    own_prefix = shard_prefix(job["dataset"], job["split"], None)
+    for path in sorted(out.iterdir()):
+        if SHARD_FILE.fullmatch(path.name) and (
+            path.name in listed_by_foreign or not path.name.startswith(own_prefix)
+        ):
+            foreign.append(path)
+    return foreign
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; {} when it cannot be read (which makes it nobody's)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class _HashingFile:
     """A write-only file wrapper that hashes and counts what goes through it."""
 
@@ -310,6 +392,7 @@ class _ShardFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.num_samples = 0
+        self.frame_counts: dict[int, int] = {}
         self._stack = ExitStack()
         self._hashing = _HashingFile(self._stack.enter_context(atomic_open(path, suffix=".tar.tmp")))
         self._tar = self._stack.enter_context(
@@ -328,6 +411,7 @@ class _ShardFile:
         for name, data in sample.members():
             self._tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
         self.num_samples += 1
+        self.frame_counts[sample.num_frames] = self.frame_counts.get(sample.num_frames, 0) + 1
 
     def close(self) -> dict[str, Any]:
         """Finish the tar, rename it into place, and return its manifest entry."""
@@ -337,6 +421,9 @@ class _ShardFile:
             "num_samples": self.num_samples,
             "bytes": self._hashing.size,
             "sha256": self._hashing.sha256.hexdigest(),
+            # Clips per decoded frame count: lets a training config see clips too short for its
+            # sampling without reading the shards.
+            "frame_counts": {str(n): c for n, c in sorted(self.frame_counts.items())},
         }
 
     def discard(self) -> None:
@@ -383,19 +470,19 @@ def _fingerprint(ordered: list[Record], recorded: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _resume(progress_path: Path, fingerprint: str, out: Path) -> _Progress:
+def _resume(progress_path: Path, fingerprint: str, job: dict[str, Any], out: Path) -> _Progress:
     """The saved progress of the same job if its shards are still intact in size, else a fresh start."""
     try:
         saved = json.loads(progress_path.read_text(encoding="utf-8"))
         progress = _Progress(**saved)
     except (OSError, ValueError, TypeError):
-        return _Progress(fingerprint)
+        return _Progress(fingerprint, job)
     if progress.fingerprint != fingerprint:
-        return _Progress(fingerprint)
+        return _Progress(fingerprint, job)
     for entry in progress.shards:
         path = out / entry["name"]
         if not path.is_file() or path.stat().st_size != entry["bytes"]:
-            return _Progress(fingerprint)
+            return _Progress(fingerprint, job)
     return progress
 
 

@@ -80,6 +80,13 @@ class DataConfig:
     decoder: frame decoder; "auto" picks the fastest installed CPU decoder.
     shuffle_buffer: samples held by each worker's shuffle buffer (1 = no shuffling inside a shard).
     resampled: draw shards with replacement (an epoch is then a fixed number of samples).
+    max_bad_fraction: the share of a rank's epoch that may fail (read, digest or decode errors; each is
+      replaced by a deterministic stand-in) before training stops with one line naming the worst
+      shards; up to 8 failures per epoch never stop a run (a tiny dataset's one broken clip).
+    short_clips: clips with fewer frames than a clip takes (dense: (num_frames - 1) x frame_stride + 1,
+      segment: num_frames): "error" (default) refuses the config before training, naming how many
+      clips are too short (from the manifests' frame counts; manifests from before them are not
+      checked); "repeat" trains on them, repeating their last frame (a warning says how many clips).
     test_clips: temporal views per evaluation video; test_crops: spatial views (1 = centre, 3 = along
       the long side).
     """
@@ -97,6 +104,8 @@ class DataConfig:
     decoder: DecoderName = "auto"
     shuffle_buffer: int = 256
     resampled: bool = False
+    max_bad_fraction: float = 0.02
+    short_clips: Literal["error", "repeat"] = "error"
     test_clips: int = 1
     test_crops: int = 1
     aug: AugConfig = field(default_factory=AugConfig)
@@ -108,6 +117,8 @@ class DataConfig:
         for name in ("workers", "short_side", "eval_batch_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.test_crops not in (1, 3):
             raise ValueError(f"data.test_crops must be 1 or 3, got {self.test_crops}")
         if self.batch_size % self.aug.repeated_aug:
@@ -120,6 +131,11 @@ class DataConfig:
     def clips_per_batch(self) -> int:
         """Decoded clips (stream samples) per training batch."""
         return self.batch_size // self.aug.repeated_aug
+
+    @property
+    def frames_needed(self) -> int:
+        """Frames a video needs for one clip without repeating its last frame."""
+        return (self.num_frames - 1) * self.frame_stride + 1 if self.sampling == "dense" else self.num_frames
 
     @property
     def eval_rows(self) -> int:

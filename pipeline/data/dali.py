@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,11 +31,14 @@ from pipeline.data.manifest import ShardSet
 from pipeline.data.plan import make_rng
 from pipeline.data.stream import (
     BATCH_TAG,
+    SAMPLE_ERRORS,
     SAMPLE_TAG,
+    CheckDigest,
     DecodeClips,
     Item,
-    bad_item,
-    empty_batch,
+    ReplaceBad,
+    bad_entry,
+    failed,
     one_line,
     read_label,
     video_member,
@@ -63,8 +67,8 @@ class PlanClips:
                 continue
             try:
                 yield self.plan(item)
-            except Exception as err:  # a sample with a broken json or no video is dropped, not fatal
-                yield {**bad_item(item["__key__"], one_line(err)), "__pos__": item["__pos__"]}
+            except SAMPLE_ERRORS as err:  # a broken json or no video: the sample fails (and is replaced)
+                yield failed(item, one_line(err))
 
     def plan(self, item: Item) -> Item:
         """The DALI inputs of one raw sample."""
@@ -171,7 +175,15 @@ class DaliTrainLoader(TrainLoader):
     processes here: DALI's own thread decodes.
     """
 
-    def __init__(self, cfg: DataConfig, shard_set: ShardSet, rank: int, world_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        shard_set: ShardSet,
+        rank: int,
+        world_size: int,
+        seed: int,
+        run_dir: Path | None = None,
+    ) -> None:
         unsupported = [
             name
             for name, on in (
@@ -184,15 +196,17 @@ class DaliTrainLoader(TrainLoader):
             raise ValueError(
                 f"decoder=dali does not support {', '.join(unsupported)}: use a CPU decoder for them"
             )
-        super().__init__(cfg, shard_set, rank, world_size, seed)
+        super().__init__(cfg, shard_set, rank, world_size, seed, run_dir)
         self.device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
         self._pipe: Any = None
 
     def _groups(self, stream: TrainStream, worker: int) -> Iterator[list[Item]]:
         seed_parts = (self.seed, self.epoch, self.rank, worker)
+        plan = PlanClips(self.cfg, self.num_classes, stream.flip, seed_parts)
         stages = [
             *stream.read_stages(worker),
-            PlanClips(self.cfg, self.num_classes, stream.flip, seed_parts),
+            plan,
+            ReplaceBad(self.shard_set.shards, seed_parts, [CheckDigest(), plan]),
             GroupItems(self.plan.clips_per_batch),
         ]
         source = stages[0]()
@@ -225,6 +239,7 @@ class DaliTrainLoader(TrainLoader):
                     kept.append(item)
                 except RuntimeError as err:
                     item["__error__"] = f"DALI: {one_line(err)}"
+                    item["__bad__"] = [*item.get("__bad__", ()), bad_entry(item)]
             return kept, torch.cat(videos) if videos else None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -238,15 +253,15 @@ class DaliTrainLoader(TrainLoader):
             worker = j % self.plan.workers
             group = next(groups[worker])
             good, video = self._decode_group(group)
-            if video is not None:
-                batch = {
-                    "video": video,
-                    "label": torch.tensor([item["label"] for item in good], dtype=torch.long),
-                    "key": [item["__key__"] for item in good],
-                    "view": torch.zeros(len(good), dtype=torch.long),
-                }
-            else:
-                batch = empty_batch((3, self.cfg.num_frames, self.cfg.crop_size, self.cfg.crop_size))
+            # A sample DALI cannot decode leaves its row out (PyAV validated it at sharding time: rare);
+            # only a batch left empty stops the run.
+            self.account([entry for item in group for entry in item.get("__bad__", ())], len(good), 1)
+            batch = {
+                "video": video,
+                "label": torch.tensor([item["label"] for item in good], dtype=torch.long),
+                "key": [item["__key__"] for item in good],
+                "view": torch.zeros(len(good), dtype=torch.long),
+            }
             seed_parts = (self.seed, self.epoch, self.rank, worker)
             if aug.erasing_prob > 0:
                 for row, item in enumerate(good):
@@ -258,6 +273,5 @@ class DaliTrainLoader(TrainLoader):
                 batch["video"], batch["label"] = mix_batch(
                     batch["video"], batch["label"], self.num_classes, aug, rng
                 )
-            self._bad.add([(item["__key__"], item["__error__"]) for item in group if "__error__" in item])
             self.consumed += self.plan.clips_per_batch
             yield batch

@@ -14,24 +14,36 @@ The TrainLoader advances itself: iterating it yields the rest of the current epo
 epoch is complete the next iteration starts the next epoch (`set_epoch` jumps explicitly).
 `state()` is what has been consumed up to the last batch yielded; a loader built with that state
 yields exactly the batches the uninterrupted loader would have yielded next.
+
+Bad samples (a read, digest or decode error) never break a batch: training replaces each with a
+deterministic stand-in (`ReplaceBad`), evaluation turns it into padding rows. Each failure is counted,
+logged once per key, and appended to `<run dir>/bad_samples.jsonl` (key, shard, reason) when the loader
+is given the run folder. More failures in one epoch of a rank than `data.max_bad_fraction` of its
+samples (and at least MIN_BAD_SAMPLES) stop training with a BadDataError naming the worst shards.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pipeline.config import ConfigError
 from pipeline.data.config import DataConfig
 from pipeline.data.manifest import ShardSet, load_shard_set
 from pipeline.data.plan import (
+    SHUFFLE_TAG,
     EvalPlan,
+    Ranges,
     ShardSlice,
     TrainPlan,
     batches_of_worker,
@@ -43,12 +55,15 @@ from pipeline.data.plan import (
 from pipeline.data.stream import (
     AppendPadding,
     AugmentClips,
+    BadEntry,
     BatchEval,
     BatchTrain,
+    CheckDigest,
     DecodeClips,
     EvalViews,
     NumberAndSkip,
     ReadShardSlices,
+    ReplaceBad,
     SliceSource,
     TakeFirst,
     finish_eval_batch,
@@ -57,31 +72,44 @@ from pipeline.data.stream import (
 from pipeline.data.transforms import EvalTransform, TrainTransform, should_flip
 
 log = logging.getLogger(__name__)
-SHUFFLE_TAG, RESAMPLE_TAG = 3, 4
+RESAMPLE_TAG = 4
+BAD_SAMPLES_FILE = "bad_samples.jsonl"
+# The bad-sample cap never stops a run for fewer failures per epoch than this (one broken clip in a
+# tiny demo is no reason to stop).
+MIN_BAD_SAMPLES = 8
+
+
+class BadDataError(ConfigError):
+    """Too many samples failed: the data is broken, not one clip. One line; entry points exit 2."""
 
 
 @dataclass
 class LoaderState:
-    """The loader's position, saved in every checkpoint: epoch, samples this rank consumed in it, seed."""
+    """The loader's position, saved in every checkpoint: epoch, samples this rank consumed in it, seed,
+    and the epoch's stream positions consumed before a change of world size (see `pipeline.data.plan`)."""
 
     epoch: int = 0
     samples_consumed: int = 0
     seed: int = 0
+    excluded: Ranges = ()
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         """A plain dict for the checkpoint's client state."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoaderState:
         """Rebuild a state saved by `to_dict`; a missing key or a non-integer value is an error naming it."""
-        values = {}
+        values: dict[str, Any] = {}
         for name in ("epoch", "samples_consumed", "seed"):
             value = data.get(name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"loader state key '{name}' must be a non-negative int, got {value!r}")
             values[name] = value
-        return cls(**values)
+        excluded = data.get("excluded", ())  # absent from checkpoints older than elastic resume
+        if not all(len(pair) == 2 and 0 <= pair[0] < pair[1] for pair in excluded):
+            raise ValueError(f"loader state key 'excluded' must hold [begin, end) ranges, got {excluded!r}")
+        return cls(**values, excluded=tuple((int(b), int(e)) for b, e in excluded))
 
 
 class ResampledShards:
@@ -130,7 +158,8 @@ class TrainStream(IterableDataset):
         order = [
             self.shard_set.shards[i] for i in shard_order(len(self.shard_set.shards), self.seed, self.epoch)
         ]
-        return SliceSource(slice_stream(order, *self.plan.worker_span(self.rank, worker)))
+        ranges = self.plan.stream_ranges(*self.plan.worker_span(self.rank, worker))
+        return SliceSource([piece for begin, end in ranges for piece in slice_stream(order, begin, end)])
 
     def read_stages(self, worker: int) -> list[Any]:
         """The stages that pick this worker's raw samples: slices, tar reading, shuffle, number, skip."""
@@ -144,6 +173,7 @@ class TrainStream(IterableDataset):
             wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=shuffle_rng),
             TakeFirst(plan.worker_samples(worker)),
             NumberAndSkip(done * plan.clips_per_batch),
+            CheckDigest(),
         ]
 
     def first_batch(self, worker: int) -> int:
@@ -154,17 +184,20 @@ class TrainStream(IterableDataset):
         """The full stage list of logical `worker`."""
         cfg, plan = self.cfg, self.plan
         seed_parts = (self.seed, self.epoch, self.rank, worker)
+        decode = DecodeClips(
+            cfg.decoder,
+            cfg.sampling,
+            cfg.num_frames,
+            cfg.frame_stride,
+            self.shard_set.num_classes,
+            seed_parts,
+        )
+        augment = AugmentClips(TrainTransform(cfg, self.flip), seed_parts)
         return [
             *self.read_stages(worker),
-            DecodeClips(
-                cfg.decoder,
-                cfg.sampling,
-                cfg.num_frames,
-                cfg.frame_stride,
-                self.shard_set.num_classes,
-                seed_parts,
-            ),
-            AugmentClips(TrainTransform(cfg, self.flip), seed_parts),
+            decode,
+            augment,
+            ReplaceBad(self.shard_set.shards, seed_parts, [CheckDigest(), decode, augment]),
             BatchTrain(
                 plan.clips_per_batch,
                 (cfg.num_frames, 3, cfg.crop_size, cfg.crop_size),
@@ -176,19 +209,42 @@ class TrainStream(IterableDataset):
 
 
 class BadSampleLog:
-    """Counts failed samples and logs each key once (with its reason) in the main process."""
+    """Counts failed samples (in all, per epoch, per shard), logs each key once, and appends each failure
+    to `<run_dir>/bad_samples.jsonl` when a run folder is given; runs in the main process."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: Path | None = None, rank: int = 0) -> None:
+        self.path = run_dir / BAD_SAMPLES_FILE if run_dir is not None else None
+        self.rank = rank
         self.count = 0
+        self.epoch: int | None = None
+        self.in_epoch = 0
+        self.per_shard: Counter[str] = Counter()
         self.logged: set[str] = set()
 
-    def add(self, bad: list[tuple[str, str]]) -> None:
-        """Count and log the failed samples reported by one batch."""
-        for key, reason in bad:
+    def add(self, bad: list[BadEntry], epoch: int | None = None) -> None:
+        """Count, log and record the failed samples reported by one batch of `epoch`."""
+        if epoch != self.epoch:
+            self.epoch, self.in_epoch = epoch, 0
+        for key, shard, reason in bad:
             self.count += 1
+            self.in_epoch += 1
+            self.per_shard[shard] += 1
             if key not in self.logged:
                 self.logged.add(key)
-                log.warning("skipped sample %s: %s", key, reason)
+                log.warning("skipped sample %s of %s: %s", key, shard, reason)
+        if bad and self.path is not None:
+            rows = [
+                {"key": key, "shard": shard, "reason": reason, "rank": self.rank, "epoch": epoch}
+                for key, shard, reason in bad
+            ]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # One append per batch: lines of several ranks never interleave mid-line.
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write("".join(json.dumps(row) + "\n" for row in rows))
+
+    def worst_shards(self, count: int = 3) -> str:
+        """`shard (failures), ...` of the shards with the most failures."""
+        return ", ".join(f"{shard} ({n})" for shard, n in self.per_shard.most_common(count))
 
 
 def make_dataloader(dataset: IterableDataset, workers: int) -> DataLoader:
@@ -201,23 +257,39 @@ def make_dataloader(dataset: IterableDataset, workers: int) -> DataLoader:
 class TrainLoader:
     """Batches of one epoch per iteration; see the module docstring for epochs, state and resume."""
 
-    def __init__(self, cfg: DataConfig, shard_set: ShardSet, rank: int, world_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        shard_set: ShardSet,
+        rank: int,
+        world_size: int,
+        seed: int,
+        run_dir: Path | None = None,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.cfg, self.shard_set, self.rank, self.seed = cfg, shard_set, rank, seed
-        self.plan = TrainPlan(shard_set.total, world_size, cfg.clips_per_batch, max(1, cfg.workers))
+        self.full_plan = TrainPlan(shard_set.total, world_size, cfg.clips_per_batch, max(1, cfg.workers))
+        self.excluded: Ranges = ()  # positions of this epoch consumed before a change of world size
         if self.plan.steps_per_epoch == 0:
             raise ValueError(
                 f"data.train holds {shard_set.total} samples: fewer than one batch per rank "
                 f"(world size {world_size} x {cfg.clips_per_batch} clips per batch)"
             )
         self.epoch, self.consumed = 0, 0
-        self._bad = BadSampleLog()
+        self._bad = BadSampleLog(run_dir, rank)
+        # Failures one epoch of this rank may have (its whole epoch's share) before the run stops.
+        self.bad_limit = max(MIN_BAD_SAMPLES, int(cfg.max_bad_fraction * self.plan.samples_per_rank))
+
+    @property
+    def plan(self) -> TrainPlan:
+        """The cut of the current epoch."""
+        return dataclasses.replace(self.full_plan, excluded=self.excluded)
 
     @property
     def steps_per_epoch(self) -> int:
-        """Batches per epoch, equal on every rank."""
-        return self.plan.steps_per_epoch
+        """Batches per rank in a whole epoch, equal on every rank."""
+        return self.full_plan.steps_per_epoch
 
     @property
     def num_classes(self) -> int:
@@ -232,8 +304,27 @@ class TrainLoader:
     def __len__(self) -> int:
         return self.steps_per_epoch
 
+    def account(self, bad: list[BadEntry], rows: int, least_rows: int) -> None:
+        """Record a batch's failures; raise BadDataError when the epoch's failures pass the cap or the batch
+        has fewer than `least_rows` rows (every stand-in drawn for a failed sample failed too)."""
+        self._bad.add(bad, self.epoch)
+        where = f"rank {self.rank} epoch {self.epoch}"
+        details = f"; see {self._bad.path}" if self._bad.path is not None else ""
+        if self._bad.in_epoch > self.bad_limit:
+            raise BadDataError(
+                f"{where}: {self._bad.in_epoch} samples failed, more than data.max_bad_fraction="
+                f"{self.cfg.max_bad_fraction} of the epoch allows ({self.bad_limit}); "
+                f"worst shards: {self._bad.worst_shards()}{details}"
+            )
+        if rows < least_rows:
+            raise BadDataError(
+                f"{where}: a batch has {rows} of its {least_rows} rows, the stand-ins drawn for its failed "
+                f"samples failed too; worst shards: {self._bad.worst_shards()}{details}"
+            )
+
     def restore(self, state: LoaderState) -> None:
         """Continue from a saved state (its seed replaces the one given at build time)."""
+        self.excluded = state.excluded
         if (
             state.samples_consumed > self.plan.samples_per_rank
             or state.samples_consumed % self.plan.clips_per_batch
@@ -252,21 +343,21 @@ class TrainLoader:
     def set_epoch(self, epoch: int) -> None:
         """Jump to the start of `epoch` (no-op when already in it)."""
         if epoch != self.epoch:
-            self.epoch, self.consumed = epoch, 0
+            self.epoch, self.consumed, self.excluded = epoch, 0, ()
 
     def state(self) -> LoaderState:
         """What was consumed up to the last batch yielded (a finished epoch reads as the next one's start)."""
         if self.consumed >= self.plan.samples_per_rank:
             return LoaderState(self.epoch + 1, 0, self.seed)
-        return LoaderState(self.epoch, self.consumed, self.seed)
+        return LoaderState(self.epoch, self.consumed, self.seed, self.excluded)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         current = self.state()
-        self.epoch, self.consumed = current.epoch, current.samples_consumed
+        self.epoch, self.consumed, self.excluded = current.epoch, current.samples_consumed, current.excluded
         start = self.consumed // self.plan.clips_per_batch
         stream = TrainStream(self.cfg, self.shard_set, self.plan, self.rank, self.seed, self.epoch, start)
         for batch in make_dataloader(stream, self.cfg.workers):
-            self._bad.add(batch.pop("bad"))
+            self.account(batch.pop("bad"), len(batch["key"]), self.cfg.batch_size)
             self.consumed += self.plan.clips_per_batch
             yield finish_train_batch(batch, self.cfg.aug, self.num_classes)
         if self.consumed != self.plan.samples_per_rank:
@@ -296,6 +387,7 @@ class EvalStream(IterableDataset):
             SliceSource(slice_stream(self.shard_set.shards, begin, end)),
             ReadShardSlices(),
             NumberAndSkip(0),
+            CheckDigest(),
             AppendPadding(padding),
             DecodeClips(
                 cfg.decoder,
@@ -319,12 +411,14 @@ class EvalLoader:
     batches: average its predictions by `key`, then sum correct/total over ranks.
     """
 
-    def __init__(self, cfg: DataConfig, shard_set: ShardSet, rank: int, world_size: int) -> None:
+    def __init__(
+        self, cfg: DataConfig, shard_set: ShardSet, rank: int, world_size: int, run_dir: Path | None = None
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.cfg, self.shard_set, self.rank = cfg, shard_set, rank
         self.plan = EvalPlan(shard_set.total, world_size, max(1, cfg.workers))
-        self._bad = BadSampleLog()
+        self._bad = BadSampleLog(run_dir, rank)
 
     @property
     def steps(self) -> int:
@@ -353,24 +447,38 @@ class EvalLoader:
 
 
 def build_train_loader(
-    cfg: DataConfig, *, rank: int, world_size: int, seed: int, state: LoaderState | None = None
+    cfg: DataConfig,
+    *,
+    rank: int,
+    world_size: int,
+    seed: int,
+    state: LoaderState | None = None,
+    run_dir: Path | None = None,
 ) -> TrainLoader:
-    """The training loader of `rank`, continuing from `state` when given (exact resume)."""
+    """The training loader of `rank`, continuing from `state` when given (exact resume).
+
+    With `run_dir`, failed samples are also appended to `run_dir/bad_samples.jsonl`.
+    """
     shard_set = load_shard_set(cfg.train)
     if cfg.decoder == "dali":
         from pipeline.data.dali import DaliTrainLoader
 
-        loader: TrainLoader = DaliTrainLoader(cfg, shard_set, rank, world_size, seed)
+        loader: TrainLoader = DaliTrainLoader(cfg, shard_set, rank, world_size, seed, run_dir)
     else:
-        loader = TrainLoader(cfg, shard_set, rank, world_size, seed)
+        loader = TrainLoader(cfg, shard_set, rank, world_size, seed, run_dir)
     if state is not None:
         loader.restore(state)
     return loader
 
 
-def build_eval_loader(cfg: DataConfig, *, rank: int, world_size: int) -> EvalLoader:
-    """The evaluation loader of `rank` (every sample's views on exactly one rank, equal batch counts)."""
+def build_eval_loader(
+    cfg: DataConfig, *, rank: int, world_size: int, run_dir: Path | None = None
+) -> EvalLoader:
+    """The evaluation loader of `rank` (every sample's views on exactly one rank, equal batch counts).
+
+    With `run_dir`, failed samples (padding rows) are also appended to `run_dir/bad_samples.jsonl`.
+    """
     if cfg.decoder == "dali":
         # Evaluation is a small share of the time: it keeps the CPU decoders (see pipeline.data.dali).
         cfg = dataclasses.replace(cfg, decoder="auto")
-    return EvalLoader(cfg, load_shard_set(cfg.val), rank, world_size)
+    return EvalLoader(cfg, load_shard_set(cfg.val), rank, world_size, run_dir)

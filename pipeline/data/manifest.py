@@ -32,11 +32,15 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class ShardSet:
-    """All shards of a split (possibly several folders), the datasets they come from and the label map."""
+    """All shards of a split (possibly several folders), the datasets they come from and the label map.
+
+    frame_counts: clips per decoded frame count over all shards; None when a manifest predates them.
+    """
 
     shards: tuple[ShardInfo, ...]
     label_map: dict[int, str]
     datasets: tuple[str, ...]
+    frame_counts: dict[int, int] | None = None
 
     @property
     def total(self) -> int:
@@ -74,6 +78,12 @@ def _shard_infos(folder: Path, manifest: dict) -> list[ShardInfo]:
         path = folder / name
         if not path.is_file():
             raise ManifestError(f"{folder / MANIFEST_NAME}: shard {name} does not exist in {folder}")
+        size, listed = path.stat().st_size, entry.get("bytes")
+        if isinstance(listed, int) and size != listed:
+            raise ManifestError(
+                f"{folder / MANIFEST_NAME}: shard {name} holds {size} bytes, the manifest says {listed} "
+                "(truncated or rewritten since it was sharded)"
+            )
         if count:
             infos.append(ShardInfo(str(path), count))
     return infos
@@ -86,6 +96,7 @@ def load_shard_set(folders: list[str]) -> ShardSet:
     shards: list[ShardInfo] = []
     datasets: list[str] = []
     label_map: dict[int, str] | None = None
+    frame_counts: dict[int, int] | None = {}
     for folder_name in folders:
         folder = Path(folder_name)
         manifest = _read_manifest(folder)
@@ -99,11 +110,22 @@ def load_shard_set(folders: list[str]) -> ShardSet:
             raise ManifestError(f"{folder / MANIFEST_NAME}: its label_map differs from that of {folders[0]}")
         label_map = labels
         shards += _shard_infos(folder, manifest)
+        frame_counts = _add_frame_counts(frame_counts, manifest["shards"])
         if manifest["dataset"] not in datasets:
             datasets.append(manifest["dataset"])
     if not shards:
         raise ManifestError(f"shard folders {folders} hold no samples")
-    return ShardSet(tuple(shards), label_map or {}, tuple(datasets))
+    return ShardSet(tuple(shards), label_map or {}, tuple(datasets), frame_counts)
+
+
+def _add_frame_counts(counts: dict[int, int] | None, entries: list[dict]) -> dict[int, int] | None:
+    """`counts` plus the shard entries' `frame_counts`; None once an entry has none (an older manifest)."""
+    for entry in entries:
+        if counts is None or not isinstance(entry.get("frame_counts"), dict):
+            return None
+        for frames, clips in entry["frame_counts"].items():
+            counts[int(frames)] = counts.get(int(frames), 0) + int(clips)
+    return counts
 
 
 @lru_cache(maxsize=4096)

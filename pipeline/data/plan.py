@@ -14,19 +14,31 @@ Training epoch e (not resampled):
 Resuming at batch j rotates the workers (physical worker p plays logical worker (j + p) % K) so the
 round-robin starts with batch j; each logical worker skips its batches before j after shuffling.
 
+Resuming on another world size (or batch size) in the middle of epoch e: the positions the old ranks
+consumed are worked out from their saved counts (the shuffle buffer's order depends only on its seed
+and the span's length, so it is replayed on integers, no data read) and excluded; the remaining
+positions form the epoch's stream, cut by the rule above for the new ranks. Every sample is then seen
+at most once in epoch e, and fewer than one global batch sit out; epoch e + 1 is planned as usual.
+
 Evaluation: rank r gets samples [r * N // W, (r + 1) * N // W) in manifest order; every rank is
 given ceil(N / W) slots so that all ranks run the same number of batches, the missing ones padded.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import webdataset as wds
 
 from pipeline.data.manifest import ShardInfo
+
+SHUFFLE_TAG = 3  # the seed tag of a worker's shuffle buffer
+Ranges = tuple[tuple[int, int], ...]  # sorted, disjoint [begin, end) position ranges
 
 
 def make_rng(*parts: int) -> np.random.Generator:
@@ -71,17 +83,27 @@ def batches_of_worker(num_batches: int, workers: int, worker: int) -> int:
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """The cut of one training epoch; see the module docstring."""
+    """The cut of one training epoch; see the module docstring.
+
+    Positions in `excluded` (consumed before a change of world size in this epoch) are left out: ranks
+    and workers cut the remaining `available` positions, and `stream_ranges` maps back.
+    """
 
     total: int
     world_size: int
     clips_per_batch: int
     workers: int
+    excluded: Ranges = ()
+
+    @property
+    def available(self) -> int:
+        """Positions of the epoch's stream not excluded."""
+        return self.total - sum(end - begin for begin, end in self.excluded)
 
     @property
     def steps_per_epoch(self) -> int:
         """Batches per rank per epoch (equal on every rank)."""
-        return self.total // (self.world_size * self.clips_per_batch)
+        return self.available // (self.world_size * self.clips_per_batch)
 
     @property
     def samples_per_rank(self) -> int:
@@ -93,9 +115,54 @@ class TrainPlan:
         return batches_of_worker(self.steps_per_epoch, self.workers, worker) * self.clips_per_batch
 
     def worker_span(self, rank: int, worker: int) -> tuple[int, int]:
-        """Positions [begin, end) of the epoch's shuffled-shard stream that (rank, worker) reads."""
+        """Available positions [begin, end) of the epoch's shuffled-shard stream that (rank, worker) reads."""
         begin = rank * self.samples_per_rank + sum(self.worker_samples(k) for k in range(worker))
         return begin, begin + self.worker_samples(worker)
+
+    def stream_ranges(self, begin: int, end: int) -> list[tuple[int, int]]:
+        """The stream position ranges of available positions [begin, end) (stepping over `excluded`)."""
+        ranges, seen, position = [], 0, 0  # `seen`: available positions before `position`
+        for low, high in (*self.excluded, (self.total, self.total)):
+            first, last = max(begin, seen), min(end, seen + low - position)
+            if first < last:
+                ranges.append((position + first - seen, position + last - seen))
+            seen, position = seen + low - position, high
+        return ranges
+
+    def consumed(self, samples_per_rank: int, shuffle_buffer: int, seed: int, epoch: int) -> Ranges:
+        """Stream positions consumed (with `excluded`) once every rank has taken `samples_per_rank`.
+
+        Each worker's shuffle buffer is replayed on the integers of its span with the worker's own seed,
+        exactly as `TrainStream` draws it.
+        """
+        batches = samples_per_rank // self.clips_per_batch
+        taken: list[tuple[int, int]] = []
+        for rank in range(self.world_size):
+            for worker in range(self.workers):
+                count = batches_of_worker(batches, self.workers, worker) * self.clips_per_batch
+                begin, end = self.worker_span(rank, worker)
+                rng = random.Random(derive_seed(seed, epoch, rank, worker, SHUFFLE_TAG))
+                order = wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng)(iter(range(begin, end)))
+                taken += [(index, index + 1) for index in itertools.islice(order, count)]
+        stream = [piece for low, high in merge_ranges(taken) for piece in self.stream_ranges(low, high)]
+        return merge_ranges([*self.excluded, *stream])
+
+    def continued(self, world_size: int, clips_per_batch: int, workers: int, consumed: Ranges) -> TrainPlan:
+        """The plan for the rest of this epoch on another world size or batch, without `consumed`."""
+        return replace(
+            self, world_size=world_size, clips_per_batch=clips_per_batch, workers=workers, excluded=consumed
+        )
+
+
+def merge_ranges(ranges: Sequence[tuple[int, int]]) -> Ranges:
+    """Sorted, disjoint ranges covering the union of `ranges`."""
+    merged: list[tuple[int, int]] = []
+    for begin, end in sorted(ranges):
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((begin, end))
+    return tuple(merged)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """The loader's stages: small picklable callables, each mapping an iterator of dicts to another.
 
 A stream item is a dict. Samples read from a tar carry webdataset's members (`__key__`, `mp4` or
-`webm` or `mkv`, `json`, `cls`); an item that failed anywhere carries `__error__` (a one-line
-reason) instead and keeps its place in the stream, so positions, batch boundaries and the resume
-point never depend on which samples were corrupt. Each stage can be run on a plain list.
+`webm` or `mkv`, `json`, `cls`, `sha256`); an item that failed anywhere carries `__error__` (a one-line
+reason) and `__url__` (its shard) instead and keeps its place in the stream, so positions, batch
+boundaries and the resume point never depend on which samples were corrupt. In training, `ReplaceBad`
+then puts a deterministic stand-in in its place, so every batch has all its rows. Only read, digest
+and decode errors (`SAMPLE_ERRORS`) fail a sample: any other exception is a bug and propagates.
+Each stage can be run on a plain list.
 
 Workers ship pixels, not floats: the batch stages stack the views before normalisation ((B, T, 3,
 S, S), uint8 unless RandAugment ran), with each row's erased box and the batch's mixing seed, and
@@ -13,17 +16,20 @@ batch is 4x smaller to stack and to pass through shared memory; the result is bi
 
 from __future__ import annotations
 
+import bisect
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import accumulate
 from typing import Any
 
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline.data.config import AugConfig
-from pipeline.data.decoders import FrameDecoder, build_decoder
-from pipeline.data.manifest import sample_offsets
+from pipeline.data.decoders import DecodeError, FrameDecoder, build_decoder
+from pipeline.data.digest import digest_problem
+from pipeline.data.manifest import ShardInfo, sample_offsets
 from pipeline.data.plan import ShardSlice, make_rng
 from pipeline.data.sampling import Sampling, eval_indices, train_indices
 from pipeline.data.transforms import EvalTransform, TrainTransform, mix_batch, normalise_batch
@@ -31,13 +37,31 @@ from pipeline.data.transforms import EvalTransform, TrainTransform, mix_batch, n
 VIDEO_EXTS = ("mp4", "webm", "mkv")
 Item = dict[str, Any]
 
+Stage = Callable[[Iterable[Item]], Iterator[Item]]
+BadEntry = tuple[str, str, str]  # key, shard, reason
+
 # Tags that keep the generators of different stages of one sample independent.
-SAMPLE_TAG, BATCH_TAG = 1, 2
+SAMPLE_TAG, BATCH_TAG, REPLACE_TAG = 1, 2, 5
+# What a broken sample raises while it is read, parsed or decoded (a corrupt json or cls, a missing
+# member, a video that does not decode). Anything else (TypeError, AttributeError, ...) is a bug.
+SAMPLE_ERRORS = (DecodeError, ValueError, KeyError, OSError, EOFError, tarfile.TarError)
+# Samples drawn for one failed position before it is left short (the loader then stops the run).
+MAX_REPLACEMENT_DRAWS = 8
 
 
-def bad_item(key: str, reason: str) -> Item:
+def bad_item(key: str, reason: str, shard: str = "") -> Item:
     """A placeholder for a sample that could not be used; it still occupies its stream position."""
-    return {"__key__": key, "__error__": reason}
+    return {"__key__": key, "__error__": reason, "__url__": shard}
+
+
+def failed(item: Item, reason: str) -> Item:
+    """`item` (a raw or decoded sample at a stream position) turned into an error item with `reason`."""
+    return {**bad_item(item["__key__"], reason, item.get("__url__", "")), "__pos__": item["__pos__"]}
+
+
+def bad_entry(item: Item) -> BadEntry:
+    """(key, shard, reason) of an error item: what the loader counts and writes to bad_samples.jsonl."""
+    return item["__key__"], item.get("__url__", ""), item["__error__"]
 
 
 def one_line(err: BaseException) -> str:
@@ -75,7 +99,7 @@ class ReadShardSlices:
             else:
                 reason = f"shard {piece.path} has fewer samples than its manifest says"
             for position in range(piece.start + produced, piece.stop):
-                yield bad_item(f"{piece.path}#{position}", reason)
+                yield bad_item(f"{piece.path}#{position}", reason, piece.path)
 
     @staticmethod
     def _read(piece: ShardSlice) -> Iterator[Item]:
@@ -104,6 +128,19 @@ class NumberAndSkip:
             if position >= self.skip:
                 item["__pos__"] = position
                 yield item
+
+
+class CheckDigest:
+    """Raw samples whose bytes differ from their shard's digest member -> error items (before decoding).
+
+    Runs after `NumberAndSkip`, so a resumed worker does not hash what it skips; samples without a
+    digest (shards written before digests existed) pass unchecked.
+    """
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        for item in items:
+            problem = None if "__error__" in item or item.get("__pad__") else digest_problem(item)
+            yield item if problem is None else failed(item, problem)
 
 
 def read_label(sample: Item, meta: dict) -> int:
@@ -158,8 +195,8 @@ class DecodeClips:
                 continue
             try:
                 yield self.decode(item)
-            except Exception as err:  # the policy: any failure on one sample drops that sample only
-                yield {**bad_item(item["__key__"], one_line(err)), "__pos__": item["__pos__"]}
+            except SAMPLE_ERRORS as err:  # a broken sample fails alone; a bug still propagates
+                yield failed(item, one_line(err))
 
     def decode(self, item: Item) -> Item:
         """Decode one raw sample; raises on anything wrong with it."""
@@ -174,6 +211,7 @@ class DecodeClips:
         frames = self._decoder.decode(video_member(item), flat)
         return {
             "__key__": item["__key__"],
+            "__url__": item.get("__url__", ""),
             "__pos__": item["__pos__"],
             "label": label,
             "frames": frames,
@@ -197,12 +235,53 @@ class AugmentClips:
             frames = item.pop("frames")
             try:
                 item["views"] = self.transform.pixel_views(frames, rng)
-            except Exception as err:  # e.g. a frame too small to crop: drop the sample, keep the run
-                item = {
-                    **bad_item(item["__key__"], f"augmentation: {one_line(err)}"),
-                    "__pos__": item["__pos__"],
-                }
+            except ValueError as err:  # a decoded frame the crop cannot use: the sample fails alone
+                item = failed(item, f"augmentation: {one_line(err)}")
             yield item
+
+
+class ReplaceBad:
+    """Failed training samples -> deterministic stand-ins, so that every batch has all its rows.
+
+    The stand-in of the failed sample at stream position p is the first good one of up to
+    MAX_REPLACEMENT_DRAWS samples drawn from the whole split by the (seed parts, p) generator, read
+    and put through `process` (digest check, decode, augment) with p's own sampling generators. It
+    depends only on p, whatever the shuffle buffer, so a resumed run draws the same stand-in. Every
+    failure met on the way is listed in the item's `__bad__` as (key, shard, reason); a position
+    whose draws all fail stays an error item (its batch is then short and the loader stops the run).
+    """
+
+    def __init__(
+        self, shards: Sequence[ShardInfo], seed_parts: tuple[int, ...], process: Sequence[Stage]
+    ) -> None:
+        self.shards, self.seed_parts, self.process = shards, seed_parts, process
+        self.ends = list(accumulate(shard.num_samples for shard in shards))
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        for item in items:
+            yield self.replace(item) if "__error__" in item else item
+
+    def replace(self, item: Item) -> Item:
+        """The stand-in of error `item` (or `item` itself when every draw fails), with its `__bad__` list."""
+        bad = [bad_entry(item)]
+        rng = make_rng(*self.seed_parts, item["__pos__"], REPLACE_TAG)
+        for _ in range(MAX_REPLACEMENT_DRAWS):
+            stand_in = self.prepare(int(rng.integers(self.ends[-1])), item["__pos__"])
+            if "__error__" not in stand_in:
+                return {**stand_in, "__bad__": bad}
+            bad.append(bad_entry(stand_in))
+        return {**item, "__bad__": bad}
+
+    def prepare(self, index: int, position: int) -> Item:
+        """Sample `index` of the split, read and processed as if it stood at stream `position`."""
+        shard_index = bisect.bisect_right(self.ends, index)
+        shard = self.shards[shard_index]
+        start = index - (self.ends[shard_index] - shard.num_samples)
+        (raw,) = ReadShardSlices()([ShardSlice(shard.path, start, start + 1)])
+        items: Iterator[Item] = iter([{**raw, "__pos__": position}])
+        for stage in self.process:
+            items = stage(items)
+        return next(items)
 
 
 class EvalViews:
@@ -262,8 +341,9 @@ class TakeFirst:
 class BatchTrain:
     """Augmented clips -> training batches of exactly `clips_per_batch` stream positions each.
 
-    A failed item leaves its rows out (the batch is that much smaller) and is reported in the batch's
-    `bad` list of (key, reason); so every worker yields its planned number of batches whatever fails.
+    Failed samples come replaced (`ReplaceBad`), their failures in the item's `__bad__`, gathered in the
+    batch's `bad` list of (key, shard, reason); an item that is still an error leaves its rows out (the
+    loader then stops the run). Every worker yields its planned number of batches whatever fails.
     The batch holds pixels (`pixel_shape` per row), each row's erased box (`erase`) and the seed parts
     of its mixing generator (`mix_seed`: seed parts, batch index); `finish_train_batch` completes it.
     """
@@ -299,7 +379,7 @@ class BatchTrain:
         batch = collate_rows(rows) if rows else empty_batch(self.pixel_shape)
         batch["erase"] = [box for item in good for _, box in item["views"]]
         batch["mix_seed"] = (*self.seed_parts, batch_index)
-        batch["bad"] = [(item["__key__"], item["__error__"]) for item in group if "__error__" in item]
+        batch["bad"] = [entry for item in group for entry in item.get("__bad__", ())]
         return batch
 
 
@@ -319,7 +399,7 @@ class BatchEval:
 
     def __call__(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
         rows: list[tuple[torch.Tensor, int, str, int]] = []
-        bad: list[tuple[str, str]] = []
+        bad: list[BadEntry] = []
         padding = (torch.zeros(self.pixel_shape, dtype=torch.uint8), -1, "", -1)
         for item in items:
             if "views" in item:
@@ -327,7 +407,7 @@ class BatchEval:
             else:
                 rows += [padding] * self.views_per_sample
                 if "__error__" in item:
-                    bad.append((item["__key__"], item["__error__"]))
+                    bad.append(bad_entry(item))
             while len(rows) >= self.rows_per_batch:
                 yield {**collate_rows(rows[: self.rows_per_batch]), "bad": bad}
                 rows, bad = rows[self.rows_per_batch :], []

@@ -6,12 +6,22 @@ HK[:, c, d] / HV[:, d, c]); the D convolved copies are stacked along the key axi
 scaled_dot_product_attention call computes the joint softmax over (key, d). `structsa_reference`
 evaluates the paper's two-stage definition literally (explicit neighbourhoods, correlation
 patterns and dynamic value kernels) and is only meant for small inputs in tests.
+
+The paper's ablation forms (its basic form, appendix A.1) are options of the same module:
+- correlation="dot": dot-product correlation read by kernels shared by all channels,
+  a[i, j, d] = scale * sum_m (q_i . K_j[m]) U^K[m, d]; `k_conv` is then a 1 -> D convolution
+  applied to every channel alike, weight (D, 1, *kernel) holding U^K[m, d].
+- aggregation="shared": y[i, c] = sum_j sum_d sum_m A[i, j, d] U^V[m, d] V_j[m, c], `v_conv`
+  weight (D, 1, *kernel); aggregation="element": y[i, c] = sum_j sum_d A[i, j, d] u^V[d] v_j[c]
+  (no value neighbourhood), `v_conv` a 1x1 (x1) convolution with weight (D, 1, 1, ...) = u^V[d].
+Shared kernels act on each channel map separately, so the D copies keep the c*D + d layout.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -86,9 +96,11 @@ class StructSA(nn.Module):
     """Structural self-attention on a (T, H, W) or (H, W) token grid, fast (fused SDPA) form.
 
     structure_dim D: number of structure detectors; kernel_size M per axis (odd); stride S of the
-    key/value convolution, spatial only for video ((1, S, S)). The k/v convolutions start at the
-    centre tap plus trunc-normal(0.02) noise: D near-identical copies of each key leave the softmax
-    unchanged, so a fresh StructSA starts close to plain attention.
+    key/value convolution, spatial only for video ((1, S, S)). correlation / aggregation pick the
+    experiments' channel-wise form (default) or one of the paper's ablation forms (module docstring).
+    The k/v kernels start at the centre tap plus trunc-normal(0.02) noise: D near-identical copies
+    of each key leave the softmax unchanged, so a fresh StructSA starts close to plain attention
+    (exactly plain attention without the noise, for stride 1).
     """
 
     def __init__(
@@ -100,6 +112,8 @@ class StructSA(nn.Module):
         structure_dim: int = 4,
         kernel_size: int = 3,
         stride: int = 1,
+        correlation: Literal["channel", "dot"] = "channel",
+        aggregation: Literal["channel", "shared", "element"] = "channel",
         qkv_bias: bool = True,
         lsa: bool = False,
         fused_attention: bool = True,
@@ -107,6 +121,11 @@ class StructSA(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if correlation not in ("channel", "dot") or aggregation not in ("channel", "shared", "element"):
+            raise ValueError(
+                f"StructSA correlation must be 'channel' or 'dot' and aggregation 'channel', 'shared' or "
+                f"'element', got correlation={correlation!r} aggregation={aggregation!r}"
+            )
         if structure_dim < 1 or kernel_size < 1 or kernel_size % 2 == 0 or stride < 1:
             raise ValueError(
                 f"StructSA needs structure_dim >= 1, an odd kernel_size and stride >= 1, got "
@@ -114,14 +133,25 @@ class StructSA(nn.Module):
             )
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.structure_dim = structure_dim
+        self.correlation, self.aggregation = correlation, aggregation
         ndim = 3 if video else 2
         self.kernel = (kernel_size,) * ndim
         self.stride = (1, stride, stride) if video else (stride, stride)
         conv = nn.Conv3d if video else nn.Conv2d
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        depthwise = {"stride": self.stride, "padding": kernel_size // 2, "groups": dim, "bias": False}
-        self.k_conv = conv(dim, dim * structure_dim, kernel_size, **depthwise)
-        self.v_conv = conv(dim, dim * structure_dim, kernel_size, **depthwise)
+        strided = {"stride": self.stride, "bias": False}
+        depthwise = {**strided, "padding": kernel_size // 2, "groups": dim}
+        shared = {**strided, "padding": kernel_size // 2}
+        if correlation == "channel":
+            self.k_conv = conv(dim, dim * structure_dim, kernel_size, **depthwise)
+        else:
+            self.k_conv = conv(1, structure_dim, kernel_size, **shared)
+        if aggregation == "channel":
+            self.v_conv = conv(dim, dim * structure_dim, kernel_size, **depthwise)
+        elif aggregation == "shared":
+            self.v_conv = conv(1, structure_dim, kernel_size, **shared)
+        else:  # element: a 1x1 kernel with the keys' stride picks each key's own value
+            self.v_conv = conv(1, structure_dim, 1, **strided)
         self.proj = nn.Linear(dim, dim)
         self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), self.head_dim**-0.5)) if lsa else None
         self.fused = fused_attention
@@ -132,7 +162,7 @@ class StructSA(nn.Module):
         with torch.no_grad():
             for conv in (self.k_conv, self.v_conv):
                 nn.init.trunc_normal_(conv.weight, std=0.02)
-                centre = (slice(None), 0, *(k // 2 for k in self.kernel))
+                centre = (slice(None), 0, *(k // 2 for k in conv.kernel_size))
                 conv.weight[centre] += 1.0
 
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -145,7 +175,10 @@ class StructSA(nn.Module):
     def _structured(self, conv: nn.Module, t: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         """(B, h, N, c) -> the D convolved copies stacked on the key axis: (B, h, D * N_kv, c)."""
         batch, heads, _, head_dim = t.shape
-        maps = conv(t.transpose(2, 3).reshape(batch, heads * head_dim, *grid))
+        maps = t.transpose(2, 3).reshape(batch, heads * head_dim, *grid)
+        if conv.in_channels == 1:  # kernels shared by all channels: every channel map is its own sample
+            maps = maps.reshape(batch * heads * head_dim, 1, *grid)
+        maps = conv(maps)
         num_kv = math.prod(maps.shape[2:])
         # channel heads*c + ch, copy d lives at output channel (head*c + ch) * D + d
         maps = maps.reshape(batch, heads, head_dim, self.structure_dim, num_kv).permute(0, 1, 3, 4, 2)
@@ -187,26 +220,34 @@ def neighbourhoods(maps: torch.Tensor, kernel: Sequence[int], stride: Sequence[i
 def structsa_reference(module: StructSA, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     """The paper's literal StructSA with `module`'s weights (O(N^2 * M * C) memory: small inputs only).
 
-    a[i, j, d] = scale * sum_m sum_c q[i, c] K_j[m, c] HK[m, c, d]; softmax jointly over (j, d);
-    y[i, c] = sum_j sum_m (sum_d A[i, j, d] HV[m, d, c]) V_j[m, c].
+    correlation "channel": a[i, j, d] = scale * sum_m sum_c q[i, c] K_j[m, c] HK[m, c, d];
+    correlation "dot":     a[i, j, d] = scale * sum_m (sum_c q[i, c] K_j[m, c]) U^K[m, d].
+    Softmax jointly over (j, d). Then
+    aggregation "channel": y[i, c] = sum_j sum_m (sum_d A[i, j, d] HV[m, d, c]) V_j[m, c];
+    aggregation "shared":  y[i, c] = sum_j sum_m (sum_d A[i, j, d] U^V[m, d]) V_j[m, c];
+    aggregation "element": y[i, c] = sum_j (sum_d A[i, j, d] u^V[d]) v_j[c].
     """
     batch, tokens, dim = x.shape
     heads, head_dim, depth = module.num_heads, module.head_dim, module.structure_dim
     q, k, v = module.qkv_heads(x)
 
-    def neighbourhood_heads(t: torch.Tensor) -> torch.Tensor:
+    def neighbourhood_heads(t: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
         maps = t.transpose(2, 3).reshape(batch, dim, *grid)
-        local = neighbourhoods(maps, module.kernel, module.stride)  # (B, C, N_kv, M)
+        local = neighbourhoods(maps, kernel, module.stride)  # (B, C, N_kv, M)
         return local.reshape(batch, heads, head_dim, *local.shape[2:]).permute(0, 1, 3, 4, 2)
 
-    k_local, v_local = neighbourhood_heads(k), neighbourhood_heads(v)  # (B, h, N_kv, M, c)
+    k_local = neighbourhood_heads(k, module.kernel)  # (B, h, N_kv, M, c)
     taps = k_local.shape[3]
-    hk = module.k_conv.weight.reshape(heads, head_dim, depth, taps)  # HK[m, c, d] per head
-    hv = module.v_conv.weight.reshape(heads, head_dim, depth, taps)  # HV[m, d, c] per head
 
-    # Stage 1: local patterns of the channel-wise query-key correlation, read by D detectors.
-    correlation = q[:, :, :, None, None, :] * k_local[:, :, None]  # (B, h, N, N_kv, M, c)
-    logits = torch.einsum("bhijmc,hcdm->bhijd", correlation, hk)
+    # Stage 1: local patterns of the query-key correlation, read by D detectors.
+    if module.correlation == "channel":
+        hk = module.k_conv.weight.reshape(heads, head_dim, depth, taps)  # HK[m, c, d] per head
+        correlation = q[:, :, :, None, None, :] * k_local[:, :, None]  # (B, h, N, N_kv, M, c): diag(q_i) K_j
+        logits = torch.einsum("bhijmc,hcdm->bhijd", correlation, hk)
+    else:
+        uk = module.k_conv.weight.reshape(depth, taps)  # U^K[m, d], one kernel for all channels
+        correlation = torch.einsum("bhic,bhjmc->bhijm", q, k_local)  # (B, h, N, N_kv, M): q_i . K_j[m]
+        logits = torch.einsum("bhijm,dm->bhijd", correlation, uk)
     if module.temperature is None:
         logits = logits * head_dim**-0.5
     else:
@@ -215,9 +256,22 @@ def structsa_reference(module: StructSA, x: torch.Tensor, grid: Sequence[int]) -
         logits = logits.masked_fill(own[..., None], float("-inf"))
     probs = logits.flatten(-2).softmax(dim=-1).reshape(logits.shape)
 
-    # Stage 2: each attended key contributes a dynamic kernel over its value neighbourhood.
-    value_kernels = torch.einsum("bhijd,hcdm->bhijmc", probs, hv)
-    y = torch.einsum("bhijmc,bhjmc->bhic", value_kernels, v_local)
+    # Stage 2: each attended key contributes a dynamic kernel over its value neighbourhood
+    # (element-wise: a scalar weight on its own value).
+    if module.aggregation == "channel":
+        v_local = neighbourhood_heads(v, module.kernel)
+        hv = module.v_conv.weight.reshape(heads, head_dim, depth, taps)  # HV[m, d, c] per head
+        value_kernels = torch.einsum("bhijd,hcdm->bhijmc", probs, hv)
+        y = torch.einsum("bhijmc,bhjmc->bhic", value_kernels, v_local)
+    elif module.aggregation == "shared":
+        v_local = neighbourhood_heads(v, module.kernel)
+        uv = module.v_conv.weight.reshape(depth, taps)  # U^V[m, d]
+        value_kernels = torch.einsum("bhijd,dm->bhijm", probs, uv)
+        y = torch.einsum("bhijm,bhjmc->bhic", value_kernels, v_local)
+    else:
+        v_own = neighbourhood_heads(v, (1,) * len(grid))[:, :, :, 0]  # (B, h, N_kv, c): v_j itself
+        uv = module.v_conv.weight.reshape(depth)  # u^V[d]
+        y = torch.einsum("bhijd,d,bhjc->bhic", probs, uv, v_own)
     return module.proj(y.transpose(1, 2).reshape(batch, tokens, dim))
 
 

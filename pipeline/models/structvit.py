@@ -2,12 +2,21 @@
 
 Image input (B, C, H, W); video input (B, C, T, H, W) when built with num_frames. Stages 1-2 are
 convolution blocks, stages 3-4 attention blocks (global over all T*H*W tokens). Parameter names
-follow the public UniFormer layout (patch_embed1-4, blocks1-4, norm, head) so its checkpoints load.
+follow the public UniFormer layout (patch_embed1-4, blocks1-4, norm, head; gamma_1 / gamma_2 for
+layer scale, aux_head for the token-labeling head) so its checkpoints load key for key
+(`pipeline.models.inflate`).
+
+Variants: `uniformer_{s,b,l}` (L with layer scale, as the only published UniFormer-L,
+uniformer_large_ls, has it), `structvit_{size}_{D}_{S}` and the paper's ablation forms of each:
+`..._dot` (dot-product correlation, U^K and U^V shared by all channels: the paper's basic form),
+`..._cwcorr` (channel-wise correlation, shared U^V), `..._elem` (channel-wise correlation,
+element-wise aggregation u^V) and `..._m5` (5x5(x5) structure kernels).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -51,7 +60,9 @@ class PatchEmbed(nn.Module):
 class ConvBlock(nn.Module):
     """UniFormer convolution block: CPE, BN -> PW -> DW 5x5(x5) -> PW, BN -> conv MLP."""
 
-    def __init__(self, dim: int, *, video: bool, mlp_ratio: float, drop_path: float) -> None:
+    def __init__(
+        self, dim: int, *, video: bool, mlp_ratio: float, drop_path: float, layer_scale: float | None = None
+    ) -> None:
         super().__init__()
         conv = nn.Conv3d if video else nn.Conv2d
         norm = nn.BatchNorm3d if video else nn.BatchNorm2d
@@ -63,12 +74,29 @@ class ConvBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = norm(dim)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), conv)
+        # layer scale as UniFormer-L-LS has it: per-channel branch gains, (1, C, 1, 1[, 1]) here
+        gain_shape = (1, dim) + (1,) * (3 if video else 2)
+        self.gamma_1, self.gamma_2 = _layer_scales(gain_shape, layer_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *grid) -> same shape."""
         x = x + self.pos_embed(x)
-        x = x + self.drop_path(self.conv2(self.attn(self.conv1(self.norm1(x)))))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(_scaled(self.gamma_1, self.conv2(self.attn(self.conv1(self.norm1(x))))))
+        return x + self.drop_path(_scaled(self.gamma_2, self.mlp(self.norm2(x))))
+
+
+def _layer_scales(
+    shape: tuple[int, ...], init: float | None
+) -> tuple[nn.Parameter, nn.Parameter] | tuple[None, None]:
+    """Two branch gains filled with `init` (None: no layer scale, no parameters)."""
+    if init is None:
+        return None, None
+    return nn.Parameter(torch.full(shape, init)), nn.Parameter(torch.full(shape, init))
+
+
+def _scaled(gamma: torch.Tensor | None, branch: torch.Tensor) -> torch.Tensor:
+    """`branch` times its layer-scale gain, or unchanged without layer scale."""
+    return branch if gamma is None else gamma * branch
 
 
 class AttentionBlock(nn.Module):
@@ -85,6 +113,9 @@ class AttentionBlock(nn.Module):
         structure_dim: int,
         structure_kernel: int,
         structure_stride: int,
+        structure_correlation: Literal["channel", "dot"],
+        structure_aggregation: Literal["channel", "shared", "element"],
+        layer_scale: float | None,
         lsa: bool,
         fused_attention: bool,
     ) -> None:
@@ -100,6 +131,8 @@ class AttentionBlock(nn.Module):
                 structure_dim=structure_dim,
                 kernel_size=structure_kernel,
                 stride=structure_stride,
+                correlation=structure_correlation,
+                aggregation=structure_aggregation,
                 lsa=lsa,
                 fused_attention=fused_attention,
             )
@@ -108,14 +141,15 @@ class AttentionBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.gamma_1, self.gamma_2 = _layer_scales((dim,), layer_scale)  # (C,) on tokens, as UniFormer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *grid) -> same shape; attention is global over the whole grid."""
         x = x + self.pos_embed(x)
         batch, chans, *grid = x.shape
         tokens = x.flatten(2).transpose(1, 2)
-        tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), grid))
-        tokens = tokens + self.drop_path(self.mlp(self.norm2(tokens)))
+        tokens = tokens + self.drop_path(_scaled(self.gamma_1, self.attn(self.norm1(tokens), grid)))
+        tokens = tokens + self.drop_path(_scaled(self.gamma_2, self.mlp(self.norm2(tokens))))
         return tokens.transpose(1, 2).reshape(batch, chans, *grid)
 
 
@@ -136,12 +170,20 @@ class StructViT(nn.Module):
         structure_dim: int = 4,
         structure_kernel: int = 3,
         structure_stride: int = 1,
+        structure_correlation: Literal["channel", "dot"] = "channel",
+        structure_aggregation: Literal["channel", "shared", "element"] = "channel",
+        layer_scale: float | None = None,
+        token_head: bool = False,
         drop_path_rate: float = 0.1,
         checkpoint_blocks: bool | Sequence[int] = False,
         spt: bool = False,
         lsa: bool = False,
         fused_attention: bool = True,
     ) -> None:
+        """structure_*: StructSA's D (0 = plain attention, UniFormer), kernel M, stride S and form;
+        layer_scale: initial branch gain of every block (None = off; UniFormer-L-LS: 1e-6);
+        token_head: UniFormer's token-labeling head `aux_head` (its inference adds 0.5 x the
+        largest per-token logit to the pooled logit; the token-label loss is not implemented)."""
         super().__init__()
         if len(depths) != 4 or len(dims) != 4:
             raise ValueError(f"StructViT has 4 stages: got depths={list(depths)} dims={list(dims)}")
@@ -167,7 +209,10 @@ class StructViT(nn.Module):
 
         rates = drop_path_rates(depths, drop_path_rate)
         self.blocks1, self.blocks2 = (
-            nn.ModuleList(ConvBlock(dims[i], video=video, mlp_ratio=mlp_ratio, drop_path=r) for r in rates[i])
+            nn.ModuleList(
+                ConvBlock(dims[i], video=video, mlp_ratio=mlp_ratio, drop_path=r, layer_scale=layer_scale)
+                for r in rates[i]
+            )
             for i in (0, 1)
         )
         self.blocks3, self.blocks4 = (
@@ -181,6 +226,9 @@ class StructViT(nn.Module):
                     structure_dim=structure_dim,
                     structure_kernel=structure_kernel,
                     structure_stride=structure_stride,
+                    structure_correlation=structure_correlation,
+                    structure_aggregation=structure_aggregation,
+                    layer_scale=layer_scale,
                     lsa=lsa,
                     fused_attention=fused_attention,
                 )
@@ -190,6 +238,7 @@ class StructViT(nn.Module):
         )
         self.norm = nn.BatchNorm3d(dims[3]) if video else nn.BatchNorm2d(dims[3])
         self.head = nn.Linear(dims[3], num_classes)
+        self.aux_head = nn.Linear(dims[3], num_classes) if token_head else None
         # init_linear_and_norm touches only Linear / LayerNorm, so StructSA's own k/v init survives.
         self.apply(init_linear_and_norm)
         self.checkpoint_counts = resolve_checkpoint_counts(checkpoint_blocks, self.depths)
@@ -199,8 +248,9 @@ class StructViT(nn.Module):
         self.checkpoint_counts = resolve_checkpoint_counts(enable, self.depths)
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names to keep out of weight decay besides 1-D ones: the LSA temperatures."""
-        return {name for name, _ in self.named_parameters() if name.endswith("temperature")}
+        """Parameter names to keep out of weight decay besides 1-D ones: LSA temperatures, layer scales."""
+        kept = ("temperature", "gamma_1", "gamma_2")
+        return {name for name, _ in self.named_parameters() if name.endswith(kept)}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, [T], H, W) -> the normalised last-stage feature map (B, C4, [T'], H / 32, W / 32)."""
@@ -219,8 +269,16 @@ class StructViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        """Global average pool of a feature map, then the classifier: (B, num_classes)."""
-        return self.head(x.flatten(2).mean(-1))
+        """Global average pool of a feature map, then the classifier: (B, num_classes).
+
+        With the token-labeling head, UniFormer's inference rule: plus 0.5 x each class's largest
+        per-token logit.
+        """
+        tokens = x.flatten(2)
+        logits = self.head(tokens.mean(-1))
+        if self.aux_head is not None:
+            logits = logits + 0.5 * self.aux_head(tokens.transpose(1, 2)).amax(dim=1)
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits for a batch of images or clips."""
@@ -230,19 +288,37 @@ class StructViT(nn.Module):
 _SIZES = {
     "s": {"depths": (3, 4, 8, 3), "dims": (64, 128, 320, 512), "head_dim": 64, "drop_path_rate": 0.1},
     "b": {"depths": (5, 8, 20, 7), "dims": (64, 128, 320, 512), "head_dim": 64, "drop_path_rate": 0.3},
-    "l": {"depths": (5, 10, 24, 7), "dims": (128, 192, 448, 640), "head_dim": 64, "drop_path_rate": 0.4},
+    # layer scale 1e-6 as in uniformer_large_ls, the only UniFormer-L whose weights exist
+    "l": {
+        "depths": (5, 10, 24, 7),
+        "dims": (128, 192, 448, 640),
+        "head_dim": 64,
+        "drop_path_rate": 0.4,
+        "layer_scale": 1e-6,
+    },
     # CPU demos and tests: trains on 8x64x64 clips in well under a second per step at batch 8.
     "tiny": {"depths": (1, 1, 2, 1), "dims": (16, 32, 64, 128), "head_dim": 16, "drop_path_rate": 0.0},
+}
+
+# The paper's ablation forms (appendix A.1 / its ablation table) as name suffixes of every StructViT.
+_FORMS: dict[str, dict[str, object]] = {
+    "": {},
+    "_dot": {"structure_correlation": "dot", "structure_aggregation": "shared"},
+    "_cwcorr": {"structure_aggregation": "shared"},
+    "_elem": {"structure_aggregation": "element"},
+    "_m5": {"structure_kernel": 5},
 }
 
 for _size, _preset in _SIZES.items():
     register_model(f"uniformer_{_size}", StructViT, structure_dim=0, **_preset)
     for _depth in (1, 2, 4, 8):
         for _stride in (1, 2):
-            register_model(
-                f"structvit_{_size}_{_depth}_{_stride}",
-                StructViT,
-                structure_dim=_depth,
-                structure_stride=_stride,
-                **_preset,
-            )
+            for _suffix, _form in _FORMS.items():
+                register_model(
+                    f"structvit_{_size}_{_depth}_{_stride}{_suffix}",
+                    StructViT,
+                    structure_dim=_depth,
+                    structure_stride=_stride,
+                    **_form,
+                    **_preset,
+                )

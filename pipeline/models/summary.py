@@ -1,6 +1,7 @@
 """Measuring models: parameters, GFLOPs per view, peak CPU memory; and the summary command.
 
     python -m pipeline.models.summary structvit_s_4_1 --frames 16 --img-size 224
+    python -m pipeline.models.summary            # the paper's variants: its figures beside ours
 
 FLOPs: torch.utils.flop_counter counts matmuls, convolutions and the attention matmuls of
 scaled_dot_product_attention (q.k and attn.v) at 2 per multiply-add; the papers (fvcore) count a
@@ -91,16 +92,81 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
     return max(total for _, _, total in allocations) - start
 
 
-_DESCRIPTION = "Parameters and GFLOPs (multiply-add = 1) per view of a registered model."
+# The StructViT paper's reported figures (spec section 2): (model, frames, params M, GFLOPs per view).
+# Image rows are 224x224 ImageNet models; the K400 rows are the paper's per-video totals divided by
+# its 4 views (16x1x4 for S, 32x1x4 for B), for which it gives no parameter count.
+PAPER_FIGURES: list[tuple[str, int | None, float | None, float]] = [
+    ("uniformer_s", None, 22, 3.6),
+    ("structvit_s_4_2", None, 23, 3.6),
+    ("structvit_s_4_1", None, 23, 4.3),
+    ("structvit_s_8_1", None, 24, 5.4),
+    ("uniformer_b", None, 50, 8.3),
+    ("structvit_b_4_2", None, 51, 8.3),
+    ("structvit_b_4_1", None, 51, 9.9),
+    ("structvit_b_8_1", None, 52, 12.0),
+    ("structvit_l_4_1", None, 103, 15.4),
+    ("structvit_s_4_2", 16, None, 42),
+    ("structvit_s_4_1", 16, None, 81.8),
+    ("structvit_s_8_1", 16, None, 135),
+    ("structvit_b_4_2", 32, None, 261),
+    ("structvit_b_4_1", 32, None, 665),
+]
+
+
+def paper_comparison() -> list[dict[str, Any]]:
+    """Ours beside the paper's figures for each of its variants, with the relative differences."""
+    rows = []
+    for name, frames, params_m, gflops in PAPER_FIGURES:
+        row = summarize(name, num_frames=frames)
+        row["paper_params_m"], row["paper_gflops"] = params_m, gflops
+        row["params_diff"] = None if params_m is None else row["params_m"] / params_m - 1
+        row["gflops_diff"] = row["gflops"] / gflops - 1
+        rows.append(row)
+    return rows
+
+
+def print_paper_comparison() -> None:
+    """The paper-variant table of `python -m pipeline.models.summary` without model names."""
+    print("StructViT paper's figures vs this implementation (params M, GFLOPs per view, multiply-add = 1)")
+    params, gflops = f"{'params':>7} {'paper':>6} {'diff':>7}", f"{'GFLOPs':>8} {'paper':>6} {'diff':>7}"
+    print(f"{'model':<18} {'view':>12} {params} {gflops}")
+    for row in paper_comparison():
+        view = f"{row['img_size']}x{row['img_size']}"
+        if row["frames"]:
+            view = f"{row['frames']}x{view}"
+        if row["paper_params_m"] is None:
+            paper_params = f"{'-':>6} {'-':>7}"
+        else:
+            paper_params = f"{row['paper_params_m']:>6g} {row['params_diff']:>+7.1%}"
+        print(
+            f"{row['model']:<18} {view:>12} {row['params_m']:>7.1f} {paper_params} "
+            f"{row['gflops']:>8.1f} {row['paper_gflops']:>6g} {row['gflops_diff']:>+7.1%}"
+        )
+    print("Paper figures are rounded (params to 1M, GFLOPs to 0.1G); K400: the paper's totals / 4 views.")
+    print(
+        "L-4-1 GFLOPs: the paper's 15.4 sits on UniFormer-L's published 12.6, which UniFormer-L's own depths "
+        "and widths do not reproduce (19.7 here); see the model spec, section 2."
+    )
+
+
+_DESCRIPTION = (
+    "Parameters and GFLOPs (multiply-add = 1) per view of a registered model; "
+    "without names, the paper's variants beside the paper's figures."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and print one summary line per model."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.models.summary", description=_DESCRIPTION)
-    parser.add_argument("names", nargs="+", metavar="NAME", help="registered model name(s), or 'all'")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="registered model name(s), or 'all'; none: the paper table"
+    )
     parser.add_argument("--frames", type=int, default=None, help="frames per clip (video); image if unset")
     parser.add_argument("--img-size", type=int, default=224, help="input height = width in pixels")
     args = parser.parse_args(argv)
+    if not args.names:
+        print_paper_comparison()
+        return 0
     names = list_models() if args.names == ["all"] else args.names
     unknown = [n for n in names if n not in list_models()]
     if unknown:

@@ -7,6 +7,7 @@ MASTER_PORT), as set by launch/local.py, torchrun or the Slurm launcher.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pipeline.config import ConfigError
@@ -27,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg)
         teardown_distributed()  # this process ends here: stop gloo's threads before the interpreter exits
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # An error every rank raised together is printed once, by rank 0.
+        if not getattr(err, "agreed_by_all_ranks", False) or os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 

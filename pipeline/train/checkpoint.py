@@ -2,20 +2,27 @@
 
 Layout of `<run>/checkpoints/`:
   step_00000120/            one DeepSpeed checkpoint (every rank wrote its part)
-    trainer_state.pt        client state: step, epoch, config + hash, world size, and per rank the
-                            loader state and RNG states
-    COMPLETE                written by rank 0 after every rank finished: without it the tag never counts
+    trainer_state.pt        client state: step, epoch, config + hash, world size, batch per rank, and
+                            one `RankState` per rank (loader position, random generators, BN statistics)
+    COMPLETE                written by rank 0 last: the name, size and sha256 of every other file
+  step_00000120_universal/  the same state re-cut for another world size (made on demand, see engine.py)
   latest                    the newest complete tag, written after its marker (atomically)
 
-The DeepSpeed files are written by `engine.save_checkpoint`; this module owns the rest.
+A tag counts only when its marker exists and every file it lists is there with its size and digest:
+bytes that rotted on disk, a truncated or deleted file, never count. Resume tries the tags newest
+first and falls back past any that does not verify or fails to load. The DeepSpeed files are written
+by `engine.save_checkpoint`; this module owns the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import shutil
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +30,14 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError
+from pipeline.data.loader import LoaderState
 from pipeline.io import atomic_open, atomic_write_json, atomic_write_text
 
 TAG_PREFIX = "step_"
 MARKER = "COMPLETE"
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
+DIGEST_CHUNK = 1 << 22
 
 
 def tag_for_step(step: int) -> str:
@@ -36,73 +45,113 @@ def tag_for_step(step: int) -> str:
     return f"{TAG_PREFIX}{step:08d}"
 
 
+def is_tag_name(name: str) -> bool:
+    """Whether `name` is a checkpoint tag (`step_` and eight digits)."""
+    return name.startswith(TAG_PREFIX) and name[len(TAG_PREFIX) :].isdigit()
+
+
 def is_complete(tag_dir: Path) -> bool:
-    """A checkpoint counts only when its completion marker and trainer state exist."""
+    """A checkpoint is finished when its completion marker and trainer state exist (not yet verified)."""
     return (tag_dir / MARKER).is_file() and (tag_dir / TRAINER_STATE).is_file()
 
 
 def complete_tags(folder: Path) -> list[Path]:
-    """Complete checkpoint folders under `folder`, oldest first."""
+    """Finished checkpoint folders under `folder`, oldest first."""
     if not folder.is_dir():
         return []
-    tags = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(TAG_PREFIX) and is_complete(p)]
+    tags = [p for p in folder.iterdir() if p.is_dir() and is_tag_name(p.name) and is_complete(p)]
     return sorted(tags, key=lambda p: p.name)
 
 
-def find_resume_checkpoint(folder: Path, resume: str) -> Path | None:
-    """The checkpoint folder to start from: `auto` (latest, else newest complete), `none`, or a path.
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and sha256 of one file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(DIGEST_CHUNK):
+            digest.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
-    A broken `latest` (missing, unreadable, pointing at an incomplete tag) falls back to the newest
-    complete tag with a warning. An explicit path that is not a complete checkpoint is an error.
+
+def checkpoint_files(tag_dir: Path) -> list[str]:
+    """The files a marker must describe: everything in the tag folder but the marker itself."""
+    return sorted(p.name for p in tag_dir.iterdir() if p.is_file() and p.name != MARKER)
+
+
+def checkpoint_problem(tag_dir: Path) -> str | None:
+    """Why `tag_dir` must not be resumed (missing marker, a file missing, resized or changed), or None.
+
+    Markers written before digests were recorded hold no file list: their tags pass on existence alone.
     """
-    if resume == "none":
+    if not is_complete(tag_dir):
+        return f"no {MARKER} marker or {TRAINER_STATE}"
+    try:
+        marker = json.loads((tag_dir / MARKER).read_text(encoding="utf-8"))
+        files = marker.get("files", {})
+    except (OSError, ValueError, AttributeError) as err:
+        return f"unreadable {MARKER} marker ({err})"
+    for name, expected in sorted(files.items()):
+        path = tag_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, the marker says {expected['bytes']}"
+        if file_digest(path)["sha256"] != expected["sha256"]:
+            return f"{name} changed since it was written (sha256 differs)"
+    return None
+
+
+def read_latest(folder: Path) -> str | None:
+    """The tag `latest` names, or None when it is missing or holds anything but a tag name."""
+    try:
+        name = (folder / LATEST).read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
         return None
+    return name if is_tag_name(name) else None
+
+
+def resume_candidates(folder: Path, resume: str) -> list[Path]:
+    """The checkpoints to try, in order: `auto` (what `latest` names, then every finished tag newest
+    first), `none` (nothing), or a path (that checkpoint only; not a finished one is an error)."""
+    if resume == "none":
+        return []
     if resume != "auto":
         path = Path(resume)
         if not is_complete(path):
             raise ConfigError(
                 f"checkpoint.resume: '{path}' is not a complete checkpoint (no {MARKER} marker)"
             )
-        return path
-    tags = complete_tags(folder)
-    latest_file = folder / LATEST
-    if latest_file.is_file():
-        named = folder / latest_file.read_text().strip()
-        if named.is_dir() and is_complete(named):
-            return named
-        fallback = tags[-1].name if tags else "none, starting fresh"
+        return [path]
+    tags = complete_tags(folder)[::-1]
+    named = read_latest(folder)
+    if named is not None and folder / named in tags:
+        tags.remove(folder / named)
+        return [folder / named, *tags]
+    if tags and (folder / LATEST).exists():
         warnings.warn(
-            f"{latest_file} points at '{named.name}', which is not a complete checkpoint; using {fallback}",
+            f"{folder / LATEST} does not name a complete checkpoint; trying the newest, {tags[0].name}",
             stacklevel=2,
         )
     elif tags:
         warnings.warn(
-            f"{latest_file} is missing; using the newest complete checkpoint {tags[-1].name}", stacklevel=2
+            f"{folder / LATEST} is missing; trying the newest checkpoint {tags[0].name}", stacklevel=2
         )
-    return tags[-1] if tags else None
+    return tags
 
 
-@dataclass
-class TrainerState:
-    """What the trainer needs besides the DeepSpeed state to continue exactly where it stopped."""
-
-    step: int  # optimizer steps done
-    epoch: int  # epoch the next batch belongs to
-    world_size: int
-    config: dict[str, Any]  # resolved config of the run that saved it
-    config_hash: str
-    model_arguments: dict[str, Any]  # create_model(**model_arguments) rebuilds the network
-    ranks: list[dict[str, Any]]  # per rank: {"loader": LoaderState dict, "rng": rng_state()}
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain containers only, so the file loads with `torch.load(weights_only=True)`."""
-        return dict(vars(self))
-
-
-def read_trainer_state(tag_dir: Path) -> TrainerState:
-    """Read the trainer state of a complete checkpoint."""
-    data = torch.load(tag_dir / TRAINER_STATE, map_location="cpu", weights_only=False)
-    return TrainerState(**data)
+def find_resume_checkpoint(folder: Path, resume: str, skip: Sequence[Path] = ()) -> Path | None:
+    """The first of `resume_candidates` (not in `skip`) whose files verify; each one skipped is one
+    warning naming it. An explicit path that does not verify is an error.
+    """
+    for tag_dir in resume_candidates(folder, resume):
+        if tag_dir in skip:
+            continue
+        problem = checkpoint_problem(tag_dir)
+        if problem is None:
+            return tag_dir
+        if resume != "auto":
+            raise ConfigError(f"checkpoint.resume: '{tag_dir}' is damaged: {problem}")
+        warnings.warn(f"skipping checkpoint {tag_dir}: {problem}", stacklevel=2)
+    return None
 
 
 def rng_state() -> dict[str, Any]:
@@ -122,10 +171,74 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+@dataclass
+class RankState:
+    """One rank's part of a checkpoint besides DeepSpeed's: where its data stream stands, its random
+    generators (process-wide and the frame-shuffling control's) and its own BatchNorm statistics."""
+
+    loader: LoaderState
+    rng: dict[str, Any]
+    frame_rng: torch.Tensor
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers for the trainer state file."""
+        return {
+            "loader": self.loader.to_dict(),
+            "rng": self.rng,
+            "frame_rng": self.frame_rng,
+            "buffers": self.buffers,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RankState:
+        """Rebuild what `to_dict` wrote."""
+        return cls(
+            LoaderState.from_dict(data["loader"]), data["rng"], data["frame_rng"], data.get("buffers", {})
+        )
+
+
+@dataclass
+class TrainerState:
+    """What the trainer needs besides the DeepSpeed state to continue exactly where it stopped."""
+
+    step: int  # optimizer steps done
+    epoch: int  # epoch the next batch belongs to
+    world_size: int
+    config: dict[str, Any]  # resolved config of the run that saved it
+    config_hash: str
+    model_arguments: dict[str, Any]  # create_model(**model_arguments) rebuilds the network
+    ranks: list[RankState]
+    # The per-rank micro-batch and accumulation the saving job ran with (they adapt to the world size).
+    micro_batch: int = 0
+    grad_accum: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.micro_batch:  # saved before these were recorded: the config's values
+            self.micro_batch = self.config["data"]["batch_size"]
+            self.grad_accum = self.config["engine"]["grad_accum_steps"]
+
+    @property
+    def global_batch(self) -> int:
+        """Clips per optimizer step over all ranks."""
+        return self.micro_batch * self.grad_accum * self.world_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers only."""
+        return {**vars(self), "ranks": [rank.to_dict() for rank in self.ranks]}
+
+
+def read_trainer_state(tag_dir: Path) -> TrainerState:
+    """Read the trainer state of a complete checkpoint."""
+    data = torch.load(tag_dir / TRAINER_STATE, map_location="cpu", weights_only=False)
+    ranks = [RankState.from_dict(rank) for rank in data.pop("ranks")]
+    return TrainerState(**data, ranks=ranks)
+
+
 class CheckpointManager:
     """Finishes checkpoints (trainer state, marker, `latest`) and keeps the newest `keep` complete ones.
 
-    Rank 0 calls `finalize` after every rank has written its DeepSpeed files (after a barrier).
+    Rank 0 calls `write_state` and `finalize` after every rank has written its DeepSpeed files.
     """
 
     def __init__(self, folder: Path, keep: int) -> None:
@@ -137,12 +250,15 @@ class CheckpointManager:
         save that dies half way can never look complete."""
         (self.folder / tag / MARKER).unlink(missing_ok=True)
 
-    def finalize(self, tag: str, state: TrainerState) -> Path:
-        """Write trainer state, then the marker, then `latest`; prune older tags. Returns the tag folder."""
-        tag_dir = self.folder / tag
-        with atomic_open(tag_dir / TRAINER_STATE) as f:
+    def write_state(self, tag: str, state: TrainerState) -> None:
+        """Write the trainer state file of `tag`."""
+        with atomic_open(self.folder / tag / TRAINER_STATE) as f:
             torch.save(state.to_dict(), f)
-        atomic_write_json(tag_dir / MARKER, {"step": state.step, "world_size": state.world_size})
+
+    def finalize(self, tag: str, step: int, world_size: int, files: dict[str, dict[str, Any]]) -> Path:
+        """Write the marker (with every file's size and digest), then `latest`; prune older tags."""
+        tag_dir = self.folder / tag
+        atomic_write_json(tag_dir / MARKER, {"step": step, "world_size": world_size, "files": files})
         atomic_write_text(self.folder / LATEST, tag)
         self._prune(keep_tag=tag)
         return tag_dir
@@ -151,7 +267,14 @@ class CheckpointManager:
         complete = [p for p in complete_tags(self.folder) if p.name != keep_tag]
         for old in complete[: max(len(complete) - (self.keep - 1), 0)]:
             shutil.rmtree(old)
+            shutil.rmtree(universal_folder(old), ignore_errors=True)
         # Tags without a marker are leftovers of a run killed while saving: never resumable.
         for leftover in self.folder.glob(f"{TAG_PREFIX}*"):
-            if leftover.is_dir() and leftover.name != keep_tag and not is_complete(leftover):
+            unfinished = leftover.is_dir() and is_tag_name(leftover.name) and not is_complete(leftover)
+            if unfinished and leftover.name != keep_tag:
                 shutil.rmtree(leftover)
+
+
+def universal_folder(tag_dir: Path) -> Path:
+    """Where the world-size-independent copy of checkpoint `tag_dir` goes."""
+    return tag_dir.with_name(f"{tag_dir.name}_universal")

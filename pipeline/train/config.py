@@ -2,15 +2,17 @@
 
 `load_train_config(path, overrides)` is what every entry point calls (launch/local.py in the parent,
 `python -m pipeline.train` in each rank, the Slurm launcher): it fills `Config`, then checks what
-can be checked before any process group starts (shard folders exist, batch sizes divide). Every
-problem is a `ConfigError` worded as one line. This module imports no torch, so the launchers stay
-light.
+can be checked before any process group starts (shard folders and the shards their manifests list
+exist at their sizes, one global batch fits in the data, the clips are long enough, the model name
+is registered). Every problem is a `ConfigError` worded as one line. This module imports no torch at
+the top; the shard and model checks import the data and model packages when they run.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     layer_decay: float = 1.0  # lr multiplier per block from the head down; 1.0 disables it
+    # Consecutive optimizer steps with a non-finite loss (on any rank) before the run stops; it stops at
+    # once when the weights themselves turn non-finite. Non-finite weights are never saved.
+    max_nonfinite_steps: int = 3
     epochs: int = 60
     warmup_epochs: float = 5.0  # linear warm-up, converted to optimizer steps
     label_smoothing: float = 0.1
@@ -60,6 +65,8 @@ class OptimConfig:
             raise ValueError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.max_nonfinite_steps <= 0:
+            raise ValueError(f"optim.max_nonfinite_steps must be positive, got {self.max_nonfinite_steps}")
 
 
 @dataclass
@@ -72,10 +79,15 @@ class EngineConfig:
     clip_grad_norm: float = 0.0  # max global grad norm; 0 disables clipping
     # true/false for every block, or per stage how many blocks are checkpointed (UniFormer style).
     activation_checkpointing: bool | list[int] = False
+    # A collective that waits longer than this, seconds, means a peer is dead or hung: the rank fails
+    # instead of waiting for the job's time limit (a peer that exits is usually noticed at once).
+    collective_timeout_s: int = 600
 
     def __post_init__(self) -> None:
         if self.grad_accum_steps <= 0:
             raise ValueError(f"engine.grad_accum_steps must be positive, got {self.grad_accum_steps}")
+        if self.collective_timeout_s <= 0:
+            raise ValueError(f"engine.collective_timeout_s must be positive, got {self.collective_timeout_s}")
         if self.clip_grad_norm < 0:
             raise ValueError(f"engine.clip_grad_norm must be >= 0, got {self.clip_grad_norm}")
 
@@ -89,9 +101,9 @@ class CheckpointConfig:
     # auto: this run's `latest` (or its newest complete checkpoint); none: start fresh;
     # a path: that checkpoint folder.
     resume: str = "auto"
-    # Load only the weights (and the epoch) from the checkpoint: the way to continue on a different
-    # world size or after a config change. Optimizer moments restart; the epoch restarts from its
-    # first sample.
+    # Load only the weights (and the epoch) from the checkpoint: the way to continue after a config
+    # change. Optimizer moments restart; the epoch restarts from its first sample. (Another world size
+    # needs no such thing: the full state carries over, see pipeline.train.elastic.)
     weights_only: bool = False
 
     def __post_init__(self) -> None:
@@ -143,7 +155,19 @@ class Config:
 
 
 # Keys that may change between a checkpoint and its resume without changing the trajectory.
-RESUMABLE_CHANGES = ("name", "out_dir", "checkpoint.", "log.", "eval.", "max_steps")
+# Settings a resumed run may change: where things go, how often, and the safety limits.
+RESUMABLE_CHANGES = (
+    "name",
+    "out_dir",
+    "checkpoint.",
+    "log.",
+    "eval.",
+    "max_steps",
+    "engine.collective_timeout_s",
+    "optim.max_nonfinite_steps",
+    "data.max_bad_fraction",
+    "data.short_clips",
+)
 
 
 def load_train_config(
@@ -167,7 +191,9 @@ def check_config(cfg: Config, world_size: int) -> None:
             raise ConfigError(f"data.{key}: no shard folder given")
         for folder in folders:
             if not (Path(folder) / "manifest.json").is_file():
-                raise ConfigError(f"data.{key}: '{folder}' is not a shard folder (no manifest.json in it)")
+                unfinished = any(Path(folder).glob("*progress.json"))
+                why = "an unfinished sharding run: rerun it" if unfinished else "no manifest.json in it"
+                raise ConfigError(f"data.{key}: '{folder}' is not a shard folder ({why})")
     decoder_package = DECODER_PACKAGES.get(cfg.data.decoder)
     if decoder_package and not _importable(decoder_package):
         raise ConfigError(
@@ -180,6 +206,57 @@ def check_config(cfg: Config, world_size: int) -> None:
         raise ConfigError(f"world size must be positive, got {world_size}")
     if cfg.max_steps is not None and cfg.max_steps <= 0:
         raise ConfigError(f"max_steps must be positive, got {cfg.max_steps}")
+    check_model_name(cfg.model.name)
+    check_shards(cfg, world_size)
+
+
+def check_model_name(name: str) -> None:
+    """`name` is a registered model (the registry's error names the closest ones)."""
+    from pipeline.models.registry import get_model_spec  # importing pipeline.models registers them
+
+    try:
+        get_model_spec(name)
+    except ValueError as err:
+        raise ConfigError(f"model.name: {err}") from None
+
+
+def check_shards(cfg: Config, world_size: int) -> None:
+    """The shards the manifests list exist at their sizes, one global batch fits in data.train, and the
+    clips are long enough for the sampling (per data.short_clips)."""
+    from pipeline.data.manifest import ManifestError, load_shard_set
+
+    data = cfg.data
+    for key in ("train", "val"):
+        try:
+            shard_set = load_shard_set(getattr(data, key))
+        except ManifestError as err:
+            raise ConfigError(f"data.{key}: {err}") from None
+        global_batch = data.clips_per_batch * cfg.engine.grad_accum_steps * world_size
+        if key == "train" and shard_set.total < global_batch:
+            raise ConfigError(
+                f"data.batch_size: one global batch takes {global_batch} clips (data.batch_size "
+                f"{data.batch_size} / aug.repeated_aug {data.aug.repeated_aug} x engine.grad_accum_steps "
+                f"{cfg.engine.grad_accum_steps} x world size {world_size}), "
+                f"data.train holds {shard_set.total}"
+            )
+        counts = shard_set.frame_counts or {}
+        short = sum(clips for frames, clips in counts.items() if frames < data.frames_needed)
+        if not short:
+            continue
+        problem = (
+            f"data.num_frames={data.num_frames} ({data.sampling} sampling, data.frame_stride="
+            f"{data.frame_stride}) takes {data.frames_needed} frames per clip: {short} of the "
+            f"{shard_set.total} clips in data.{key} have fewer (the shortest {min(counts)})"
+        )
+        if data.short_clips == "error":
+            raise ConfigError(
+                f"{problem}; lower data.num_frames or data.frame_stride, or set data.short_clips=repeat "
+                "to repeat their last frame"
+            )
+        print(
+            f"[config] warning: {problem}; their last frame is repeated (data.short_clips=repeat)",
+            file=sys.stderr,
+        )
 
 
 # Import names of the decoders' packages (`auto` picks among the installed ones by itself).

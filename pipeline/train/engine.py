@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +26,6 @@ from torch import nn
 
 from pipeline.train.config import EngineConfig
 
-# Collectives that wait longer than this are a dead peer, not a slow one.
-COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -39,10 +39,11 @@ class DistInfo:
     device: torch.device
 
 
-def setup_distributed() -> DistInfo:
+def setup_distributed(timeout_s: float = 600) -> DistInfo:
     """Join the process group described by the torchrun-style variables (gloo on CPU, NCCL on GPU).
 
-    Missing variables are an error naming them, never a silent single-process run.
+    Missing variables are an error naming them, never a silent single-process run. A collective that
+    waits longer than `timeout_s` fails the rank: a dead or hung peer, not a slow one.
     """
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
@@ -66,7 +67,7 @@ def setup_distributed() -> DistInfo:
     deepspeed.init_distributed(
         dist_backend=accelerator.communication_backend_name(),
         auto_mpi_discovery=False,
-        timeout=COLLECTIVE_TIMEOUT,
+        timeout=timedelta(seconds=timeout_s),
         verbose=False,
     )
     return DistInfo(
@@ -95,13 +96,17 @@ def resolve_precision(cfg: EngineConfig) -> str:
     return "bf16" if get_accelerator().device_name() == "cuda" else "fp32"
 
 
-def build_ds_config(cfg: EngineConfig, micro_batch_size: int, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config dict for this engine setting."""
+def build_ds_config(
+    cfg: EngineConfig, micro_batch_size: int, world_size: int, load_universal: bool = False
+) -> dict[str, Any]:
+    """The DeepSpeed config dict for this engine setting (`load_universal`: the checkpoint to load was
+    converted by `convert_to_universal`)."""
     precision = resolve_precision(cfg)
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accum_steps,
         "train_batch_size": micro_batch_size * cfg.grad_accum_steps * world_size,
+        "checkpoint": {"load_universal": load_universal},
         "gradient_clipping": cfg.clip_grad_norm,
         "zero_optimization": {"stage": cfg.zero_stage},
         # A client optimizer (torch AdamW) under ZeRO is "untested" to DeepSpeed, and fine.
@@ -125,15 +130,58 @@ def build_engine(
     cfg: EngineConfig,
     micro_batch_size: int,
     world_size: int,
+    load_universal: bool = False,
 ) -> Any:
     """Wrap `model` and its client optimizer in a DeepSpeed engine (the process group must exist)."""
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        config=build_ds_config(cfg, micro_batch_size, world_size),
+        config=build_ds_config(cfg, micro_batch_size, world_size, load_universal),
         dist_init_required=False,
     )
     return engine
+
+
+def needs_universal_checkpoint(zero_stage: int) -> bool:
+    """Whether a checkpoint of this stage must be converted to load on another world size: ZeRO 1-3
+    cut the optimizer state (and stage 3 the weights) per rank; stage 0 saves them whole."""
+    return zero_stage > 0
+
+
+def convert_to_universal(tag_dir: Path, out: Path, zero_stage: int) -> None:
+    """Write DeepSpeed's world-size-independent form of checkpoint `tag_dir` to `out` (atomically:
+    into a temporary folder, then renamed), with DeepSpeed's own converter in a subprocess."""
+    tmp = out.with_name(out.name + ".tmp")
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(tag_dir),
+        "--output_folder",
+        str(tmp),
+        # ZeRO 1/2 checkpoints lack the parameter layout the converter wants; it can add it
+        *(["--inject_missing_state"] if zero_stage in (1, 2) else []),
+        "--num_extract_workers",
+        "1",
+        "--num_merge_workers",
+        "1",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"converting {tag_dir} for another world size failed: {tail}")
+    os.replace(tmp, out)
+
+
+def weights_finite(engine: Any) -> bool:
+    """Whether every weight of every rank's part of the model is finite (agreed over all ranks)."""
+    finite = all(
+        torch.isfinite(getattr(p, "ds_tensor", p)).all() for p in engine.module.parameters()
+    )  # ZeRO-3 keeps each rank's share of a parameter in ds_tensor
+    flag = torch.tensor([int(finite)])
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def input_dtype(engine: Any) -> torch.dtype:
@@ -155,6 +203,26 @@ def load_checkpoint(engine: Any, folder: Path, tag: str) -> None:
     path, _ = engine.load_checkpoint(str(folder), tag=tag, load_lr_scheduler_states=False)
     if path is None:
         raise RuntimeError(f"checkpoint {folder / tag} could not be loaded")
+
+
+def restore_saved_buffers(module: nn.Module, tag_dir: Path) -> None:
+    """Put the buffers (BatchNorm statistics) saved in checkpoint `tag_dir` into `module`.
+
+    DeepSpeed's universal loading restores parameters and optimizer state only; the buffers ride in
+    the model-states file that every ZeRO stage writes (rank 0's, holding the ranks' mean).
+    """
+    states = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))[0]
+    saved = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    restore_rank_buffers(module, {name: saved[name] for name, _ in module.named_buffers() if name in saved})
+
+
+def gather_digests(tag_dir: Path, names: list[str], digest: Any) -> dict[str, dict[str, Any]]:
+    """`digest(path)` of every file in `names`, each computed by one rank (name i on rank i % world)."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    mine = {name: digest(tag_dir / name) for name in names[rank::world]}
+    parts: list[Any] = [None] * world
+    torch.distributed.all_gather_object(parts, mine)
+    return {name: value for part in parts for name, value in part.items()}
 
 
 def consolidated_state_dict(folder: Path, tag: str) -> dict[str, torch.Tensor]:

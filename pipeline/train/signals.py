@@ -2,9 +2,8 @@
 warning before a time limit or preemption).
 
 The handler only records the signal; the trainer asks `requested()` at each step boundary and the ranks
-agree on it, so every rank saves the same step. The handler that was installed before ours (submitit
-installs one for SIGUSR2 on rank 0 before calling the task) is remembered: once `train()` has saved and
-returned, the Slurm task calls `call_previous_handler(signum)` so submitit can checkpoint and requeue.
+agree on it, so every rank saves the same step. The handlers ours replace (submitit's, in a Slurm task)
+are put back by `uninstall()`; what happens after the save (exit, requeue) is the entry point's business.
 """
 
 from __future__ import annotations
@@ -26,9 +25,11 @@ def _record(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """Route SIGTERM and SIGUSR2 to the flag, remembering the handlers they replace (idempotent)."""
-    global _received
-    _received = None
+    """Route SIGTERM and SIGUSR2 to the flag, remembering the handlers they replace.
+
+    Idempotent: a second call (the Slurm task installs early, then `train()` again) keeps a signal
+    already received.
+    """
     for signum in STOP_SIGNALS:
         current = signal.getsignal(signum)
         if current is not _record:
@@ -37,29 +38,14 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    """Put back the handlers `install()` replaced."""
+    """Put back the handlers `install()` replaced and forget any signal received."""
+    global _received
+    _received = None
     for signum, handler in _previous.items():
         signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    _previous.clear()
 
 
 def requested() -> int | None:
     """The signal number received since `install()`, or None."""
     return _received
-
-
-def previous_handler(signum: int) -> Any:
-    """The handler that was installed for `signum` before `install()` (SIG_DFL if none was)."""
-    return _previous.get(signum, signal.SIG_DFL)
-
-
-def call_previous_handler(signum: int) -> bool:
-    """Run the remembered handler for `signum` if it is a Python callable; True when one ran.
-
-    For a default or ignored disposition nothing is done (re-raising SIGTERM after a clean save
-    would only turn a clean exit into a killed one).
-    """
-    handler = previous_handler(signum)
-    if callable(handler):
-        handler(signum, None)
-        return True
-    return False

@@ -155,7 +155,11 @@ def test_resampled_mode_keeps_equal_steps_and_is_seeded(uneven_shards: list[str]
 
 
 def corrupt_copy(source: str, destination: Path) -> str:
-    """A copy of a shard folder whose first shard's second sample has a garbage video member."""
+    """A copy of a shard folder whose first shard's second sample has a garbage video member.
+
+    The sample loses its digest member (as in shards from before digests) so that decoding is what
+    fails, and the manifest gets the shard's new size (which the loader checks before reading).
+    """
     shutil.copytree(source, destination)
     manifest = json.loads((destination / "manifest.json").read_text())
     path = destination / manifest["shards"][0]["name"]
@@ -164,14 +168,18 @@ def corrupt_copy(source: str, destination: Path) -> str:
     keys = list(dict.fromkeys(m.name.rsplit(".", 1)[0] for m, _ in members))
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
         for member, data in members:
+            if member.name == f"{keys[1]}.sha256":
+                continue
             if member.name.startswith(keys[1]) and member.name.endswith((".webm", ".mp4")):
                 data = b"\x1a\x45garbage" * 100
                 member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
+    manifest["shards"][0]["bytes"] = path.stat().st_size
+    (destination / "manifest.json").write_text(json.dumps(manifest))
     return keys[1]
 
 
-def test_corrupt_sample_is_skipped_counted_and_logged_once(
+def test_corrupt_sample_is_replaced_counted_and_logged_once(
     make_shards, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = tmp_path / "corrupt"
@@ -182,8 +190,8 @@ def test_corrupt_sample_is_skipped_counted_and_logged_once(
             batches = list(loader)
             assert len(batches) == loader.steps_per_epoch == 4
             keys = [k for b in batches for k in b["key"]]
-            assert bad_key not in keys and len(keys) == 15
-            assert sorted(len(b["key"]) for b in batches) == [3, 4, 4, 4]
+            assert bad_key not in keys and len(keys) == 16  # a stand-in takes its row
+            assert [len(b["key"]) for b in batches] == [4, 4, 4, 4]
     assert loader.bad_samples == 2  # once per epoch
     logged = [r.getMessage() for r in caplog.records if bad_key in r.getMessage()]
     assert len(logged) == 1 and "DecodeError" in logged[0]

@@ -1,8 +1,11 @@
 """launch/slurm.py: the checks that need no cluster, then real jobs on a local Slurm cluster (tests/slurm).
 
 The launcher always runs as a subprocess, as a user would run it. On the cluster: array sharding
-against a single sharding run, a 2-node x 2-task training run, and the same run preempted twice
-(USR2, as Slurm sends before a time limit), which must end with the same step and the same parameters.
+against a single sharding run, a 2-node x 2-task training run, and the same run interrupted every way a
+cluster does it, each of which must end COMPLETED with the same step and the same parameters: USR2
+twice (as Slurm sends before a time limit), a preemption by a job of a higher-priority partition
+(SIGTERM, grace time), a rank killed by SIGKILL. A cancelled job is not requeued and continues on
+fewer nodes; GPU partitions get one task per GPU by default; the demo runs on 8 nodes.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -75,7 +79,7 @@ def submitted_id(proc: subprocess.CompletedProcess[str], kind: str = "job") -> s
 @pytest.fixture(scope="module")
 def demo_overrides(make_shards: Callable[..., Path]) -> list[str]:
     """Overrides that point the demo config at shards made for this session."""
-    train = make_shards("ssv2", "train", num_videos=16, classes=4)
+    train = make_shards("ssv2", "train", num_videos=32, classes=4)  # one clip for each of 32 ranks
     val = make_shards("ssv2", "validation", num_videos=16, classes=4)
     return [f"data.train=[{train}]", f"data.val=[{val}]", *TINY_TRAINING]
 
@@ -112,6 +116,9 @@ def test_dry_run_prints_the_sbatch_script(tmp_path: Path, demo_overrides: list[s
         assert f"#SBATCH {flag}\n" in script, flag
     assert "--gpus-per-node" not in script
     assert f"-m submitit.core._submit {jobs}" in script
+    # the batch script requeues an unfinished run itself (see test_preempted_by_a_higher_priority_job...)
+    assert "srun --unbuffered" in script and "--kill-on-bad-exit=1" in script
+    assert "trap 'cancelled=1' TERM" in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
     assert not jobs.exists() and not (tmp_path / "runs").exists()
 
 
@@ -381,3 +388,154 @@ def test_no_requeue_beyond_max_requeue(
     stops = re.findall(r"stopped by SIGUSR2 at step (\d+) after saving", run.log(0, "err"))
     assert len(stops) == 1 and 3 <= int(stops[0]) < TRAIN_STEPS
     assert (run.run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{int(stops[0]):08d}"
+
+
+def sacct_history(cluster: SlurmCluster, job_id: str) -> list[str]:
+    """Every start of `job_id` as sacct recorded it (REQUEUED for each requeue), oldest first."""
+    out = cluster.run(
+        "sacct", "--jobs", job_id, "--duplicates", "--allocations", "--noheader", "--format=State"
+    )
+    return out.stdout.split()
+
+
+def assert_same_parameters(run: SlurmRun, reference: SlurmRun) -> None:
+    """The run's final exported weights equal the uninterrupted reference's, bit for bit."""
+    import torch
+
+    expected, got = exported_weights(reference.run_dir), exported_weights(run.run_dir)
+    assert expected.keys() == got.keys() and len(got) > 10
+    different = [name for name in got if not torch.equal(got[name], expected[name])]
+    assert not different, f"parameters differ from the uninterrupted run: {different[:5]}"
+
+
+def rank_pid(run: SlurmRun, rank: int) -> int:
+    """The process id rank `rank` printed in its start line (all emulated nodes are this machine)."""
+    return int(re.findall(r"restart \d+: rank \d+ .*, pid (\d+)", run.log(rank))[-1])
+
+
+@pytest.mark.slurm
+def test_preempted_by_a_higher_priority_job_requeues_and_resumes_to_the_same_parameters(
+    slurm_cluster: SlurmCluster, demo_overrides: list[str], uninterrupted_run: SlurmRun, tmp_path: Path
+) -> None:
+    run = submit_training(slurm_cluster, tmp_path, "preempted-by-priority", demo_overrides)
+    wait_until(slurm_cluster, run, "step 3", step_reached(run, 3))
+    nodes = slurm_cluster.run("squeue", "--jobs", run.job_id, "--noheader", "--format=%N").stdout.strip()
+    # A job of the higher-priority partition that needs exactly those nodes, whole.
+    urgent = slurm_cluster.run(
+        "sbatch", "--parsable", "--partition=urgent", "--exclusive", f"--nodelist={nodes}", "--nodes=2",
+        f"--output={tmp_path}/urgent.out", "--wrap", "echo urgent ran on $SLURM_JOB_NODELIST; sleep 2",
+    )  # fmt: skip
+    assert urgent.returncode == 0, urgent.stderr
+    urgent_id = urgent.stdout.strip()
+    requeued_at = None
+    while requeued_at is None:  # restart overhead: requeue (sacct) -> first new step logged
+        if "REQUEUED" in sacct_history(slurm_cluster, run.job_id):
+            requeued_at = time.monotonic()
+        assert not slurm_cluster.job_ended(run.job_id), run.log(0, "err")[-3000:]
+        time.sleep(0.2)
+    stops = re.findall(r"stopped by SIGTERM at step (\d+) after saving", run.log(0, "err"))
+    assert len(stops) == 1, run.log(0, "err")[-3000:]
+    stopped = int(stops[0])
+    wait_until(slurm_cluster, run, f"step {stopped + 1}", step_reached(run, stopped + 1))
+    print(f"preemption: requeued -> first step after restart in {time.monotonic() - requeued_at:.1f} s")
+    states = slurm_cluster.wait_final([run.job_id, urgent_id], JOB_TIMEOUT_S)
+    assert states == {run.job_id: ["COMPLETED"], urgent_id: ["COMPLETED"]}, run.log(0, "err")[-3000:]
+    assert sacct_history(slurm_cluster, run.job_id) == ["REQUEUED", "COMPLETED"]
+    assert "[slurm] requeueing: restart 1 of at most 5 (tasks exited with status 75)" in run.log(0)
+    assert f"resuming {run.run_dir}/checkpoints/step_{stopped:08d}" in run.log(0, "err")
+    assert (tmp_path / "urgent.out").read_text().startswith("urgent ran on")
+    assert [(r.step, r.stopped_by_signal) for r in run.results()] == [(TRAIN_STEPS, False)] * 4
+    assert_same_parameters(run, uninterrupted_run)
+
+
+@pytest.mark.slurm
+def test_a_rank_killed_ends_the_job_at_once_and_the_requeued_job_resumes(
+    slurm_cluster: SlurmCluster, demo_overrides: list[str], uninterrupted_run: SlurmRun, tmp_path: Path
+) -> None:
+    overrides = [*demo_overrides, "checkpoint.every_steps=5"]
+    run = submit_training(slurm_cluster, tmp_path, "killed-rank", overrides)
+    wait_until(slurm_cluster, run, "step 7", step_reached(run, 7))
+    os.kill(rank_pid(run, 1), signal.SIGKILL)
+    killed_at = time.monotonic()
+    while "REQUEUED" not in sacct_history(slurm_cluster, run.job_id):
+        assert time.monotonic() - killed_at < 60, run.log(0, "err")[-3000:]
+        time.sleep(0.2)
+    print(f"rank killed -> job ended and requeued in {time.monotonic() - killed_at:.1f} s")
+    states = slurm_cluster.wait_final([run.job_id], JOB_TIMEOUT_S)
+    assert states[run.job_id] == ["COMPLETED"], run.log(0, "err")[-3000:]
+    assert re.search(r"srun: error: node\d: task 1: Killed", run.log(0, "err")), run.log(0, "err")[-3000:]
+    assert "[slurm] requeueing: restart 1 of at most 5" in run.log(0)
+    resumed = re.findall(r"resuming \S+/checkpoints/step_(\d+)", run.log(0, "err"))
+    assert len(resumed) == 1 and int(resumed[0]) in (5, 10), run.log(0, "err")[-3000:]
+    assert [(r.step, r.stopped_by_signal) for r in run.results()] == [(TRAIN_STEPS, False)] * 4
+    assert_same_parameters(run, uninterrupted_run)
+
+
+@pytest.mark.slurm
+def test_a_cancelled_job_is_not_requeued_and_the_run_continues_on_fewer_nodes(
+    slurm_cluster: SlurmCluster, demo_overrides: list[str], tmp_path: Path
+) -> None:
+    run = submit_training(slurm_cluster, tmp_path, "fewer-nodes", demo_overrides)
+    wait_until(slurm_cluster, run, "step 3", step_reached(run, 3))
+    assert slurm_cluster.run("scancel", run.job_id).returncode == 0
+    states = slurm_cluster.wait_final([run.job_id], JOB_TIMEOUT_S)
+    assert states[run.job_id] == ["CANCELLED"]
+    assert "[slurm] cancelled: not requeueing" in run.log(0)
+    saved = int((run.run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert 3 <= saved < TRAIN_STEPS
+    # the same command on one node: 2 ranks continue what 4 saved, with its global batch
+    again = submit_training(slurm_cluster, tmp_path, "fewer-nodes", demo_overrides, ("--nodes", "1"))
+    states = slurm_cluster.wait_final([again.job_id], JOB_TIMEOUT_S)
+    assert states[again.job_id] == ["COMPLETED"], again.log(0, "err")[-3000:]
+    elastic = f"step_{saved:08d} saved by 4 ranks, on 2 ranks: 1 clips per rank x 2 accumulation steps"
+    assert elastic in again.log(0, "err")
+    final = json.loads((run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["step"] == TRAIN_STEPS
+
+
+@pytest.mark.slurm
+def test_gpu_nodes_get_one_task_per_gpu_by_default(
+    slurm_cluster: SlurmCluster, demo_overrides: list[str], tmp_path: Path
+) -> None:
+    def script(*options: str) -> str:
+        proc = launch("--dry-run", *options, "--config", str(DEMO_CONFIG), *demo_overrides, cwd=tmp_path,
+                      env=slurm_cluster.env)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    gpu = script("--nodes", "2", "--partition", "gpu")  # gpu1, gpu2: 2 fake GPUs and 4 CPUs each
+    for flag in ("--nodes=2", "--gpus-per-node=2", "--ntasks-per-node=2", "--cpus-per-task=2"):
+        assert f"#SBATCH {flag}\n" in gpu, flag
+    cpu = script("--nodes", "8")  # the default partition: CPU nodes
+    assert "#SBATCH --ntasks-per-node=1\n" in cpu and "gpus" not in cpu
+    explicit = script("--nodes", "2", "--partition", "gpu", "--gpus-per-node", "0")
+    assert "#SBATCH --gpus-per-node" not in explicit
+
+
+@pytest.mark.slurm
+def test_the_demo_on_eight_nodes_runs_to_completed(
+    slurm_cluster: SlurmCluster, demo_overrides: list[str], tmp_path: Path
+) -> None:
+    proc = launch(
+        "--nodes", "8", "--time", "60", "--config", str(DEMO_CONFIG), "name=eight", f"out_dir={tmp_path}",
+        *demo_overrides, "max_steps=4", cwd=tmp_path, env=slurm_cluster.env,
+    )  # fmt: skip
+    job_id = submitted_id(proc)
+    assert "8 tasks on 8 node(s) (1 CPU tasks each)" in proc.stdout
+    states = slurm_cluster.wait_final([job_id], JOB_TIMEOUT_S)
+    log = (tmp_path / "eight" / "slurm" / f"{job_id}_0_log.err").read_text()
+    assert states[job_id] == ["COMPLETED"], log[-3000:]
+    assert json.loads((tmp_path / "eight" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+
+
+@pytest.mark.slurm
+def test_diverged_training_ends_failed_with_one_line_and_is_not_requeued(
+    slurm_cluster: SlurmCluster, demo_overrides: list[str], tmp_path: Path
+) -> None:
+    run = submit_training(slurm_cluster, tmp_path, "diverged", [*demo_overrides, "optim.lr=1e30"])
+    states = slurm_cluster.wait_final([run.job_id], JOB_TIMEOUT_S)
+    assert states[run.job_id] == ["FAILED"], run.log(0, "err")[-3000:]
+    assert sacct_history(slurm_cluster, run.job_id) == ["FAILED"]  # never requeued
+    reason = re.findall(r"\[slurm\] not requeueing: (training diverged at step \d+.*)", run.log(0))
+    assert len(reason) == 1, run.log(0)[-3000:]
+    assert f"error: {reason[0]}" in run.log(0, "err")

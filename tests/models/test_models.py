@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pipeline.models import create_model, list_models
 from pipeline.models.structsa import StructSA
 from pipeline.models.structvit import AttentionBlock
-from pipeline.models.summary import count_parameters, main, peak_memory_bytes, summarize
+from pipeline.models.summary import PAPER_FIGURES, count_parameters, main, peak_memory_bytes, summarize
 
 TINY = ["structvit_tiny_4_1", "structvit_tiny_4_2", "uniformer_tiny", "vit_tiny", "vit_tiny_spt_lsa"]
 
@@ -184,6 +184,62 @@ def test_summary_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert line[:2] == ["structvit_s_4_1", "16x224x224"] and float(line[3]) == pytest.approx(81.8, rel=0.01)
     assert main(["structvit_q_4_1"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_paper_table_puts_our_counts_beside_the_papers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {
+        (line.split()[0], line.split()[1]): line.split() for line in lines[2:] if line.startswith(("s", "u"))
+    }
+    assert len(rows) == len(PAPER_FIGURES)
+    # model view params paper diff GFLOPs paper diff
+    s41, s81 = rows["structvit_s_4_1", "224x224"], rows["structvit_s_8_1", "224x224"]
+    assert (s41[3], s41[4]) == ("23", "-5.0%") and (s81[3], s81[4]) == ("24", "-7.8%")
+    assert float(s41[2]) == pytest.approx(summarize("structvit_s_4_1")["params_m"], abs=0.05)
+    video = rows["structvit_s_4_1", "16x224x224"]
+    assert video[3:5] == ["-", "-"] and video[6] == "81.8" and abs(float(video[7].rstrip("%"))) < 1
+    for (name, _), row in rows.items():
+        if name != "structvit_l_4_1":  # the L table gives 22.4G, not the paper's 15.4G (spec section 2)
+            assert abs(float(row[-1].rstrip("%"))) < 5, row
+
+
+@pytest.mark.parametrize(
+    ("suffix", "correlation", "aggregation", "kernel"),
+    [
+        ("", "channel", "channel", 3),
+        ("_dot", "dot", "shared", 3),
+        ("_cwcorr", "channel", "shared", 3),
+        ("_elem", "channel", "element", 3),
+        ("_m5", "channel", "channel", 5),
+    ],
+)
+def test_ablation_variants_are_registered(
+    suffix: str, correlation: str, aggregation: str, kernel: int
+) -> None:
+    model = create_model(f"structvit_tiny_8_2{suffix}", 3, num_frames=2, img_size=32)
+    attention = model.blocks3[0].attn
+    assert (attention.correlation, attention.aggregation, attention.kernel) == (
+        correlation,
+        aggregation,
+        (kernel,) * 3,
+    )
+    assert attention.structure_dim == 8 and attention.stride == (1, 2, 2)
+    assert model(torch.randn(2, 3, 2, 32, 32)).shape == (2, 3)
+    with torch.device("meta"):
+        base = count_parameters(create_model("structvit_s_4_1", 10))
+        shared = count_parameters(create_model("structvit_s_4_1_dot", 10))
+    # U^K, U^V (M x D each) per block instead of HK, HV (M x C x D each)
+    blocks = ((8, 320), (3, 512))
+    assert base - shared == sum(n * 2 * 9 * 4 * (dim - 1) for n, dim in blocks)
+
+
+def test_uniformer_l_has_layer_scale_and_it_stays_out_of_weight_decay() -> None:
+    with torch.device("meta"):
+        model = create_model("uniformer_l", 10)
+    assert model.blocks1[0].gamma_1.shape == (1, 128, 1, 1) and model.blocks3[0].gamma_2.shape == (448,)
+    assert {"blocks1.0.gamma_1", "blocks4.6.gamma_2"} <= model.no_weight_decay()
+    assert create_model("uniformer_tiny", 3).blocks1[0].gamma_1 is None
 
 
 def test_vit_tiny_is_the_small_datasets_size() -> None:

@@ -24,9 +24,25 @@ CASES = [
 ]
 
 
-def _random_structsa(video: bool, depth: int, kernel: int, stride: int, lsa: bool) -> StructSA:
+def _random_structsa(
+    video: bool,
+    depth: int,
+    kernel: int,
+    stride: int,
+    lsa: bool,
+    correlation: str = "channel",
+    aggregation: str = "channel",
+) -> StructSA:
     module = StructSA(
-        8, 2, video=video, structure_dim=depth, kernel_size=kernel, stride=stride, lsa=lsa
+        8,
+        2,
+        video=video,
+        structure_dim=depth,
+        kernel_size=kernel,
+        stride=stride,
+        lsa=lsa,
+        correlation=correlation,
+        aggregation=aggregation,
     ).double()
     with torch.no_grad():  # generic kernels (not the near-identity init) and non-trivial temperatures
         module.k_conv.weight.normal_()
@@ -51,6 +67,66 @@ def test_fast_form_equals_literal_definition(video, grid, depth, kernel, stride,
     reference_grads = torch.autograd.grad(reference, params, upstream)
     for got, expected in zip(fast_grads, reference_grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+# the paper's ablation forms (appendix A.1): dot-product correlation with U^K shared by all channels,
+# context aggregation with U^V shared by all channels, element-wise aggregation with u^V
+ABLATIONS = [
+    # (correlation, aggregation, video, grid, structure_dim, kernel, stride, lsa)
+    ("dot", "shared", False, (5, 7), 4, 3, 1, False),
+    ("dot", "shared", True, (2, 5, 5), 2, 5, 2, True),
+    ("channel", "shared", False, (6, 6), 4, 5, 1, False),
+    ("channel", "shared", True, (3, 4, 5), 1, 3, 1, True),
+    ("channel", "element", False, (5, 7), 4, 3, 2, True),
+    ("channel", "element", True, (3, 5, 6), 8, 3, 1, False),
+    ("dot", "element", False, (6, 5), 2, 5, 1, False),
+    ("dot", "channel", True, (2, 6, 6), 4, 3, 2, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("correlation", "aggregation", "video", "grid", "depth", "kernel", "stride", "lsa"), ABLATIONS
+)
+def test_ablation_forms_equal_their_literal_definition(
+    correlation, aggregation, video, grid, depth, kernel, stride, lsa
+) -> None:
+    torch.manual_seed(8)
+    module = _random_structsa(video, depth, kernel, stride, lsa, correlation, aggregation)
+    shared_taps = kernel ** len(grid)
+    assert module.k_conv.weight.shape == (
+        (depth, 1, *[kernel] * len(grid)) if correlation == "dot" else (8 * depth, 1, *[kernel] * len(grid))
+    )
+    value_taps = {"channel": 8 * depth * shared_taps, "shared": depth * shared_taps, "element": depth}
+    assert module.v_conv.weight.numel() == value_taps[aggregation]
+    x = torch.randn(2, math.prod(grid), 8, dtype=torch.float64, requires_grad=True)
+    fast = module(x, grid)
+    reference = structsa_reference(module, x, grid)
+    torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn_like(fast)
+    params = [x, *module.parameters()]
+    for got, expected in zip(
+        torch.autograd.grad(fast, params, upstream),
+        torch.autograd.grad(reference, params, upstream),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize(("correlation", "aggregation"), [("dot", "shared"), ("channel", "element")])
+def test_ablation_forms_start_as_plain_attention(correlation: str, aggregation: str) -> None:
+    # centre-tap kernels without the init noise: D identical copies, exactly plain attention
+    torch.manual_seed(9)
+    structured = StructSA(
+        16, 2, video=False, structure_dim=4, correlation=correlation, aggregation=aggregation
+    )
+    plain = MultiHeadAttention(16, 2)
+    plain.load_state_dict({k: v for k, v in structured.state_dict().items() if "conv" not in k})
+    with torch.no_grad():
+        for conv in (structured.k_conv, structured.v_conv):
+            conv.weight.zero_()
+            conv.weight[(slice(None), 0, *(k // 2 for k in conv.kernel_size))] = 1.0
+    x = torch.randn(2, 25, 16)
+    torch.testing.assert_close(structured(x, (5, 5)), plain(x, (5, 5)), rtol=1e-5, atol=1e-6)
 
 
 def test_naive_path_equals_fused_path() -> None:
@@ -153,6 +229,8 @@ def test_lsa_temperature_starts_at_inverse_sqrt_head_dim_and_trains() -> None:
 def test_bad_arguments_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="odd kernel_size"):
         StructSA(8, 2, video=False, kernel_size=4)
+    with pytest.raises(ValueError, match="correlation='hadamard'"):
+        StructSA(8, 2, video=False, correlation="hadamard")
     module = StructSA(8, 2, video=False)
     with pytest.raises(ValueError, match=r"grid \(3, 3\) for 10 tokens"):
         module(torch.randn(1, 10, 8), (3, 3))

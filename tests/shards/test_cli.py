@@ -186,7 +186,13 @@ def test_merge_refuses_incomplete_or_inconsistent_parts(ssv2_raw: Path, tmp_path
     capsys.readouterr()
     assert main(["merge", str(out)]) == 1
     assert "p001" in capsys.readouterr().err
-    assert main(shard_command("ssv2", ssv2_raw, out, "--part", "1/2", "--max-samples", "2")) == 0
+    # A part with other options is refused when it is sharded (the folder holds part 0's) ...
+    assert main(shard_command("ssv2", ssv2_raw, out, "--part", "1/2", "--max-samples", "2")) == 2
+    assert "another dataset, split or options" in capsys.readouterr().err
+    # ... and merge still checks the parts' options against each other.
+    assert main(shard_command("ssv2", ssv2_raw, out, "--part", "1/2")) == 0
+    part = out / "manifest-p001-of-002.json"
+    part.write_text(json.dumps({**json.loads(part.read_text()), "options": {"max_samples": 2}}))
     capsys.readouterr()
     assert main(["merge", str(out)]) == 1
     assert "'options'" in capsys.readouterr().err
@@ -225,9 +231,11 @@ def test_verify_detects_corruption(ssv2_single: Path, tmp_path: Path, capsys) ->
     data[3000] ^= 0xFF
     shard.write_bytes(bytes(data))
     assert main(["verify", str(out)]) == 1
-    assert "sha256 differs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sha256 differs" in err and "ssv2/train/" in err  # the changed sample is named
 
-    # A clip broken inside a shard whose manifest entry was updated to match: only decoding catches it.
+    # A clip broken inside a shard whose manifest entry was updated to match: the sample's digest
+    # member catches it (and decoding would).
     out, shard = fresh("undecodable")
     _rewrite_member(shard, ".webm", lambda data: data[: len(data) // 3])
     manifest = manifest_of(out)
@@ -237,7 +245,7 @@ def test_verify_detects_corruption(ssv2_single: Path, tmp_path: Path, capsys) ->
     (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     assert main(["verify", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "does not decode" in err or "decodes to" in err
+    assert "sha256 member mismatch" in err and "ssv2/train/" in err
 
     out, _ = fresh("count")
     manifest = manifest_of(out)

@@ -164,7 +164,7 @@ def test_reencode_normalises_codec_size_gop_and_frame_rate(make_shards) -> None:
         extra_args=("--short-side", "32", "--gop", "5"),
     )
     samples = read_samples(out)
-    assert samples and all(set(m) == {"mp4", "json", "cls"} for m in samples.values())
+    assert samples and all(set(m) == {"mp4", "json", "cls", "sha256"} for m in samples.values())
     for members in samples.values():
         meta = json.loads(members["json"])
         with av.open(io.BytesIO(members["mp4"])) as container:

@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-NODES = 2
-CPUS_PER_NODE = 4  # declared, not real: config_overrides lets 2 nodes x 4 CPUs share a 2-core machine
+NODES = 8  # CPU nodes node1..node8 (partitions debug and urgent): the demo runs on all 8
+GPU_NODES, GPUS_PER_NODE = 2, 2  # nodes gpu1, gpu2 with fake GPUs (partition gpu)
+CPUS_PER_NODE = 4  # declared, not real: config_overrides lets many nodes share a 2-core machine
+GRACE_S = 30  # GraceTime of a preempted job in partition debug
 UP_TIMEOUT_S = 900  # the first start installs packages
 # sacct states after which a job will not run again (REQUEUED, PENDING, RUNNING are not among them).
 FINAL_STATES = (
@@ -123,8 +125,11 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         **os.environ,
         "SLURM_TEST_DIR": str(directory),
         "SLURM_TEST_NODES": str(NODES),
+        "SLURM_TEST_GPU_NODES": str(GPU_NODES),
+        "SLURM_TEST_GPUS": str(GPUS_PER_NODE),
+        "SLURM_TEST_GRACE": str(GRACE_S),
         "SLURM_TEST_CPUS": str(CPUS_PER_NODE),
-        "SLURM_TEST_PORT_BASE": str(free_port_base(NODES)),
+        "SLURM_TEST_PORT_BASE": str(free_port_base(NODES + GPU_NODES)),
         "SLURM_TEST_PURGE": "1",  # slurm-down.sh removes the folder
     }
     up = subprocess.run(

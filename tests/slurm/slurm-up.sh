@@ -10,6 +10,11 @@
 #  * Accounting (SLURM_TEST_ACCOUNTING=1, the default): a private MariaDB + slurmdbd. submitit reads job
 #    states with sacct; without it a job killed without a result is never seen as finished.
 #  * No cgroups, no systemd: proctrack/linuxproc + task/none.
+#  * Partitions: `debug` (the default, every CPU node, PriorityTier 1, PreemptMode=REQUEUE with
+#    GraceTime=$SLURM_TEST_GRACE) and `urgent` (the same nodes, PriorityTier 2): a job in `urgent` that
+#    needs nodes a `debug` job holds preempts it the way a production cluster does (SIGCONT + SIGTERM,
+#    grace time, kill, requeue). With SLURM_TEST_GPU_NODES > 0, that many extra nodes with fake GPUs
+#    (SLURM_TEST_GPUS per node, char devices made with mknod) form the partition `gpu`.
 #  * Short credential lifetime and a 1 s scheduler interval, so a requeued job starts again in seconds.
 #  * Everything (config, state, logs, pid files) lives in $SLURM_TEST_DIR; daemons listen on 127.0.0.1.
 #
@@ -24,13 +29,17 @@ CPUS=${SLURM_TEST_CPUS:-4}                   # CPUs declared per node (may excee
 MEM_MB=${SLURM_TEST_MEM_MB:-4000}            # RealMemory declared per node (<= real RAM)
 ACCOUNTING=${SLURM_TEST_ACCOUNTING:-1}       # 1: MariaDB + slurmdbd (sacct works); 0: none
 AUTH=${SLURM_TEST_AUTH:-munge}               # munge | none
-GPUS=${SLURM_TEST_GPUS:-0}                   # fake GPUs (GRES gpu) per node: char devices made with mknod
+GPUS=${SLURM_TEST_GPUS:-0}                   # fake GPUs (GRES gpu) per GPU node: char devices made with mknod
+GPU_NODES=${SLURM_TEST_GPU_NODES:-0}         # extra nodes gpu1..gpuM with $GPUS fake GPUs each (partition gpu)
+GRACE=${SLURM_TEST_GRACE:-30}                # GraceTime of a preempted debug job, seconds
 PORT=${SLURM_TEST_PORT_BASE:-16817}          # ctld=PORT, dbd=PORT+2, mariadb=PORT+3, nodeI=PORT+10+I
 INSTALL=${SLURM_TEST_INSTALL:-1}             # 1: apt-get install missing packages
 READY_TIMEOUT=${SLURM_TEST_READY_TIMEOUT:-60}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 case "$DIR" in /*/*) ;; *) echo "SLURM_TEST_DIR must be an absolute path at least two levels deep (got '$DIR')" >&2; exit 2;; esac
-PARAMS="nodes=$NODES cpus=$CPUS mem=$MEM_MB acct=$ACCOUNTING auth=$AUTH gpus=$GPUS port=$PORT"
+PARAMS="nodes=$NODES gpunodes=$GPU_NODES cpus=$CPUS mem=$MEM_MB acct=$ACCOUNTING auth=$AUTH gpus=$GPUS grace=$GRACE port=$PORT"
+ALL_NODES=$((NODES + GPU_NODES))
+node_names() { for i in $(seq 1 "$NODES"); do echo "node$i"; done; for i in $(seq 1 "$GPU_NODES"); do echo "gpu$i"; done; }
 
 log() { echo "[slurm-up $(date +%T)] $*" >&2; }
 die() {
@@ -54,7 +63,7 @@ if [ -f "$DIR/env.sh" ] && [ -f "$DIR/etc/slurm.conf" ]; then
   [ "$(cat "$DIR/params" 2>/dev/null)" = "$PARAMS" ] || healthy=0
   for f in "$DIR"/pids/*.pid; do [ -e "$f" ] || { healthy=0; break; }; alive "$(pid_of "$f")" || { healthy=0; break; }; done
   if [ $healthy = 1 ] && SLURM_CONF=$DIR/etc/slurm.conf scontrol ping 2>/dev/null | grep -q 'is UP' \
-     && [ "$(SLURM_CONF=$DIR/etc/slurm.conf sinfo -h -N -o '%T' 2>/dev/null | grep -cE '^(idle|mixed|allocated)')" -eq "$NODES" ]; then
+     && [ "$(SLURM_CONF=$DIR/etc/slurm.conf sinfo -h -N -o '%N %T' 2>/dev/null | sort -u | grep -cE ' (idle|mixed|allocated)$')" -eq "$ALL_NODES" ]; then
     log "cluster in $DIR already up"; echo "export SLURM_CONF=$DIR/etc/slurm.conf"; exit 0
   fi
   log "stale/partial cluster (or other parameters) in $DIR: tearing it down first"
@@ -85,7 +94,7 @@ T1=$SECONDS
 # ---------------------------------------------------------------- 2. layout + config
 rm -rf "$DIR"
 mkdir -p "$DIR"/{etc,state,log,pids,munge/run}
-for i in $(seq 1 "$NODES"); do mkdir -p "$DIR/spool/node$i"; done
+for name in $(node_names); do mkdir -p "$DIR/spool/$name"; done
 chmod 755 "$DIR" "$DIR/munge" "$DIR/munge/run"
 
 if [ "$AUTH" = munge ]; then
@@ -112,12 +121,12 @@ JobAcctGatherType=jobacct_gather/none"
 fi
 
 GRESCONF=""; NODEGRES=""
-if [ "$GPUS" -gt 0 ]; then
+if [ "$GPU_NODES" -gt 0 ] && [ "$GPUS" -gt 0 ]; then
   GRESCONF="GresTypes=gpu"; NODEGRES="Gres=gpu:$GPUS"
   mkdir -p "$DIR/fakegpu"; echo "AutoDetect=off" > "$DIR/etc/gres.conf"
-  for i in $(seq 1 "$NODES"); do
-    for g in $(seq 0 $((GPUS - 1))); do mknod "$DIR/fakegpu/node${i}_gpu$g" c 1 3; done   # same dev as /dev/null
-    echo "NodeName=node$i Name=gpu File=$DIR/fakegpu/node${i}_gpu[0-$((GPUS - 1))]" >> "$DIR/etc/gres.conf"
+  for i in $(seq 1 "$GPU_NODES"); do
+    for g in $(seq 0 $((GPUS - 1))); do mknod "$DIR/fakegpu/gpu${i}_gpu$g" c 1 3; done   # same dev as /dev/null
+    echo "NodeName=gpu$i Name=gpu File=$DIR/fakegpu/gpu${i}_gpu[0-$((GPUS - 1))]" >> "$DIR/etc/gres.conf"
   done
 fi
 
@@ -159,11 +168,23 @@ MinJobAge=300
 SlurmctldTimeout=30
 SlurmdTimeout=60
 Waittime=0
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+JobRequeue=1
 EOF
 for i in $(seq 1 "$NODES"); do
-  echo "NodeName=node$i NodeHostname=$(hostname -s) NodeAddr=127.0.0.1 Port=$((PORT + 10 + i)) CPUs=$CPUS RealMemory=$MEM_MB $NODEGRES State=UNKNOWN" >> "$DIR/etc/slurm.conf"
+  echo "NodeName=node$i NodeHostname=$(hostname -s) NodeAddr=127.0.0.1 Port=$((PORT + 10 + i)) CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN" >> "$DIR/etc/slurm.conf"
 done
-echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP" >> "$DIR/etc/slurm.conf"
+for i in $(seq 1 "$GPU_NODES"); do
+  echo "NodeName=gpu$i NodeHostname=$(hostname -s) NodeAddr=127.0.0.1 Port=$((PORT + 10 + NODES + i)) CPUs=$CPUS RealMemory=$MEM_MB $NODEGRES State=UNKNOWN" >> "$DIR/etc/slurm.conf"
+done
+cat >> "$DIR/etc/slurm.conf" <<EOF
+PartitionName=debug Nodes=node[1-$NODES] Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=$GRACE
+PartitionName=urgent Nodes=node[1-$NODES] MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
+EOF
+if [ "$GPU_NODES" -gt 0 ]; then
+  echo "PartitionName=gpu Nodes=gpu[1-$GPU_NODES] MaxTime=INFINITE State=UP PriorityTier=1" >> "$DIR/etc/slurm.conf"
+fi
 export SLURM_CONF=$DIR/etc/slurm.conf
 
 # ---------------------------------------------------------------- 3. munge
@@ -217,8 +238,8 @@ fi
 # ---------------------------------------------------------------- 5. slurmctld + slurmd x N
 slurmctld || die "slurmctld failed to start"
 wait_for 30 slurmctld bash -c "scontrol ping | grep -q 'is UP'"
-for i in $(seq 1 "$NODES"); do slurmd -N "node$i" || die "slurmd -N node$i failed to start"; done
-wait_for "$READY_TIMEOUT" "$NODES idle nodes" bash -c "[ \$(sinfo -h -N -o '%T' | grep -c '^idle$') -eq $NODES ]"
+for name in $(node_names); do slurmd -N "$name" || die "slurmd -N $name failed to start"; done
+wait_for "$READY_TIMEOUT" "$ALL_NODES idle nodes" bash -c "[ \$(sinfo -h -N -o '%N %T' | sort -u | grep -c ' idle$') -eq $ALL_NODES ]"
 
 echo "$PARAMS" > "$DIR/params"
 echo "export SLURM_CONF=$DIR/etc/slurm.conf" > "$DIR/env.sh"

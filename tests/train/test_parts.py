@@ -20,6 +20,8 @@ from pipeline.train.checkpoint import (
     TRAINER_STATE,
     CheckpointManager,
     TrainerState,
+    checkpoint_files,
+    file_digest,
     find_resume_checkpoint,
     tag_for_step,
 )
@@ -100,8 +102,11 @@ def test_video_accuracy_averages_views_and_reports_mean_per_class() -> None:
 def _complete_tag(manager: CheckpointManager, step: int) -> str:
     tag = tag_for_step(step)
     (manager.folder / tag).mkdir(parents=True)
-    state = TrainerState(step, 0, 1, {}, "hash", {"name": "m"}, [{}])
-    manager.finalize(tag, state)
+    (manager.folder / tag / "mp_rank_00_model_states.pt").write_bytes(bytes(range(256)) * step)
+    config = {"data": {"batch_size": 4}, "engine": {"grad_accum_steps": 1}}
+    manager.write_state(tag, TrainerState(step, 0, 1, config, "hash", {"name": "m"}, []))
+    tag_dir = manager.folder / tag
+    manager.finalize(tag, step, 1, {name: file_digest(tag_dir / name) for name in checkpoint_files(tag_dir)})
     return tag
 
 
@@ -119,29 +124,50 @@ def test_checkpoints_count_only_with_marker_and_latest_falls_back(tmp_path) -> N
     assert find_resume_checkpoint(tmp_path, "auto") == tmp_path / tag_for_step(30)
     # `latest` naming a tag whose marker is gone: fall back to the newest complete one, with a warning
     (tmp_path / tag_for_step(30) / MARKER).unlink()
-    with pytest.warns(UserWarning, match="not a complete checkpoint"):
+    with pytest.warns(UserWarning, match="does not name a complete checkpoint"):
         assert find_resume_checkpoint(tmp_path, "auto") == tmp_path / tag_for_step(20)
-    (tmp_path / LATEST).write_text("garbage")
-    with pytest.warns(UserWarning, match="garbage"):
+    (tmp_path / LATEST).write_bytes(b"\xff\xfe garbage \x00")  # any bytes, even undecodable ones
+    with pytest.warns(UserWarning, match="does not name a complete checkpoint"):
         assert find_resume_checkpoint(tmp_path, "auto") == tmp_path / tag_for_step(20)
     assert find_resume_checkpoint(tmp_path, "none") is None
     with pytest.raises(ConfigError, match=r"checkpoint\.resume"):
         find_resume_checkpoint(tmp_path, str(tmp_path / tag_for_step(40)))
 
 
-def test_signal_handler_only_records_and_remembers_the_previous_handler() -> None:
+def test_a_checkpoint_whose_bytes_changed_is_skipped_for_the_newest_good_one(tmp_path) -> None:
+    manager = CheckpointManager(tmp_path, keep=3)
+    for step in (10, 20, 30):
+        _complete_tag(manager, step)
+    states = tmp_path / tag_for_step(30) / "mp_rank_00_model_states.pt"
+    data = bytearray(states.read_bytes())
+    data[100:110] = bytes(10)  # same length, different bytes
+    states.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=rf"skipping checkpoint .*{tag_for_step(30)}: .*sha256"):
+        assert find_resume_checkpoint(tmp_path, "auto") == tmp_path / tag_for_step(20)
+    (tmp_path / tag_for_step(20) / "mp_rank_00_model_states.pt").write_bytes(b"short")  # truncated
+    with pytest.warns(UserWarning, match=r"has 5 bytes, the marker says"):
+        assert find_resume_checkpoint(tmp_path, "auto") == tmp_path / tag_for_step(10)
+    (tmp_path / tag_for_step(10) / "mp_rank_00_model_states.pt").unlink()  # deleted
+    with pytest.warns(UserWarning, match=r"mp_rank_00_model_states\.pt is missing"):
+        assert find_resume_checkpoint(tmp_path, "auto") is None
+    with pytest.raises(ConfigError, match="is damaged"):
+        find_resume_checkpoint(tmp_path, str(tmp_path / tag_for_step(30)))
+
+
+def test_signal_handler_only_records_and_puts_the_previous_handler_back() -> None:
     seen: list[int] = []
     before = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
     try:
         signals.install()
         assert signals.requested() is None
         os.kill(os.getpid(), signal.SIGUSR2)
-        assert signals.requested() == signal.SIGUSR2 and seen == []  # recorded, previous not run yet
-        assert signals.call_previous_handler(signal.SIGUSR2) and seen == [signal.SIGUSR2]
-        assert not signals.call_previous_handler(signal.SIGTERM)  # default disposition: nothing to call
+        assert signals.requested() == signal.SIGUSR2 and seen == []  # recorded, the previous one not run
+        signals.install()  # a second install (the Slurm task's, then train()'s) keeps what was received
+        assert signals.requested() == signal.SIGUSR2
         signals.uninstall()
+        assert signals.requested() is None
         os.kill(os.getpid(), signal.SIGUSR2)
-        assert seen == [signal.SIGUSR2, signal.SIGUSR2]
+        assert seen == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, before)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -166,19 +166,16 @@ def test_tensorboard_holds_every_scalar_and_run_folder_is_complete(reference: Pa
     assert {"train/loss", "val/top1"} <= {key for row in rows for key in row}
 
 
-def test_other_world_size_or_config_is_an_error_and_weights_only_resume_continues(
+def test_a_config_change_is_one_line_and_weights_only_resume_continues(
     small_shards, reference: Path, tmp_path: Path, run_job
 ) -> None:
     shutil.copytree(reference, tmp_path / "reference")
     same = overrides(small_shards, tmp_path, "reference")
 
-    fewer_ranks = run_job(same, nproc=1)
-    assert fewer_ranks.returncode == 2
-    assert "saved by 2 ranks, this job has 1" in fewer_ranks.stderr, fewer_ranks.stderr[-2000:]
-
     changed = run_job([*same, "optim.lr=0.5"])
     assert changed.returncode == 2
-    assert "config changed since checkpoint" in changed.stderr and "optim.lr" in changed.stderr
+    errors = [line for line in changed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "config changed since checkpoint" in errors[0] and "optim.lr" in errors[0]
 
     # The documented way across such a change: weights (and epoch) only, on 1 rank, one more epoch.
     weights_only = run_job([*same, f"optim.epochs={EPOCHS + 1}", "checkpoint.weights_only=true"], nproc=1)

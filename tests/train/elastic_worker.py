@@ -1,0 +1,48 @@
+"""One rank of a job that loads a training checkpoint on this job's world size, through the trainer's own
+path (batch adaptation, universal conversion, DeepSpeed load), and saves the loaded state again.
+
+    python -m tests.train.elastic_worker RUN_DIR TAG OUT_FOLDER   (torchrun-style variables set)
+
+tests/train/test_elastic.py compares what it saves with what the old world size saved.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline.train.checkpoint import read_trainer_state
+from pipeline.train.config import load_train_config
+from pipeline.train.engine import build_engine, needs_universal_checkpoint, save_checkpoint, setup_distributed
+from pipeline.train.optim import build_optimizer
+from pipeline.train.trainer import ResumePoint, batch_of_run, build_model, load_engine_state, with_batch
+
+
+def main(run_dir: str, tag: str, out: str) -> None:
+    """Load `run_dir/checkpoints/tag` on this world size, save it as `out/tag`."""
+    cfg = load_train_config(Path(run_dir) / "config.yaml")
+    world = setup_distributed().world_size
+    tag_dir = cfg.run_dir / "checkpoints" / tag
+    point = ResumePoint(tag_dir, read_trainer_state(tag_dir), weights_only=False, world_size=world)
+    micro, accum = batch_of_run(cfg, point, world)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, point.state.model_arguments["num_classes"])
+    engine = build_engine(
+        model,
+        build_optimizer(model, cfg.optim),
+        with_batch(cfg, micro, accum).engine,
+        micro,
+        world,
+        load_universal=point.elastic and needs_universal_checkpoint(cfg.engine.zero_stage),
+    )
+    load_engine_state(engine, point, cfg.engine.zero_stage)
+    save_checkpoint(engine, Path(out), tag)
+    torch.distributed.barrier()
+    print(f"world {world}: micro-batch {micro} x {accum} accumulation steps", flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
+    torch.distributed.destroy_process_group()

@@ -1,0 +1,106 @@
+"""Every paper recipe in configs/ holds the values of the StructViT paper's training table.
+
+The expected values are written from the model spec (../shared/STRUCTSA.md, section 4 "Training
+recipes to offer as configs", and section 2 for the sizes), not copied from the configs: a config
+that drifts from the paper fails here naming the setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.train.config import Config
+from pipeline.train.optim import scaled_lr
+
+REPO = Path(__file__).resolve().parents[2]
+RANKS = 8  # the recipes are laid out for 8 ranks (one node of 8 GPUs)
+
+# Spec section 4, column by column. Size S: 16 frames, StructViT-S-4-1; size B: 32 frames, B-4-1.
+FRAMES = {"s": 16, "b": 32}
+KINETICS = {
+    "sampling": "dense",
+    "frame_stride": 4,  # 16x4 / 32x4
+    "epochs": 110,
+    "warmup_epochs": 10,
+    "test_clips": 4,  # 16x1x4 / 32x1x4: frames x crops x clips
+    "test_crops": 1,
+    "flip": True,
+    # scale jitter 256-320 then a 224 crop, RandAugment m7-n4, mixup 0.8, cutmix 1.0,
+    # random erasing 0.25, label smoothing 0.1, repeated augmentation x2
+    "aug": {
+        "randaug_n": 4,
+        "randaug_m": 7.0,
+        "mixup": 0.8,
+        "cutmix": 1.0,
+        "erasing_prob": 0.25,
+        "repeated_aug": 2,
+    },
+    "label_smoothing": 0.1,
+}
+FINETUNE = {
+    "sampling": "segment",  # TSN
+    "epochs": 60,
+    "warmup_epochs": 5,
+    "test_clips": 1,  # 16x3x1 / 32x3x1
+    "test_crops": 3,
+    "flip": False,  # direction is the label
+}
+FINETUNE_AUG = {  # S keeps the Kinetics augmentation (without flip); B: random crop only
+    "s": (KINETICS["aug"], 0.1),
+    "b": ({"randaug_n": 0, "mixup": 0.0, "cutmix": 0.0, "erasing_prob": 0.0, "repeated_aug": 1}, 0.0),
+}
+# official UniFormer ImageNet-1K weights of the same size (Sense-X/UniFormer file names)
+IMAGENET_WEIGHTS = {"s": "weights/uniformer_small_in1k.pth", "b": "weights/uniformer_base_in1k.pth"}
+RECIPES = {  # config stem -> (dataset, size)
+    "kinetics400_s16x4": ("kinetics400", "s"),
+    "kinetics400_b32x4": ("kinetics400", "b"),
+    "ssv2_s16": ("ssv2", "s"),
+    "ssv2_b32": ("ssv2", "b"),
+    "diving48_b32": ("diving48", "b"),
+    "finegym99_b32": ("finegym", "b"),
+    "finegym288_b32": ("finegym", "b"),
+}
+
+
+def test_every_recipe_in_configs_is_pinned() -> None:
+    stems = {p.stem for p in (REPO / "configs").glob("*.yaml") if not p.stem.startswith("base")}
+    assert stems - {"demo"} == set(RECIPES)
+
+
+@pytest.mark.parametrize("stem", sorted(RECIPES))
+def test_recipe_follows_the_paper(stem: str) -> None:
+    dataset, size = RECIPES[stem]
+    cfg = load_config(Config, REPO / "configs" / f"{stem}.yaml")
+    data, aug, optim = cfg.data, cfg.data.aug, cfg.optim
+
+    assert cfg.model.name == f"structvit_{size}_4_1"
+    assert data.num_frames == FRAMES[size]
+    assert cfg.model.drop_path_rate == 0.1  # every video recipe, every size
+    # AdamW, lr 2e-4 at 64 clips per step, scaled linearly; wd 0.05; cosine to 1e-6
+    global_batch = data.batch_size * cfg.engine.grad_accum_steps * RANKS
+    assert global_batch == 64 and scaled_lr(optim, global_batch) == pytest.approx(2e-4)
+    assert (optim.lr, optim.base_batch_size, optim.weight_decay, optim.min_lr) == (2e-4, 64, 0.05, 1e-6)
+    assert data.crop_size == 224
+
+    if dataset == "kinetics400":
+        expected, expected_aug, smoothing = KINETICS, KINETICS["aug"], KINETICS["label_smoothing"]
+        assert data.frame_stride == expected["frame_stride"]
+        assert cfg.init.pretrained == IMAGENET_WEIGHTS[size]
+    else:
+        expected = FINETUNE
+        expected_aug, smoothing = FINETUNE_AUG[size]
+        assert cfg.init.pretrained == f"runs/kinetics400_{size}{FRAMES[size]}x4/export/model.pt"
+    assert data.sampling == expected["sampling"]
+    assert (optim.epochs, optim.warmup_epochs) == (expected["epochs"], expected["warmup_epochs"])
+    assert (data.test_clips, data.test_crops) == (expected["test_clips"], expected["test_crops"])
+    assert aug.flip is expected["flip"]
+    for key, value in expected_aug.items():
+        assert getattr(aug, key) == value, key
+    assert optim.label_smoothing == smoothing
+    # the 256-320 short-side jitter as a square crop's area fraction of a 4:3 frame: 224^2 / (s * 4s / 3)
+    area = [224**2 / (side * side * 4 / 3) for side in (320, 256)]
+    assert aug.scale == pytest.approx(area, abs=0.001) and tuple(aug.ratio) == (1.0, 1.0)
+    assert cfg.eval.mean_class_accuracy is (dataset == "finegym")
