@@ -1,28 +1,39 @@
-"""Loader throughput, side by side on the same clips, sampling, transforms and number of workers.
+"""Loader throughput at Kinetics sizes, side by side on the same clips, sampling, transforms and workers.
 
-    python bench/loader.py [--clips 32] [--frames 150] [--height 240] [--workers 2] [--batch-size 4]
-                           [--digest-cost]
+    python bench/loader.py [--clips 24] [--frames 300] [--fps 30] [--height 336] [--workers 2]
+                           [--batch-size 4] [--randaug 4] [--sampling dense segment] [--profile]
+                           [--digest-cost] [--quick]
 
-Builds a synthetic Diving-48-style raw tree (whole H.264 files, stored as-is by the sharder, with
-one keyframe per 300 frames like downloaded originals), shards it twice (as-is, and re-encoded
-with a GOP of 16), then measures clips/s of:
-  (a) this loader reading the shards (webdataset stream, sampling, decode, augmentation, batching);
+Builds a synthetic raw tree like downloaded Kinetics videos (H.264 at 30 fps, 10 s, short side 336,
+16:9, one keyframe per 300 frames), shards it twice (as-is, and re-encoded with a GOP of 16), then,
+for 16x4 dense and 16-segment sampling, 224 crops and the Kinetics recipe's training augmentation
+(scale jitter, flip, RandAugment n4 m7 (`--randaug` ops), random erasing 0.25, mixup / cutmix; one
+view per clip so that every loader delivers one clip per decoded video), measures clips/s of:
+  (a) this loader reading the shards (webdataset stream, sampling, decode, augmentation, batching),
+      on the as-is and on the short-GOP shards;
   (b) the usual raw-file loader: a list file of mp4 paths, decord opening each file, the same
       sampling and transforms (as VideoMAE's dataset does);
-  (c) decode-only of the same kind of clips with the same decoder as (a), from bytes in memory;
-and prints a/b, a/c, and frames decoded per frame delivered on both shard sets (PyAV's count: the
-frames its decoder produced; non-reference frames it was told to skip are not decoded, not counted).
-(a) also runs on the re-encoded shards with the configured decoder and with PyAV, the one decoder
-here that skips non-reference B-frames.
+  (c) decode-only of the same kind of clips with the same decoder as (a), from bytes in memory, on
+      both shard sets (the limit);
+passes interleaved, and prints a/b, a/c, clips/s per core (the figure a cluster is sized with), and
+frames decoded per frame delivered on both shard sets (PyAV's count: the frames its decoder produced;
+non-reference frames it was told to skip are not decoded, not counted).
+With --profile, one process times each stage of a worker's work on both shard sets: reading the tar
+sample and its digest, decoding, colour conversion (yuv420p -> rgb24), crop + resize + flip,
+RandAugment, the trip through worker IPC (pickling the batch into shared memory and back: uint8
+pixels, float after RandAugment) and
+the main process's normalise / erase / mixup.
 With --digest-cost, (a) also runs on a copy of the as-is shards without their per-sample sha256
-members (the loader then skips the check, as for shards from before digests), passes interleaved, and
-the sha256 of every sample is timed on its own: the cost of the integrity check, side by side.
-Hardware, versions and the resolved config are printed with the results.
+members (the loader then skips the check, as for shards from before digests), and the sha256 of every
+sample is timed on its own: the cost of the integrity check, side by side.
+--quick is CI's smoke run (8 small clips, dense sampling, one pass). Hardware, versions and the
+resolved config are printed with the results.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -33,6 +44,8 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
+from multiprocessing.reduction import ForkingPickler  # torch adds its shared-memory tensor reductions
 from pathlib import Path
 
 import av
@@ -53,17 +66,18 @@ from pipeline.data.plan import (
     make_rng,
 )
 from pipeline.data.sampling import train_indices
-from pipeline.data.stream import ReadShardSlices, video_member
+from pipeline.data.stream import ReadShardSlices, finish_train_batch, video_member
 from pipeline.data.transforms import TrainTransform
 from shards.__main__ import main as shards_main
 from shards.synth import encode_video
 
 
-def make_data(root: Path, clips: int, frames: int, height: int) -> tuple[Path, Path, Path]:
+def make_data(root: Path, clips: int, frames: int, height: int, fps: float) -> tuple[Path, Path, Path]:
     """Raw tree, as-is shards and short-GOP re-encoded shards."""
     raw, original, short_gop = root / "raw", root / "shards-original", root / "shards-gop16"
     synth = ["synth", "diving48", "--out", str(raw), "--num-videos", str(clips), "--classes", "4"]
-    synth += ["--frames", str(frames), "--height", str(height), "--splits", "train", "--missing", "0"]
+    synth += ["--frames", str(frames), "--height", str(height), "--fps", str(fps)]
+    synth += ["--splits", "train", "--missing", "0"]
     common = ["diving48", "--root", str(raw), "--split", "train", "--max-samples", "8", "--workers", "2"]
     if shards_main(synth) != 0:
         raise SystemExit(f"preparing the benchmark data failed: {' '.join(synth)}")
@@ -79,7 +93,7 @@ def make_data(root: Path, clips: int, frames: int, height: int) -> tuple[Path, P
 
 
 def make_long_gop(path: Path) -> None:
-    """Re-encode a raw clip with one keyframe per 300 frames, like downloaded originals."""
+    """Re-encode a raw clip with one keyframe per 300 frames (10 s at 30 fps), like downloaded originals."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate)
@@ -197,98 +211,246 @@ def amplification(samples: list[dict], cfg: DataConfig) -> float:
     return decoder.frames_decoded / delivered
 
 
+class TimedPyAV(PyAVDecoder):
+    """PyAV's decoder with its yuv420p -> rgb24 conversion timed apart from the decoding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convert_s = 0.0
+
+    def _keep(self, frames: list, wanted: set[int], decoded: dict[int, np.ndarray]) -> None:
+        started = time.perf_counter()
+        super()._keep(frames, wanted, decoded)
+        self.convert_s += time.perf_counter() - started
+
+
+class StageClock:
+    """Seconds per named stage: `with clock("decode"): ...` adds the block's time to that stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+
+def profile_worker(folder: Path, cfg: DataConfig) -> tuple[dict[str, float], int]:
+    """Seconds per stage of a worker's work on every sample of `folder`, in one process, and the clips.
+
+    The stages are those of the loader (`pipeline.data.stream`), called one by one. Crop + resize +
+    flip is the transform without RandAugment, RandAugment the full transform's extra time (both from
+    the same generator seed, so they draw the same crops). IPC is what a DataLoader worker does with
+    each batch (ForkingPickler moves tensors to shared memory) plus the unpickling in the main process.
+    """
+    clock, decoder = StageClock(), TimedPyAV()
+    no_randaug = from_dict(DataConfig, {**to_dict(cfg), "aug": {**to_dict(cfg.aug), "randaug_n": 0}})
+    plain, full = TrainTransform(no_randaug, flip=True), TrainTransform(cfg, flip=True)
+    with clock("read tar"):
+        samples = read_samples(folder)
+    views, augment_s = [], 0.0
+    for i, sample in enumerate(samples):
+        with clock("sha256 check"):
+            sample_digest(sample)
+        meta = json.loads(sample["json"])
+        indices = train_indices(
+            cfg.sampling, int(meta["num_frames"]), cfg.num_frames, cfg.frame_stride, make_rng(3, i)
+        )
+        with clock("decode"):
+            frames = decoder.decode(video_member(sample), indices)
+        with clock("crop + resize + flip"):
+            plain.pixel_views(frames, make_rng(4, i))
+        started = time.perf_counter()
+        views += full.pixel_views(frames, make_rng(4, i))
+        augment_s += time.perf_counter() - started
+    seconds = clock.seconds
+    seconds["decode"] -= decoder.convert_s
+    seconds["colour conversion"] = decoder.convert_s
+    seconds["RandAugment"] = augment_s - seconds["crop + resize + flip"]
+    for first in range(0, len(views) - cfg.batch_size + 1, cfg.batch_size):
+        group = views[first : first + cfg.batch_size]
+        video = torch.stack([pixels for pixels, _ in group])  # as BatchTrain collates them
+        with clock("worker IPC"):
+            video = ForkingPickler.loads(ForkingPickler.dumps(video))
+        batch = {
+            "video": video,
+            "erase": [box for _, box in group],
+            "label": torch.zeros(len(group), dtype=torch.long),
+            "mix_seed": (0, first),
+        }
+        with clock("main process: normalise, erase, mix"):
+            finish_train_batch(batch, cfg.aug, 4)
+    return seconds, len(samples)
+
+
+def print_profile(name: str, totals: dict[str, float], clips: int) -> None:
+    """Milliseconds per clip and share of each stage."""
+    total = sum(totals.values())
+    print(f"worker profile, {name}: {total / clips * 1e3:.1f} ms per clip in one process")
+    for stage, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"    {stage:<38} {seconds / clips * 1e3:8.1f} ms  {seconds / total:6.1%}")
+
+
+def data_config(folder: Path, sampling: str, args: argparse.Namespace) -> DataConfig:
+    """The loader's config: 16 frames (x4 dense or 16 segments), 224 crops, the Kinetics recipe's
+    augmentation (RandAugment ops: --randaug) with one view per clip."""
+    return from_dict(
+        DataConfig,
+        {
+            "train": [str(folder)],
+            "num_frames": 16,
+            "sampling": sampling,
+            "frame_stride": 4,
+            "crop_size": 224,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "decoder": "auto",
+            "shuffle_buffer": 16,
+            "aug": {
+                "scale": [0.367, 0.574],
+                "ratio": [1.0, 1.0],
+                "flip": True,
+                "randaug_n": args.randaug,
+                "randaug_m": 7.0,
+                "mixup": 0.8,
+                "cutmix": 1.0,
+                "erasing_prob": 0.25,
+            },
+        },
+    )
+
+
+def build_loaders(
+    sampling: str, args: argparse.Namespace, raw: Path, folders: dict[str, Path], tmp: Path
+) -> dict[str, object]:
+    """(a) on each shard set, (b) raw files + decord, (c) decode-only on each shard set."""
+    cfg = data_config(folders["as-is"], sampling, args)
+    decoder = resolve_decoder_name(cfg.decoder)
+    loaders: dict[str, object] = {}
+    for name, folder in folders.items():
+        loaders[f"a {name}"] = build_train_loader(
+            data_config(folder, sampling, args), rank=0, world_size=1, seed=0
+        )
+    samples = read_samples(folders["as-is"])
+    metas = [json.loads(s["json"]) for s in samples]
+    list_file = tmp / "train_list.txt"
+    list_file.write_text("".join(f"{raw / m['source']} {m['label']}\n" for m in metas))
+    loaders["b"] = DataLoader(
+        RawFileClips(list_file, cfg),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+    )
+    for name, folder in folders.items():
+        videos = [(video_member(s), int(json.loads(s["json"])["num_frames"])) for s in read_samples(folder)]
+        loaders[f"c {name}"] = DataLoader(
+            DecodeOnly(videos, cfg, decoder),
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            drop_last=True,
+        )
+    return loaders
+
+
+def print_rates(sampling: str, rates: dict[str, float], amp: dict[str, float], workers: int) -> None:
+    """The figures of one sampling: clips/s, per core, the ratios and the decode amplification."""
+    cores = max(workers, 1)
+    label = "16x4 dense" if sampling == "dense" else "16-segment"
+    print(f"[{label}]")
+    for name, text in (
+        ("a as-is", "(a) this loader, as-is shards    "),
+        ("a short-GOP", "(a) this loader, short-GOP shards"),
+        ("b", "(b) raw files + decord, list file"),
+        ("c as-is", "(c) decode only, as-is shards    "),
+        ("c short-GOP", "(c) decode only, short-GOP shards"),
+    ):
+        print(f"  {text} {rates[name]:8.2f} clips/s  {rates[name] / cores:6.2f} clips/s per core")
+    print(
+        f"  a/b = {rates['a as-is'] / rates['b']:.2f} as-is, "
+        f"{rates['a short-GOP'] / rates['b']:.2f} short-GOP   (goal >= 1.5 short-GOP)"
+    )
+    print(
+        f"  a/c = {rates['a as-is'] / rates['c as-is']:.2f} as-is, "
+        f"{rates['a short-GOP'] / rates['c short-GOP']:.2f} short-GOP   (goal >= 0.95)"
+    )
+    print(
+        f"  frames decoded per frame delivered: {amp['as-is']:.2f} as-is, {amp['short-GOP']:.2f} short-GOP"
+        "   (goal <= 2 short-GOP)"
+    )
+
+
 def main() -> None:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=32)
-    parser.add_argument("--frames", type=int, default=150, help="frames per raw clip (150 = 10 s at 15 fps)")
-    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=300, help="frames per raw clip (300 = 10 s at 30 fps)")
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--height", type=int, default=336, help="short side of the raw clips")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="passes over the clips per loader")
+    parser.add_argument("--randaug", type=int, default=4, help="RandAugment ops per clip (the recipe's 4)")
+    parser.add_argument("--sampling", nargs="+", choices=("dense", "segment"), default=["dense", "segment"])
+    parser.add_argument("--profile", action="store_true", help="also time each stage of a worker's work")
     parser.add_argument("--digest-cost", action="store_true", help="also measure the sha256 check's cost")
+    parser.add_argument(
+        "--quick", action="store_true", help="8 clips of 64 frames at 128p, dense sampling, one pass (CI)"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        raw, original, short_gop = make_data(Path(tmp), args.clips, args.frames, args.height)
-        cfg = from_dict(
-            DataConfig,
-            {
-                "train": [str(original)],
-                "num_frames": 16,
-                "sampling": "dense",
-                "frame_stride": 4,
-                "crop_size": 224,
-                "batch_size": args.batch_size,
-                "workers": args.workers,
-                "decoder": "auto",
-                "shuffle_buffer": 16,
-            },
-        )
-        samples = read_samples(original)
-        metas = [json.loads(s["json"]) for s in samples]
-        list_file = Path(tmp) / "train_list.txt"
-        list_file.write_text("".join(f"{raw / m['source']} {m['label']}\n" for m in metas))
-        decoder = resolve_decoder_name(cfg.decoder)
-        loaders = {
-            "a": build_train_loader(cfg, rank=0, world_size=1, seed=0),
-            "b": DataLoader(
-                RawFileClips(list_file, cfg),
-                batch_size=args.batch_size,
-                shuffle=True,
-                num_workers=args.workers,
-                drop_last=True,
-            ),
-            "c": DataLoader(
-                DecodeOnly(
-                    [(video_member(s), int(m["num_frames"])) for s, m in zip(samples, metas, strict=True)],
-                    cfg,
-                    decoder,
-                ),
-                batch_size=args.batch_size,
-                num_workers=args.workers,
-                drop_last=True,
-            ),
-        }
-        short_gop_cfg = from_dict(DataConfig, {**to_dict(cfg), "train": [str(short_gop)]})
-        loaders["a-short-gop"] = build_train_loader(short_gop_cfg, rank=0, world_size=1, seed=0)
-        pyav_cfg = from_dict(DataConfig, {**to_dict(short_gop_cfg), "decoder": "pyav"})
-        loaders["a-short-gop-pyav"] = build_train_loader(pyav_cfg, rank=0, world_size=1, seed=0)
-        if args.digest_cost:
-            unchecked = without_digests(original, Path(tmp) / "shards-no-digest")
-            unchecked_cfg = from_dict(DataConfig, {**to_dict(cfg), "train": [str(unchecked)]})
-            loaders["a-no-digest"] = build_train_loader(unchecked_cfg, rank=0, world_size=1, seed=0)
-            hashing = digest_seconds(samples) / len(samples)
-        rates = interleaved_rates(loaders, args.repeats)
-        amp = {
-            "original": amplification(samples, cfg),
-            "short-GOP (16) re-encoded": amplification(read_samples(short_gop), cfg),
-        }
+    if args.quick:
+        args.clips, args.frames, args.height, args.repeats, args.sampling = 8, 64, 128, 1, ["dense"]
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}, av {av.__version__}"
     )
     print(
-        f"clips: {args.clips} x {args.frames} frames at {args.height}p, decoder for (a) and (c): {decoder}, "
-        f"workers: {args.workers}, batch: {args.batch_size}, passes: {args.repeats}"
+        f"clips: {args.clips} x {args.frames} frames at {args.fps:g} fps, short side {args.height}, "
+        f"workers: {args.workers}, batch: {args.batch_size}, passes: {args.repeats}, "
+        f"RandAugment ops: {args.randaug}",
+        flush=True,
     )
-    print(f"config: {json.dumps(to_dict(cfg), sort_keys=True)}")
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        raw, original, short_gop = make_data(tmp, args.clips, args.frames, args.height, args.fps)
+        folders = {"as-is": original, "short-GOP": short_gop}
+        for sampling in args.sampling:
+            cfg = data_config(original, sampling, args)
+            if sampling == args.sampling[0]:
+                print(f"decoder for (a) and (c): {resolve_decoder_name(cfg.decoder)}")
+                print(f"config: {json.dumps(to_dict(cfg), sort_keys=True)}")
+            rates = interleaved_rates(build_loaders(sampling, args, raw, folders, tmp), args.repeats)
+            amp = {name: amplification(read_samples(folder), cfg) for name, folder in folders.items()}
+            print_rates(sampling, rates, amp, args.workers)
+            if args.profile:
+                for name, folder in folders.items():
+                    print_profile(f"{sampling}, {name} shards", *profile_worker(folder, cfg))
+            sys.stdout.flush()
+        if args.digest_cost:
+            print_digest_cost(args, original, tmp)
+
+
+def print_digest_cost(args: argparse.Namespace, original: Path, tmp: Path) -> None:
+    """(a) with and without the per-sample sha256 check, passes interleaved, and sha256 timed alone."""
+    samples = read_samples(original)
+    unchecked = without_digests(original, tmp / "shards-no-digest")
+    cfg = data_config(original, args.sampling[0], args)
+    loaders = {
+        "with": build_train_loader(cfg, rank=0, world_size=1, seed=0),
+        "without": build_train_loader(
+            data_config(unchecked, args.sampling[0], args), rank=0, world_size=1, seed=0
+        ),
+    }
+    rates = interleaved_rates(loaders, args.repeats)
+    hashing = digest_seconds(samples) / len(samples)
+    per_clip = max(args.workers, 1) / rates["with"]  # CPU seconds per clip
     print(
-        f"(a) this loader, shards           {rates['a']:8.1f} clips/s   "
-        f"(short-GOP shards: {rates['a-short-gop']:.1f}, with pyav: {rates['a-short-gop-pyav']:.1f})"
+        f"integrity check: (a) with / without sha256 = {rates['with'] / rates['without']:.3f} "
+        f"({rates['with']:.1f} vs {rates['without']:.1f} clips/s); sha256 alone "
+        f"{hashing * 1e3:.2f} ms per sample = {hashing / per_clip:.2%} of a clip's worker time"
     )
-    print(f"(b) raw files + decord, list file {rates['b']:8.1f} clips/s")
-    print(f"(c) decode only (the limit)       {rates['c']:8.1f} clips/s")
-    print(f"a/b = {rates['a'] / rates['b']:.2f}   (target >= 1.0)")
-    print(f"a/c = {rates['a'] / rates['c']:.2f}   (target >= 0.85)")
-    for name, value in amp.items():
-        print(f"frames decoded per frame delivered, {name}: {value:.2f}")
-    if args.digest_cost:
-        per_clip = args.workers / rates["a"] if args.workers else 1 / rates["a"]  # CPU seconds per clip
-        print(
-            f"integrity check: (a) with / without sha256 = {rates['a'] / rates['a-no-digest']:.3f} "
-            f"({rates['a']:.1f} vs {rates['a-no-digest']:.1f} clips/s); sha256 alone "
-            f"{hashing * 1e3:.2f} ms per sample = {hashing / per_clip:.2%} of a clip's worker time"
-        )
 
 
 if __name__ == "__main__":

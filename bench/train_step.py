@@ -1,13 +1,16 @@
 """Training step time and peak memory: StructViT-S-4-1 against UniFormer-S, activation checkpointing
 off/on, under DeepSpeed ZeRO 0 / 2 / 3, as ratios, in one run.
 
-    python bench/train_step.py [--nproc 2] [--batch 2] [--frames 8] [--size 96] [--steps 3]
+    python bench/train_step.py [--nproc 1] [--batch 1] [--frames 16] [--size 224] [--steps 1] [--quick]
 
 Starts --nproc ranks (gloo on CPU, NCCL on GPUs) through launch/local.py's launcher; every rank
 trains each variant on fixed random clips: one warm-up step, then the median of --steps optimizer
 steps. Peak memory is one step's peak above what was in use before it, on rank 0 (the CUDA
-allocator's peak on a GPU, the peak resident set on CPU). The defaults keep the whole run to a few
-minutes on 2 CPU cores; use real sizes (--frames 16 --size 224 --batch 8) on GPUs.
+allocator's peak on a GPU, the peak resident set on CPU). The time ratio is printed beside the
+models' forward FLOP ratio at the same clip size (torch's counter, as `pipeline.models.summary`).
+The defaults are the real clip size (16x224) at batch 1 on one rank, under 10 minutes on 2 CPU
+cores; `--quick` (the tiny widths at 4x64, CI's smoke run) only checks that every variant runs. On GPUs use
+--batch 8 or more.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ("structvit_s_4_1", "uniformer_s")
+QUICK_MODELS = ("structvit_tiny_4_1", "uniformer_tiny")  # --quick: the same pair, tiny widths
 STAGES = (0, 2, 3)
 CHECKPOINTING = (False, True)
 
@@ -87,7 +91,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     rows = []
     for stage in STAGES:
         for checkpointing in CHECKPOINTING:
-            for name in MODELS:
+            for name in args.models:
                 torch.manual_seed(0)
                 model = create_model(name, num_classes=10, num_frames=args.frames, img_size=args.size)
                 cfg = EngineConfig(zero_stage=stage, activation_checkpointing=checkpointing)
@@ -123,6 +127,14 @@ def measure(args: argparse.Namespace) -> list[dict]:
     return rows if dist_info.rank == 0 else []
 
 
+def flop_ratio(args: argparse.Namespace) -> float:
+    """StructViT / UniFormer forward FLOPs per clip at the benchmark's clip size."""
+    from pipeline.models.summary import summarize
+
+    ours, base = (summarize(m, num_frames=args.frames, img_size=args.size)["gflops"] for m in args.models)
+    return ours / base
+
+
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     """Absolute figures plus the two ratios that matter: StructViT / UniFormer and checkpointing on / off."""
     import torch
@@ -132,7 +144,8 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
         f"python {platform.python_version()}, torch {torch.__version__}"
     )
     print(
-        f"# {args.nproc} ranks, {args.batch} clips of {args.frames}x{args.size}x{args.size} per rank, "
+        f"# {args.nproc} ranks, {' vs '.join(args.models)}, "
+        f"{args.batch} clips of {args.frames}x{args.size}x{args.size} per rank, "
         f"median of {args.steps} steps after 1 warm-up"
     )
     key = {(r["zero"], r["checkpointing"], r["model"]): r for r in rows}
@@ -142,8 +155,8 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     )
     for stage in STAGES:
         for checkpointing in CHECKPOINTING:
-            ours, base = (key[(stage, checkpointing, m)] for m in MODELS)
-            plain = key[(stage, False, MODELS[0])]
+            ours, base = (key[(stage, checkpointing, m)] for m in args.models)
+            plain = key[(stage, False, args.models[0])]
             mode = "on" if checkpointing else "off"
             print(
                 f"{stage:>4} {mode:>5} | {ours['step_s']:>11.3f} {base['step_s']:>11.3f} "
@@ -153,18 +166,31 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
                 f"{ours['step_s'] / plain['step_s']:>13.2f} "
                 f"{ours['peak_mb'] / plain['peak_mb']:>12.2f}"
             )
+    times = [
+        key[(s, False, args.models[0])]["step_s"] / key[(s, False, args.models[1])]["step_s"] for s in STAGES
+    ]
+    print(
+        f"time ratio structvit/uniformer (no checkpointing): {min(times):.2f}-{max(times):.2f}x "
+        f"against a forward FLOP ratio of {flop_ratio(args):.2f}x"
+    )
+    cuts = [key[(s, True, m)]["peak_mb"] / key[(s, False, m)]["peak_mb"] for s in STAGES for m in args.models]
+    print(f"checkpointing on/off peak memory: {min(cuts):.2f}-{max(cuts):.2f}x")
 
 
 def main() -> int:
     """Without RANK in the environment: launch the ranks and print the table; with it: measure."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--nproc", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=2, help="clips per rank")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--size", type=int, default=96, help="crop size in pixels")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    parser.add_argument("--nproc", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1, help="clips per rank")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=224, help="crop size in pixels")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per variant")
+    parser.add_argument("--quick", action="store_true", help="tiny models, 4x64 clips: a smoke run for CI")
     parser.add_argument("--out", help=argparse.SUPPRESS)  # set by the launching parent
     args = parser.parse_args()
+    args.models = QUICK_MODELS if args.quick else MODELS
+    if args.quick:
+        args.frames, args.size = 4, 64
     if "RANK" in os.environ:
         rows = measure(args)
         if rows:

@@ -149,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_train_config(args.config, args.overrides, world_size=args.nproc)
-        lock = RunLock(cfg.run_dir)  # refused here once, rather than by rank 0 after every rank started
-        lock.acquire()
-        lock.release()
+        if cfg.run_dir.is_dir():  # refused here once, rather than by rank 0 after every rank started
+            lock = RunLock(cfg.run_dir)
+            lock.acquire()
+            lock.release()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -124,7 +124,7 @@ def run_dataset(reader: DatasetReader, args: argparse.Namespace) -> int:
     """Read the raw split, write its shards and manifest, print the summary line."""
     index = reader.read(args.root, args.split, args)
     encode = EncodeOptions(short_side=args.short_side, gop=args.gop, crf=args.crf, preset=args.preset)
-    context = SampleContext(index.dataset, index.split, index.root, args.reencode, encode)
+    context = SampleContext(index.dataset, index.split, index.root, args.reencode, encode, reader.modality)
     options = WriteOptions(
         context=context,
         max_samples=args.max_samples,

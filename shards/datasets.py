@@ -1,6 +1,6 @@
 """The dataset registry of the sharder, and the helpers every raw-layout reader shares.
 
-Each reader module (kinetics, ssv2, diving48, finegym) registers a `DatasetReader` when imported;
+Each reader module (kinetics, ssv2, diving48, finegym, imagenet) registers a `DatasetReader` when imported;
 the CLI looks one up in `READERS` by name, lets it add its flags, and calls `read(root, split, args)`
 to get a `DatasetIndex`. A reader never decodes video: it maps annotation rows to files.
 """
@@ -22,12 +22,14 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
 @dataclass(frozen=True)
 class DatasetReader:
-    """How the sharder reads one dataset: its flags, its reader, and the suffix of its raw videos."""
+    """How the sharder reads one dataset: its flags, its reader, the suffix of its raw files, and whether
+    they are videos or images (which decides how the writer validates them)."""
 
     name: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     read: Callable[[Path, str, argparse.Namespace], DatasetIndex]
     store_ext: str
+    modality: str = "video"
 
 
 READERS: dict[str, DatasetReader] = {}
@@ -126,4 +128,4 @@ def _one_line(err: BaseException) -> str:
 
 
 # Importing the reader modules registers them; they import the helpers above, so this comes last.
-from shards import diving48, finegym, kinetics, ssv2  # noqa: E402, F401
+from shards import diving48, finegym, imagenet, kinetics, ssv2  # noqa: E402, F401

@@ -17,7 +17,7 @@ from pipeline.io import atomic_write_json
 
 PART_MANIFEST = re.compile(r"manifest-p(\d{3})-of-(\d{3})\.json")
 # Fields every part must have in common for the merge to mean one dataset split.
-SHARED_FIELDS = ("dataset", "split", "tool_version", "options", "label_map")
+SHARED_FIELDS = ("dataset", "split", "modality", "tool_version", "options", "label_map")
 
 
 class MergeError(RuntimeError):
@@ -64,7 +64,7 @@ def merge_manifests(parts: list[dict[str, Any]]) -> dict[str, Any]:
     names = [entry["name"] for entry in shards]
     if len(set(names)) != len(names):
         raise MergeError("two parts list the same shard name")
-    merged = {name: first[name] for name in SHARED_FIELDS}
+    merged = {name: first[name] for name in SHARED_FIELDS if name in first}  # modality: newer manifests
     merged["shards"] = shards
     merged["total"] = sum(entry["num_samples"] for entry in shards)
     rejects = [reject for manifest in parts for reject in manifest["rejects"]]

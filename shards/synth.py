@@ -1,5 +1,7 @@
 """Tiny raw datasets in each publisher's layout, with real encoded videos whose motion is the label.
 
+(ImageNet's tree, with JPEGs whose shape is the label, is written by `shards.synth_imagenet`.)
+
 `python -m shards synth <dataset> --out RAW --num-videos N --classes K` writes annotations and videos
 exactly as the publisher ships them (see the dataset readers), so the sharder, the loader and the
 training demo run end to end on files that look like the real ones. Every clip shows one shape
@@ -21,6 +23,7 @@ import av
 import numpy as np
 
 from pipeline.io import atomic_open, atomic_write_json, atomic_write_text
+from shards.synth_imagenet import write_imagenet
 
 # Container format per file suffix, and the encoder behind each codec name.
 CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".webm": "webm"}
@@ -129,6 +132,7 @@ PUBLISHER_SPLITS = {
     "ssv2": ("train", "val", "test"),
     "diving48": ("train", "test"),
     "finegym": ("train", "val"),
+    "imagenet": ("train", "val"),
 }
 DEFAULT_FPS = {"ssv2": 12.0, "finegym": 10.0}  # others: 15 fps
 ASPECT = {"kinetics400": 4 / 3, "kinetics600": 4 / 3, "kinetics700": 4 / 3}  # others: 16:9
@@ -412,6 +416,7 @@ WRITERS = {
     "ssv2": _ssv2,
     "diving48": _diving48,
     "finegym": _finegym,
+    "imagenet": write_imagenet,
 }
 
 
@@ -427,7 +432,7 @@ def synth_dataset(
     missing: int = 1,
     splits: tuple[str, ...] | None = None,
 ) -> int:
-    """Write a raw `dataset` tree under `out` in its publisher's layout; returns the videos written.
+    """Write a raw `dataset` tree under `out` in its publisher's layout; returns the files written.
 
     Every split gets `num_videos` clips (labels cycle through all `classes`) plus `missing`
     annotated rows whose video does not exist. `out` must be new or empty, so that the same
@@ -495,5 +500,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"shards synth: error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {written} videos of a synthetic {args.dataset} tree to {args.out}")
+    kind = "images" if args.dataset == "imagenet" else "videos"
+    print(f"wrote {written} {kind} of a synthetic {args.dataset} tree to {args.out}")
     return 0

@@ -1,12 +1,13 @@
 """`python -m shards verify OUT`: re-read every shard against manifest.json.
 
 Checks, per shard: the file exists, its size and sha256 match, it is a readable tar whose samples
-are contiguous and complete (one video member, json, cls, and the sha256 digest member of shards
+are contiguous and complete (one video or image member, json, cls, and the sha256 digest member of shards
 written since digests exist), the sample count matches; per sample: its digest matches its members,
 the key is `<dataset>/<split>/<id>`, cls equals the json label, the label is in the label map, and
-the video decodes to exactly the json's num_frames. A shard whose size or sha256 differs is still
-read, so that the samples whose bytes changed are named. Every mismatch is one line naming the shard
-(and sample); no problem means the shards can be trained on as the manifest describes them.
+the video decodes to exactly the json's num_frames (an image: completely, at the json's width and
+height). A shard whose size or sha256 differs is still read, so that the samples whose bytes changed
+are named. Every mismatch is one line naming the shard (and sample); no problem means the shards can
+be trained on as the manifest describes them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.digest import DIGEST_MEMBER, digest_problem
+from shards.image import IMAGE_EXT, ImageError, open_image
 from shards.video import STORE_AS_IS_EXTS, VideoError, count_decoded_frames
 
 HASH_CHUNK = 1 << 20
@@ -99,10 +101,11 @@ def _read_samples(path: Path) -> dict[str, dict[str, bytes]]:
 
 
 def _check_sample(key: str, members: dict[str, bytes], manifest: dict[str, Any]) -> list[str]:
-    videos = [ext for ext in members if ext in STORE_AS_IS_EXTS]
-    expected = {"json", "cls"} | set(videos)
-    if len(videos) != 1 or set(members) - {DIGEST_MEMBER} != expected:
-        return [f"members {sorted(members)}: expected one of {list(STORE_AS_IS_EXTS)} plus json and cls"]
+    media = [ext for ext in members if ext in (*STORE_AS_IS_EXTS, IMAGE_EXT)]
+    expected = {"json", "cls"} | set(media)
+    if len(media) != 1 or set(members) - {DIGEST_MEMBER} != expected:
+        accepted = [*STORE_AS_IS_EXTS, IMAGE_EXT]
+        return [f"members {sorted(members)}: expected one of {accepted} plus json and cls"]
     bytes_changed = digest_problem(members)
     if bytes_changed:
         return [bytes_changed]
@@ -119,13 +122,27 @@ def _check_sample(key: str, members: dict[str, bytes], manifest: dict[str, Any])
     label_map = manifest.get("label_map", {})
     if label != -1 and label_map.get(str(label)) != meta.get("label_name"):
         problems.append(f"label {label} ({meta.get('label_name')!r}) is not in the label map as such")
+    if media[0] == IMAGE_EXT:
+        return problems + _check_image(members[IMAGE_EXT], meta)
     try:
-        decoded = count_decoded_frames(members[videos[0]])
+        decoded = count_decoded_frames(members[media[0]])
     except VideoError as err:
         return [*problems, f"video does not decode: {err}"]
     if decoded != num_frames:
         problems.append(f"video decodes to {decoded} frames, the json says {num_frames}")
     return problems
+
+
+def _check_image(data: bytes, meta: dict[str, Any]) -> list[str]:
+    """An image member decodes completely, at the size its json records."""
+    try:
+        image = open_image(data)
+    except ImageError as err:
+        return [f"image does not decode: {err}"]
+    recorded = (meta.get("width"), meta.get("height"))
+    if image.size != recorded:
+        return [f"image is {image.width}x{image.height}, the json says {recorded[0]}x{recorded[1]}"]
+    return []
 
 
 def _sha256(path: Path) -> str:

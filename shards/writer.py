@@ -39,6 +39,7 @@ from tqdm import tqdm
 from pipeline.data.digest import DIGEST_MEMBER, sample_digest
 from pipeline.io import atomic_open, atomic_write_json
 from shards import __version__
+from shards.image import IMAGE_EXT, ImageError, prepare_image
 from shards.merge import PART_MANIFEST
 from shards.records import DatasetIndex, Record, Reject
 from shards.verify import SHARD_FILE
@@ -68,6 +69,7 @@ class SampleContext:
     root: Path
     reencode: bool = False
     encode: EncodeOptions = field(default_factory=EncodeOptions)
+    modality: str = "video"  # "image": records are image files (see build_image_sample)
 
 
 class OutputError(RuntimeError):
@@ -76,7 +78,8 @@ class OutputError(RuntimeError):
 
 @dataclass(frozen=True)
 class VideoSample:
-    """One validated sample: its key, the bytes of its video, json and cls members, its frame count."""
+    """One validated sample: its key, the bytes of its video (or image: one frame), json and cls members,
+    its frame count."""
 
     key: str
     video_ext: str
@@ -135,6 +138,8 @@ def build_sample(context: SampleContext, record: Record) -> VideoSample | Reject
     Runs in the worker processes. A clip is stored as-is unless it must be cut (a window inside a
     longer video) or --reencode is on; either way the bytes that go into the shard are validated.
     """
+    if context.modality == "image":
+        return build_image_sample(context, record)
     source = _relative_source(record.source, context.root)
     key = f"{context.dataset}/{context.split}/{record.id}"
     try:
@@ -177,6 +182,37 @@ def build_sample(context: SampleContext, record: Record) -> VideoSample | Reject
         meta["clip_start_s"], meta["clip_end_s"] = window
     meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
     return VideoSample(key, ext, video, meta_bytes, str(record.label).encode("ascii"), info.num_frames)
+
+
+def build_image_sample(context: SampleContext, record: Record) -> VideoSample | Reject:
+    """Validate one image file, convert or shrink it if needed (`shards.image`), and build its sample.
+
+    The sample has the video samples' shape (a `jpg` member, num_frames 1), so shards, manifests,
+    resume, merge and verify are the same code for both.
+    """
+    source = _relative_source(record.source, context.root)
+    try:
+        data = record.source.read_bytes()
+        image, info, converted = prepare_image(data, context.encode.short_side, context.reencode)
+    except ImageError as err:
+        return Reject(record.id, source, str(err))
+    except OSError as err:
+        return Reject(record.id, source, f"cannot read the image: {err.strerror or err}")
+    meta: dict[str, Any] = {
+        **record.extras,
+        "dataset": context.dataset,
+        "split": context.split,
+        "id": record.id,
+        "label": record.label,
+        "label_name": record.label_name,
+        "source": source,
+        **asdict(info),
+    }
+    if converted is not None:
+        meta["converted_from"] = converted
+    meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    key = f"{context.dataset}/{context.split}/{record.id}"
+    return VideoSample(key, IMAGE_EXT, image, meta_bytes, str(record.label).encode("ascii"), info.num_frames)
 
 
 def _relative_source(path: Path, root: Path) -> str:
@@ -282,6 +318,7 @@ def write_dataset(
     manifest = {
         "dataset": index.dataset,
         "split": index.split,
+        "modality": context.modality,
         "tool_version": __version__,
         "options": recorded,
         "label_map": {str(k): v for k, v in sorted(index.label_map.items())},

@@ -123,6 +123,22 @@ def tiny_training(words: list[str], clone: Path) -> list[str]:
     return [*words, *overrides, "data.frame_stride=1", "data.batch_size=2", "data.workers=0"]
 
 
+def tiny_image_training(words: list[str], clone: Path) -> list[str]:
+    """An ImageNet recipe on tiny synthetic ImageNet shards (32 px), a tiny model, two steps."""
+    raw, shards = clone / "tiny-imagenet" / "raw", clone / "tiny-imagenet"
+    if not raw.exists():
+        synth = ["synth", "imagenet", "--out", str(raw), "--num-videos", str(TRAIN_CLIPS), "--classes", "2"]
+        assert shards_main([*synth, "--height", "40"]) == 0
+        for split in ("train", "val"):
+            assert (
+                shards_main(["imagenet", "--root", str(raw), "--split", split, "--out", str(shards / split)])
+                == 0
+            )
+    overrides = [f"data.train=[{shards / 'train'}]", f"data.val=[{shards / 'val'}]", "max_steps=2"]
+    overrides += ["model.name=structvit_tiny_4_1", "data.crop_size=32", "data.short_side=36"]
+    return [*words, *overrides, "data.batch_size=2", "data.workers=0"]
+
+
 def dry_run(words: list[str], clone: Path) -> list[str]:
     """--dry-run added: the sbatch script is printed, nothing is submitted."""
     return [*words, "--dry-run"]
@@ -157,9 +173,14 @@ SAFE_FORMS = (
     SafeForm(r"(^| )RAW( |$)", "RAW is a downloaded dataset", raw_dataset),
     SafeForm(r"^python launch/local\.py .*--nproc ", "a process per GPU; here 2 CPU cores", one_process),
     SafeForm(
-        r"^python launch/(local|slurm)\.py .*--config ",
+        r"^python launch/(local|slurm)\.py .*--config (?!configs/(demo_)?imagenet)",
         "the recipes need real shards, pretrained weights and GPU-days",
         tiny_training,
+    ),
+    SafeForm(
+        r"^python launch/(local|slurm)\.py .*--config configs/(demo_)?imagenet",
+        "the ImageNet recipes need ImageNet and GPU-days",
+        tiny_image_training,
     ),
     SafeForm(r"^python launch/slurm\.py ", "no Slurm here (tests/slurm submits to a real one)", dry_run),
     SafeForm(

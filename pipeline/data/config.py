@@ -70,6 +70,8 @@ class DataConfig:
     """Where the shards are and how clips are sampled, decoded, augmented and batched.
 
     train / val: shard folders, each holding manifest.json (several folders are concatenated).
+    modality: "video", or "image" (ImageNet shards: one JPEG per sample, batches (B, C, H, W), the image
+      model; needs num_frames 1 and test_clips 1). Must match what the manifests say the shards hold.
     num_frames: frames per clip (T). sampling: "dense" (T frames every frame_stride frames) or
       "segment" (TSN: one frame in each of T equal segments). frame_stride: frames (dense only).
     crop_size: output height and width in pixels. short_side: evaluation resize of the short side
@@ -93,6 +95,7 @@ class DataConfig:
 
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
+    modality: Literal["video", "image"] = "video"
     num_frames: int = 16
     sampling: Literal["dense", "segment"] = "dense"
     frame_stride: int = 4
@@ -119,6 +122,11 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.modality == "image" and (self.num_frames, self.test_clips) != (1, 1):
+            raise ValueError(
+                f"data.modality=image takes data.num_frames=1 and data.test_clips=1, got "
+                f"{self.num_frames} and {self.test_clips}"
+            )
         if self.test_crops not in (1, 3):
             raise ValueError(f"data.test_crops must be 1 or 3, got {self.test_crops}")
         if self.batch_size % self.aug.repeated_aug:

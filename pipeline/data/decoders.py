@@ -1,4 +1,5 @@
-"""Frame decoders behind one interface: encoded video bytes + frame indices -> uint8 frames.
+"""Frame decoders behind one interface: encoded video bytes + frame indices -> uint8 frames
+(and `decode_image`: a JPEG -> one frame).
 
 `decode(data, indices)` returns a uint8 tensor (len(indices), H, W, 3) in RGB, in the order asked
 (indices may repeat and need not be sorted). Frame i is the i-th frame in presentation order, the
@@ -215,6 +216,19 @@ def resolve_decoder_name(name: str) -> str:
     if not is_available(name):
         raise RuntimeError(f"decoder {name!r} is configured but its package is not importable here")
     return name
+
+
+def decode_image(data: bytes) -> torch.Tensor:
+    """A JPEG (or any image Pillow reads) -> uint8 (1, H, W, 3) RGB: an image is a one-frame clip.
+
+    Pillow's libjpeg-turbo decodes on the CPU; greyscale becomes RGB here (CMYK was converted at
+    sharding). A corrupt file raises OSError, which fails the sample like a broken video.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        rgb = np.array(image.convert("RGB"))
+    return torch.from_numpy(rgb).unsqueeze(0)
 
 
 def build_decoder(name: str) -> FrameDecoder:

@@ -5,8 +5,8 @@ Each worker runs one visible list of stages (see `TrainStream.stages`):
     shard slices of this (rank, worker) -> read tar samples -> shuffle buffer -> number / skip
     -> sample frame indices + decode -> augment -> batch (+ mixup)
 
-Batches are dicts: `video` float (B, C, T, H, W) normalised, `label` (B,) long or (B, K) soft
-targets under mixup/cutmix, `key` list[str], `view` (B,) long (training: the repeated-augmentation
+Batches are dicts: `video` float (B, C, T, H, W) normalised (images: (B, C, H, W)), `label` (B,) long or
+(B, K) soft targets under mixup/cutmix, `key` list[str], `view` (B,) long (training: the repeated-augmentation
 index; evaluation: the clip x crop view index, -1 on padding rows). Workers send uint8 pixels; the
 loader normalises (and erases, mixes) them in the main process as it yields each batch.
 
@@ -359,7 +359,7 @@ class TrainLoader:
         for batch in make_dataloader(stream, self.cfg.workers):
             self.account(batch.pop("bad"), len(batch["key"]), self.cfg.batch_size)
             self.consumed += self.plan.clips_per_batch
-            yield finish_train_batch(batch, self.cfg.aug, self.num_classes)
+            yield finish_train_batch(batch, self.cfg.aug, self.num_classes, self.cfg.modality == "image")
         if self.consumed != self.plan.samples_per_rank:
             raise RuntimeError(
                 f"rank {self.rank} epoch {self.epoch} ended after {self.consumed} samples, "
@@ -443,7 +443,7 @@ class EvalLoader:
             EvalStream(self.cfg, self.shard_set, self.plan, self.rank), self.cfg.workers
         ):
             self._bad.add(batch.pop("bad"))
-            yield finish_eval_batch(batch, self.cfg.aug)
+            yield finish_eval_batch(batch, self.cfg.aug, self.cfg.modality == "image")
 
 
 def build_train_loader(

@@ -35,12 +35,14 @@ class ShardSet:
     """All shards of a split (possibly several folders), the datasets they come from and the label map.
 
     frame_counts: clips per decoded frame count over all shards; None when a manifest predates them.
+    modality: "video" or "image" (manifests from before images hold videos).
     """
 
     shards: tuple[ShardInfo, ...]
     label_map: dict[int, str]
     datasets: tuple[str, ...]
     frame_counts: dict[int, int] | None = None
+    modality: str = "video"
 
     @property
     def total(self) -> int:
@@ -97,9 +99,13 @@ def load_shard_set(folders: list[str]) -> ShardSet:
     datasets: list[str] = []
     label_map: dict[int, str] | None = None
     frame_counts: dict[int, int] | None = {}
+    modalities: set[str] = set()
     for folder_name in folders:
         folder = Path(folder_name)
         manifest = _read_manifest(folder)
+        modalities.add(str(manifest.get("modality", "video")))
+        if len(modalities) > 1:
+            raise ManifestError(f"{folder / MANIFEST_NAME}: images and videos mixed in one split ({folders})")
         try:
             labels = {int(k): str(v) for k, v in manifest["label_map"].items()}
         except ValueError:
@@ -115,7 +121,7 @@ def load_shard_set(folders: list[str]) -> ShardSet:
             datasets.append(manifest["dataset"])
     if not shards:
         raise ManifestError(f"shard folders {folders} hold no samples")
-    return ShardSet(tuple(shards), label_map or {}, tuple(datasets), frame_counts)
+    return ShardSet(tuple(shards), label_map or {}, tuple(datasets), frame_counts, modalities.pop())
 
 
 def _add_frame_counts(counts: dict[int, int] | None, entries: list[dict]) -> dict[int, int] | None:

@@ -8,6 +8,9 @@ then puts a deterministic stand-in in its place, so every batch has all its rows
 and decode errors (`SAMPLE_ERRORS`) fail a sample: any other exception is a bug and propagates.
 Each stage can be run on a plain list.
 
+An image sample (a `jpg` member) is decoded as a one-frame clip, so every stage serves both; the
+finishing step squeezes the time axis of image batches.
+
 Workers ship pixels, not floats: the batch stages stack the views before normalisation ((B, T, 3,
 S, S), uint8 unless RandAugment ran), with each row's erased box and the batch's mixing seed, and
 `finish_train_batch` / `finish_eval_batch` normalise, erase and mix in the main process. The uint8
@@ -27,7 +30,7 @@ import torch
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline.data.config import AugConfig
-from pipeline.data.decoders import DecodeError, FrameDecoder, build_decoder
+from pipeline.data.decoders import DecodeError, FrameDecoder, build_decoder, decode_image
 from pipeline.data.digest import digest_problem
 from pipeline.data.manifest import ShardInfo, sample_offsets
 from pipeline.data.plan import ShardSlice, make_rng
@@ -35,6 +38,7 @@ from pipeline.data.sampling import Sampling, eval_indices, train_indices
 from pipeline.data.transforms import EvalTransform, TrainTransform, mix_batch, normalise_batch
 
 VIDEO_EXTS = ("mp4", "webm", "mkv")
+IMAGE_EXT = "jpg"
 Item = dict[str, Any]
 
 Stage = Callable[[Iterable[Item]], Iterator[Item]]
@@ -200,15 +204,17 @@ class DecodeClips:
 
     def decode(self, item: Item) -> Item:
         """Decode one raw sample; raises on anything wrong with it."""
-        if self._decoder is None:
-            self._decoder = build_decoder(self.decoder_name)
         meta = json.loads(item["json"])
         label = read_label(item, meta)
         if not 0 <= label < self.num_classes and self.seed_parts is not None:
             raise ValueError(f"label {label} outside [0, {self.num_classes})")
-        clips = self.clip_indices(int(meta["num_frames"]), item["__pos__"])
-        flat = [i for clip in clips for i in clip]
-        frames = self._decoder.decode(video_member(item), flat)
+        if IMAGE_EXT in item:  # an image is a one-frame clip: the transforms run on (1, H, W, 3)
+            clips, frames = [[0]], decode_image(item[IMAGE_EXT])
+        else:
+            if self._decoder is None:  # built on first use: finding the video decoders takes seconds
+                self._decoder = build_decoder(self.decoder_name)
+            clips = self.clip_indices(int(meta["num_frames"]), item["__pos__"])
+            frames = self._decoder.decode(video_member(item), [i for clip in clips for i in clip])
         return {
             "__key__": item["__key__"],
             "__url__": item.get("__url__", ""),
@@ -426,8 +432,11 @@ def empty_batch(row_shape: tuple[int, ...]) -> dict[str, Any]:
     }
 
 
-def finish_train_batch(batch: dict[str, Any], aug: AugConfig, num_classes: int) -> dict[str, Any]:
-    """A shipped training batch -> the batch contract: normalise, erase each row's box, mix (in place)."""
+def finish_train_batch(
+    batch: dict[str, Any], aug: AugConfig, num_classes: int, image: bool = False
+) -> dict[str, Any]:
+    """A shipped training batch -> the batch contract: normalise, erase each row's box, mix (in place);
+    `image`: the one-frame clips become images (B, C, H, W)."""
     video = normalise_batch(batch.pop("video"), aug.mean, aug.std)
     for row, box in enumerate(batch.pop("erase")):
         if box is not None:
@@ -436,11 +445,12 @@ def finish_train_batch(batch: dict[str, Any], aug: AugConfig, num_classes: int) 
     label, mix_seed = batch.pop("label"), batch.pop("mix_seed")
     if aug.mixes:
         video, label = mix_batch(video, label, num_classes, aug, make_rng(*mix_seed, BATCH_TAG))
-    return {"video": video, "label": label, **batch}
+    return {"video": video.squeeze(2) if image else video, "label": label, **batch}
 
 
-def finish_eval_batch(batch: dict[str, Any], aug: AugConfig) -> dict[str, Any]:
-    """A shipped evaluation batch -> the batch contract: normalise; padding rows (view -1) are zeros."""
+def finish_eval_batch(batch: dict[str, Any], aug: AugConfig, image: bool = False) -> dict[str, Any]:
+    """A shipped evaluation batch -> the batch contract: normalise; padding rows (view -1) are zeros;
+    `image`: (B, C, H, W)."""
     video = normalise_batch(batch.pop("video"), aug.mean, aug.std)
     video[batch["view"] == -1] = 0.0
-    return {"video": video, **batch}
+    return {"video": video.squeeze(2) if image else video, **batch}

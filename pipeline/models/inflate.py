@@ -123,11 +123,14 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, object], *, stric
         report.discarded = [k for k in unexpected if k.split(".")[0] in _CLASSIFIERS]
         unexpected = [k for k in unexpected if k not in report.discarded]
     problems = [
-        _first_few(f"{len(unexpected)} checkpoint tensors the model does not have", unexpected),
-        _first_few(f"{len(missing)} model tensors the checkpoint lacks", missing),
-        _first_few(f"{len(misfits)} shapes that neither match nor inflate", misfits),
+        f"{len(items)} {what}: {_first_few(items)}"
+        for what, items in (
+            ("checkpoint tensors the model does not have", unexpected),
+            ("model tensors the checkpoint lacks", missing),
+            ("shapes that neither match nor inflate", misfits),
+        )
+        if items
     ]
-    problems = [p for p, items in zip(problems, (unexpected, missing, misfits), strict=True) if items]
     if not new_state:
         raise ValueError(f"no checkpoint key matches the model (checkpoint keys start {sorted(source)[:5]})")
     if problems and strict:
@@ -156,12 +159,11 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, object], *, stric
         log.info(
             "%d model tensors start from their init (checkpoint has none): %s",
             len(report.initialised),
-            _first_few("", report.initialised).strip(" :"),
+            _first_few(report.initialised),
         )
     return report
 
 
-def _first_few(what: str, items: list[str]) -> str:
-    """'what: a, b, c, d ...' with at most _NAMED_IN_ERRORS items named."""
-    named = ", ".join(items[:_NAMED_IN_ERRORS]) + (" ..." if len(items) > _NAMED_IN_ERRORS else "")
-    return f"{what}: {named}"
+def _first_few(items: list[str]) -> str:
+    """'a, b, c, d ...': at most _NAMED_IN_ERRORS items named."""
+    return ", ".join(items[:_NAMED_IN_ERRORS]) + (" ..." if len(items) > _NAMED_IN_ERRORS else "")

@@ -204,6 +204,25 @@ class StructSA(nn.Module):
         y = attend(q, k, v, temperature=self.temperature, keep_mask=mask, fused=self.fused)
         return self.proj(y.transpose(1, 2).reshape(batch, tokens, -1))
 
+    def structure_attention(self, x: torch.Tensor, grid: Sequence[int], query: int) -> torch.Tensor:
+        """The attention of token `query` over the key positions of each structure channel:
+        (B, heads, D, *key grid), summing to 1 over (D, key positions) per head, as in `forward`.
+
+        For pictures of what the structure detectors attend to (the paper's visualisation); only
+        the one query row of the probability matrix is built.
+        """
+        q, k, _ = self.qkv_heads(x)
+        q = q[:, :, query : query + 1]
+        k = self._structured(self.k_conv, k, grid)
+        scale = self.head_dim**-0.5 if self.temperature is None else self.temperature
+        logits = (q * scale) @ k.transpose(-2, -1)
+        mask = self.keep_mask(grid, x.device)
+        if mask is not None:
+            logits = logits.masked_fill(~mask[query], float("-inf"))
+        key_grid = [(size - 1) // step + 1 for size, step in zip(grid, self.stride, strict=True)]
+        probs = logits.float().softmax(dim=-1)
+        return probs.reshape(*probs.shape[:2], self.structure_dim, *key_grid)
+
 
 def neighbourhoods(maps: torch.Tensor, kernel: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
     """Zero-padded M-neighbourhoods of a (B, C, *grid) map at the strided centres: (B, C, N_kv, M)."""

@@ -126,6 +126,13 @@ class LogConfig:
     """Rank-0 logging: progress line, metrics.jsonl and TensorBoard."""
 
     every_steps: int = 10
+    # Optimizer steps traced by the torch profiler (after 2 steps of warm-up) into the run's
+    # tensorboard folder, viewable in TensorBoard's profiler tab; 0: off.
+    profile_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.profile_steps < 0:
+            raise ValueError(f"log.profile_steps must be >= 0, got {self.profile_steps}")
 
 
 @dataclass
@@ -207,6 +214,11 @@ def check_config(cfg: Config, world_size: int) -> None:
     if cfg.max_steps is not None and cfg.max_steps <= 0:
         raise ConfigError(f"max_steps must be positive, got {cfg.max_steps}")
     check_model_name(cfg.model.name)
+    if cfg.data.modality == "image" and (cfg.shuffle_frames or cfg.data.decoder == "dali"):
+        raise ConfigError(
+            "data.modality=image: shuffle_frames needs video, and data.decoder=dali has no image path yet "
+            "(images decode with Pillow on the CPU)"
+        )
     check_shards(cfg, world_size)
 
 
@@ -231,6 +243,10 @@ def check_shards(cfg: Config, world_size: int) -> None:
             shard_set = load_shard_set(getattr(data, key))
         except ManifestError as err:
             raise ConfigError(f"data.{key}: {err}") from None
+        if shard_set.modality != data.modality:
+            raise ConfigError(
+                f"data.{key}: the shards hold {shard_set.modality}s, data.modality is {data.modality!r}"
+            )
         global_batch = data.clips_per_batch * cfg.engine.grad_accum_steps * world_size
         if key == "train" and shard_set.total < global_batch:
             raise ConfigError(
@@ -275,7 +291,8 @@ def config_changes(saved: dict[str, Any], current: Config) -> list[str]:
     before = _flatten(saved)
     changes = []
     for key in sorted(set(now) | set(before)):
-        if key.startswith(RESUMABLE_CHANGES) or now.get(key) == before.get(key):
+        # A key the saving version did not have yet ran at what is now its default: not a change.
+        if key.startswith(RESUMABLE_CHANGES) or now.get(key) == before.get(key) or key not in before:
             continue
         changes.append(f"{key}: {before.get(key)!r} -> {now.get(key)!r}")
     return changes

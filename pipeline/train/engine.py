@@ -179,7 +179,7 @@ def weights_finite(engine: Any) -> bool:
     finite = all(
         torch.isfinite(getattr(p, "ds_tensor", p)).all() for p in engine.module.parameters()
     )  # ZeRO-3 keeps each rank's share of a parameter in ds_tensor
-    flag = torch.tensor([int(finite)])
+    flag = torch.tensor([int(finite)], device=get_accelerator().current_device_name())  # NCCL: on the GPU
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag.item())
 

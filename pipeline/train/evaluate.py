@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,13 +22,15 @@ from pipeline.config import ConfigError
 
 @dataclass
 class EvalResult:
-    """Video-level accuracies in percent, over `num_videos` videos seen as `num_views` views."""
+    """Video-level accuracies in percent, over `num_videos` videos seen as `num_views` views, and the
+    (K, K) confusion counts of their top-1 predictions (true class, predicted class) for the pictures."""
 
     top1: float
     top5: float
     mean_class_top1: float
     num_videos: int
     num_views: int
+    confusion: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def scalars(self, mean_class: bool) -> dict[str, float]:
         """TensorBoard scalars (`val/...`)."""
@@ -87,12 +89,15 @@ def video_accuracy(per_video: dict[str, tuple[torch.Tensor, int, int]]) -> EvalR
     hit1 = top[:, 0] == labels
     hit5 = (top == labels[:, None]).any(dim=1)
     per_class = [hit1[labels == c].float().mean() for c in labels.unique()]
+    confusion = torch.zeros(scores.shape[1], scores.shape[1], dtype=torch.long)
+    confusion.index_put_((labels, top[:, 0]), torch.ones_like(labels), accumulate=True)
     return EvalResult(
         top1=100.0 * hit1.float().mean().item(),
         top5=100.0 * hit5.float().mean().item(),
         mean_class_top1=100.0 * torch.stack(per_class).mean().item(),
         num_videos=len(per_video),
         num_views=sum(views for _, _, views in per_video.values()),
+        confusion=confusion,
     )
 
 
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(asdict(result)))
+    print(json.dumps({k: v for k, v in asdict(result).items() if k != "confusion"}))
     return 0
 
 

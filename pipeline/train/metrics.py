@@ -135,3 +135,39 @@ class MetricsProcessor:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+class StepProfiler:
+    """`log.profile_steps`: a torch profiler trace of that many optimizer steps, after 2 steps of
+    warm-up (the first steps fill allocators and caches), written into the run's tensorboard folder
+    (TensorBoard's profiler tab reads it). Rank 0 only; `step()` after every optimizer step; with 0
+    steps, or on other ranks, every call does nothing."""
+
+    WAIT, WARMUP = 1, 1
+
+    def __init__(self, steps: int, folder: Path, rank: int) -> None:
+        self.profiler = None
+        if steps and rank == 0:
+            from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+            activities = [ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(ProfilerActivity.CUDA)
+            self.profiler = profile(
+                activities=activities,
+                schedule=schedule(wait=self.WAIT, warmup=self.WARMUP, active=steps, repeat=1),
+                on_trace_ready=tensorboard_trace_handler(str(folder)),
+                record_shapes=True,
+            )
+            self.profiler.start()
+
+    def step(self) -> None:
+        """Mark the end of an optimizer step."""
+        if self.profiler is not None:
+            self.profiler.step()
+
+    def close(self) -> None:
+        """Stop (a run shorter than the schedule writes what it traced)."""
+        if self.profiler is not None:
+            self.profiler.stop()
+            self.profiler = None

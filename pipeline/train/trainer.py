@@ -28,8 +28,8 @@ from pipeline.config import ConfigError, config_hash, save_config, to_dict
 from pipeline.data.loader import LoaderState, build_eval_loader, build_train_loader
 from pipeline.io import atomic_write_json
 from pipeline.models import create_model
-from pipeline.models.inflate import load_pretrained
-from pipeline.train import signals
+from pipeline.models.inflate import load_pretrained, read_weights
+from pipeline.train import pictures, signals
 from pipeline.train.checkpoint import (
     CheckpointManager,
     RankState,
@@ -65,7 +65,7 @@ from pipeline.train.engine import (
 )
 from pipeline.train.evaluate import EvalResult, evaluate
 from pipeline.train.loss import classification_loss
-from pipeline.train.metrics import MetricsProcessor
+from pipeline.train.metrics import MetricsProcessor, StepProfiler
 from pipeline.train.optim import build_optimizer, cosine_lr, scaled_lr, set_lr
 from pipeline.train.run_lock import RunLock
 
@@ -125,7 +125,7 @@ def model_arguments(cfg: Config, num_classes: int) -> dict[str, Any]:
     arguments: dict[str, Any] = {
         "name": cfg.model.name,
         "num_classes": cfg.model.num_classes or num_classes,
-        "num_frames": cfg.data.num_frames,
+        "num_frames": None if cfg.data.modality == "image" else cfg.data.num_frames,  # None: image model
         "img_size": cfg.data.crop_size,
     }
     if cfg.model.drop_path_rate is not None:
@@ -141,7 +141,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 def load_pretrained_weights(model: nn.Module, path: str) -> None:
     """Start from a weights file: image weights are inflated to video, a head of another class
     count (e.g. the Kinetics model fine-tuned on SSv2) is re-initialised."""
-    load_pretrained(model, torch.load(path, map_location="cpu", weights_only=True))
+    load_pretrained(model, read_weights(path))
 
 
 def derived_seed(*parts: int) -> int:
@@ -245,7 +245,7 @@ def load_engine_state(engine: Any, point: ResumePoint, zero_stage: int) -> None:
             restore_saved_buffers(engine.module, point.tag_dir)
     except Exception as err:  # any failure to read the files: the tag is unusable, an older one may not be
         error = f"{type(err).__name__}: {err}"
-    failed = torch.tensor([int(bool(error))])
+    failed = torch.tensor([int(bool(error))], device=engine.device)
     dist.all_reduce(failed, op=dist.ReduceOp.MAX)
     if failed.item():
         raise CheckpointLoadError(point.tag_dir, error or "on another rank")
@@ -402,11 +402,13 @@ def run_training(cfg: Config, dist_info: DistInfo, skip: list[Path]) -> TrainRes
         engine.eval()
         with buffers_averaged_over_ranks(engine.module):
             batches = build_eval_loader(cfg.data, rank=rank, world_size=world, run_dir=run_dir)
-            result = evaluate(engine, batches, dist_info.device, dtype, across_ranks=True)
+            with pictures.StructureMapProbe(engine.module) as probe:
+                result = evaluate(engine, batches, dist_info.device, dtype, across_ranks=True)
         engine.train()
         scalars = result.scalars(cfg.eval.mean_class_accuracy)
         metrics.write(step, scalars, epoch=epoch)
         if rank == 0:
+            pictures.log_evaluation(metrics.writer, step, result.confusion, probe.maps)
             print(
                 f"[eval] step {step}: " + " ".join(f"{k} {v:.2f}" for k, v in scalars.items()),
                 file=sys.stderr,
@@ -418,6 +420,7 @@ def run_training(cfg: Config, dist_info: DistInfo, skip: list[Path]) -> TrainRes
     engine.train()
     stop_signal, nonfinite_steps = 0, 0
     batches = None
+    first_step, profiler = step, StepProfiler(cfg.log.profile_steps, run_dir / "tensorboard", rank)
     while step < stop_step:
         started = time.perf_counter()
         data_wait = 0.0
@@ -432,6 +435,8 @@ def run_training(cfg: Config, dist_info: DistInfo, skip: list[Path]) -> TrainRes
             video = batch["video"].to(dist_info.device, dtype=dtype, non_blocking=True)
             if cfg.shuffle_frames:
                 video = shuffle_frames(video, frame_generator)
+            if step == first_step and metrics.writer is not None:  # once per start: what the model sees
+                pictures.log_training_clips(metrics.writer, video, cfg.data.aug, step)
             logits = engine(video)
             loss = classification_loss(logits, batch["label"], cfg.optim.label_smoothing)
             engine.backward(loss)
@@ -440,14 +445,16 @@ def run_training(cfg: Config, dist_info: DistInfo, skip: list[Path]) -> TrainRes
             loss_sum += loss.detach()
         step += 1
         metrics.record_step(loss_sum / accum, global_batch, data_wait, time.perf_counter() - started)
+        profiler.step()
         if step % cfg.log.every_steps == 0 or step == stop_step:
             lr = cosine_lr(step - 1, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr)
             metrics.log(step, epoch, lr, bad_samples=loader.bad_samples)
         # One collective per step: any rank's stop signal, any rank's non-finite loss.
-        flags = torch.tensor([signals.requested() or 0, int(not torch.isfinite(loss_sum).item())])
+        stop_flag = torch.tensor(signals.requested() or 0, device=dist_info.device)
+        flags = torch.stack([stop_flag, (~torch.isfinite(loss_sum)).long()])
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        stop_signal = int(flags[0])
-        nonfinite_steps = nonfinite_steps + 1 if flags[1] else 0
+        stop_signal, nonfinite = flags.tolist()  # the one host sync of a step
+        nonfinite_steps = nonfinite_steps + 1 if nonfinite else 0
         if nonfinite_steps and (
             nonfinite_steps >= cfg.optim.max_nonfinite_steps or not weights_finite(engine)
         ):
@@ -476,6 +483,7 @@ def run_training(cfg: Config, dist_info: DistInfo, skip: list[Path]) -> TrainRes
         final = run_eval(step).scalars(cfg.eval.mean_class_accuracy)
         if rank == 0:
             atomic_write_json(run_dir / "eval.json", {"step": step, **final})
+    profiler.close()
     metrics.close()
     signals.uninstall()
     name = signal.Signals(stop_signal).name if stop_signal else None

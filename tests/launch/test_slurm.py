@@ -228,7 +228,7 @@ def test_array_sharding_gives_the_samples_of_a_single_run(
     assert len(list(merged.glob("manifest-p*-of-004.json"))) == 4
     expected, got = shard_samples(single), shard_samples(merged)
     before, after = (json.loads((d / "manifest.json").read_text()) for d in (single, merged))
-    assert before["total"] > 8 and len(expected) == 3 * before["total"]  # .mp4 + .json + .cls each
+    assert before["total"] > 8 and len(expected) == 4 * before["total"]  # .webm, .json, .cls, .sha256 each
     assert got == expected
     for key in ("total", "label_map", "rejects", "missing"):
         assert after[key] == before[key], key
@@ -441,7 +441,7 @@ def test_preempted_by_a_higher_priority_job_requeues_and_resumes_to_the_same_par
     states = slurm_cluster.wait_final([run.job_id, urgent_id], JOB_TIMEOUT_S)
     assert states == {run.job_id: ["COMPLETED"], urgent_id: ["COMPLETED"]}, run.log(0, "err")[-3000:]
     assert sacct_history(slurm_cluster, run.job_id) == ["REQUEUED", "COMPLETED"]
-    assert "[slurm] requeueing: restart 1 of at most 5 (tasks exited with status 75)" in run.log(0)
+    assert "[slurm] requeueing: restart 1 of at most 5" in run.log(0)
     assert f"resuming {run.run_dir}/checkpoints/step_{stopped:08d}" in run.log(0, "err")
     assert (tmp_path / "urgent.out").read_text().startswith("urgent ran on")
     assert [(r.step, r.stopped_by_signal) for r in run.results()] == [(TRAIN_STEPS, False)] * 4
@@ -480,7 +480,9 @@ def test_a_cancelled_job_is_not_requeued_and_the_run_continues_on_fewer_nodes(
     assert slurm_cluster.run("scancel", run.job_id).returncode == 0
     states = slurm_cluster.wait_final([run.job_id], JOB_TIMEOUT_S)
     assert states[run.job_id] == ["CANCELLED"]
-    assert "[slurm] cancelled: not requeueing" in run.log(0)
+    time.sleep(5)  # a requeue by the batch script would show by now (Slurm kills it after KillWait)
+    history = sacct_history(slurm_cluster, run.job_id)
+    assert [state.rstrip("+") for state in history] == ["CANCELLED"], run.log(0)[-3000:]  # + : cut short
     saved = int((run.run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
     assert 3 <= saved < TRAIN_STEPS
     # the same command on one node: 2 ranks continue what 4 saved, with its global batch
