@@ -5,12 +5,13 @@ off/on, under DeepSpeed ZeRO 0 / 2 / 3, as ratios, in one run.
 
 Starts --nproc ranks (gloo on CPU, NCCL on GPUs) through launch/local.py's launcher; every rank
 trains each variant on fixed random clips: one warm-up step, then the median of --steps optimizer
-steps. Peak memory is one step's peak above what was in use before it, on rank 0 (the CUDA
+steps, StructViT's and UniFormer's steps taken in turn (so load from other processes falls on both
+alike). Peak memory is one step's peak above what was in use before it, on rank 0 (the CUDA
 allocator's peak on a GPU, the peak resident set on CPU). The time ratio is printed beside the
 models' forward FLOP ratio at the same clip size (torch's counter, as `pipeline.models.summary`).
-The defaults are the real clip size (16x224) at batch 1 on one rank, under 10 minutes on 2 CPU
-cores; `--quick` (the tiny widths at 4x64, CI's smoke run) only checks that every variant runs. On GPUs use
---batch 8 or more.
+The defaults are the real clip size (16x224) at batch 1 on one rank (~30 minutes on 2 loaded CPU
+cores; --steps 3 on an idle machine gives steadier times); `--quick` (the tiny widths at 4x64, CI's
+smoke run) only checks that every variant runs. On GPUs use --batch 8 or more.
 """
 
 from __future__ import annotations
@@ -89,8 +90,19 @@ def measure(args: argparse.Namespace) -> list[dict]:
     video = torch.randn(args.batch, 3, args.frames, args.size, args.size, generator=generator)
     labels = torch.randint(0, 10, (args.batch,), generator=generator)
     rows = []
+
+    def timed(step: Callable[[], None]) -> float:
+        if dist_info.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if dist_info.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
     for stage in STAGES:
         for checkpointing in CHECKPOINTING:
+            steps = {}
             for name in args.models:
                 torch.manual_seed(0)
                 model = create_model(name, num_classes=10, num_frames=args.frames, img_size=args.size)
@@ -100,30 +112,25 @@ def measure(args: argparse.Namespace) -> list[dict]:
                     model, build_optimizer(model, OptimConfig()), cfg, args.batch, dist_info.world_size
                 )
                 inputs = video.to(dist_info.device, dtype=input_dtype(engine))
-
-                step = functools.partial(train_step, engine, inputs, labels)
-                step()  # warm-up: allocator, kernels, ZeRO buffers
-                times = []
-                for _ in range(args.steps):
-                    if dist_info.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    start = time.perf_counter()
-                    step()
-                    if dist_info.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    times.append(time.perf_counter() - start)
-                peak = peak_step_memory(step, dist_info.device)
+                steps[name] = functools.partial(train_step, engine, inputs, labels)
+                steps[name]()  # warm-up: allocator, kernels, ZeRO buffers
+            # The two models' steps alternate, so load from other processes falls on both alike.
+            times = {name: [] for name in args.models}
+            for _ in range(args.steps):
+                for name, step in steps.items():
+                    times[name].append(timed(step))
+            for name, step in steps.items():
                 rows.append(
                     {
                         "zero": stage,
                         "checkpointing": checkpointing,
                         "model": name,
-                        "step_s": statistics.median(times),
-                        "peak_mb": peak / 2**20,
+                        "step_s": statistics.median(times[name]),
+                        "peak_mb": peak_step_memory(step, dist_info.device) / 2**20,
                     }
                 )
-                del engine, model, step
-                gc.collect()
+            del steps
+            gc.collect()
     return rows if dist_info.rank == 0 else []
 
 

@@ -168,20 +168,8 @@ def build_sample(context: SampleContext, record: Record) -> VideoSample | Reject
         return Reject(record.id, source, str(err))
     except OSError as err:
         return Reject(record.id, source, f"cannot read the video: {err.strerror or err}")
-    meta: dict[str, Any] = {
-        **record.extras,
-        "dataset": context.dataset,
-        "split": context.split,
-        "id": record.id,
-        "label": record.label,
-        "label_name": record.label_name,
-        "source": source,
-        **asdict(info),
-    }
-    if window is not None:
-        meta["clip_start_s"], meta["clip_end_s"] = window
-    meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
-    return VideoSample(key, ext, video, meta_bytes, str(record.label).encode("ascii"), info.num_frames)
+    extra = {} if window is None else {"clip_start_s": window[0], "clip_end_s": window[1]}
+    return finish_sample(context, record, source, key, ext, video, {**asdict(info), **extra})
 
 
 def build_image_sample(context: SampleContext, record: Record) -> VideoSample | Reject:
@@ -198,7 +186,23 @@ def build_image_sample(context: SampleContext, record: Record) -> VideoSample | 
         return Reject(record.id, source, str(err))
     except OSError as err:
         return Reject(record.id, source, f"cannot read the image: {err.strerror or err}")
-    meta: dict[str, Any] = {
+    extra = {} if converted is None else {"converted_from": converted}
+    key = f"{context.dataset}/{context.split}/{record.id}"
+    return finish_sample(context, record, source, key, IMAGE_EXT, image, {**asdict(info), **extra})
+
+
+def finish_sample(
+    context: SampleContext,
+    record: Record,
+    source: str,
+    key: str,
+    ext: str,
+    data: bytes,
+    facts: dict[str, Any],
+) -> VideoSample:
+    """The sample of a validated clip or image: its bytes, its json (the record and `facts` about the
+    media: size, frames, ...) and its class member."""
+    meta = {
         **record.extras,
         "dataset": context.dataset,
         "split": context.split,
@@ -206,13 +210,10 @@ def build_image_sample(context: SampleContext, record: Record) -> VideoSample | 
         "label": record.label,
         "label_name": record.label_name,
         "source": source,
-        **asdict(info),
+        **facts,
     }
-    if converted is not None:
-        meta["converted_from"] = converted
-    meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    key = f"{context.dataset}/{context.split}/{record.id}"
-    return VideoSample(key, IMAGE_EXT, image, meta_bytes, str(record.label).encode("ascii"), info.num_frames)
+    meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return VideoSample(key, ext, data, meta_bytes, str(record.label).encode("ascii"), facts["num_frames"])
 
 
 def _relative_source(path: Path, root: Path) -> str:

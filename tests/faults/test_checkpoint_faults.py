@@ -5,6 +5,7 @@ and nothing non-finite is ever saved or exported."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,14 @@ import pytest
 import torch
 
 from pipeline.export import export_checkpoint
-from pipeline.train.checkpoint import LATEST, complete_tags, tag_for_step
+from pipeline.train.checkpoint import (
+    LATEST,
+    MARKER,
+    checkpoint_files,
+    complete_tags,
+    file_digest,
+    tag_for_step,
+)
 from pipeline.train.engine import consolidated_state_dict
 from tests.train.conftest import DEMO_CONFIG, REPO, job_env, job_overrides, synth_split
 
@@ -129,3 +137,20 @@ def test_a_diverging_run_stops_with_one_line_and_never_saves_or_exports_non_fini
     if complete_tags(folder):
         exported = torch.load(export_checkpoint(tmp_path / "run"), weights_only=True)
         assert all(torch.isfinite(t).all() for t in exported.values() if t.is_floating_point())
+
+
+def test_a_checkpoint_that_verifies_but_fails_to_load_is_skipped_for_the_next_one(
+    stopped_run: Path, small_shards, tmp_path: Path
+) -> None:
+    shutil.copytree(stopped_run, tmp_path / "run")
+    newest = tmp_path / "run" / "checkpoints" / tag_for_step(STOPPED_AT)
+    truncate_a_file(newest)
+    # written that way (a bug, a full disk the writer did not notice): its marker agrees with its bytes
+    marker = json.loads((newest / MARKER).read_text())
+    marker["files"] = {name: file_digest(newest / name) for name in checkpoint_files(newest)}
+    (newest / MARKER).write_text(json.dumps(marker))
+    result = run_job(overrides(small_shards, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "skipping" in line]
+    assert len(warnings) == 1 and f"checkpoint {newest} failed to load" in warnings[0], result.stderr[-3000:]
+    assert f"resuming {tmp_path / 'run' / 'checkpoints' / tag_for_step(9)}" in result.stderr

@@ -72,6 +72,20 @@ def test_devkit_and_kaggle_validation_labels_agree_through_meta_mat(raw: Path) -
     assert all(r.label_name == r.source.parent.name == r.id.split("_")[0] for r in train.records)
 
 
+def test_kaggle_folder_layout_reads_the_same(raw: Path, tmp_path: Path) -> None:
+    root = tmp_path / "kaggle"
+    (root / "ILSVRC" / "Data").mkdir(parents=True)
+    shutil.copytree(raw / "train", root / "ILSVRC" / "Data" / "CLS-LOC" / "train")
+    shutil.copytree(raw / "val", root / "ILSVRC" / "Data" / "CLS-LOC" / "val")
+    for name in ("LOC_synset_mapping.txt", "LOC_val_solution.csv"):
+        shutil.copy(raw / name, root / name)
+    for split in ("train", "val"):
+        ours = READERS["imagenet"].read(root, split, reader_args())
+        published = READERS["imagenet"].read(raw, split, reader_args("--val-labels", "kaggle"))
+        assert [(r.id, r.label) for r in ours.records] == [(r.id, r.label) for r in published.records]
+        assert ours.missing == published.missing
+
+
 def test_shards_hold_valid_jpegs_and_verify(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "train"
     assert shards_main(["imagenet", "--root", str(raw), "--split", "train", "--out", str(out)]) == 0

@@ -57,10 +57,10 @@ def put(clip_bytes: dict[str, bytes]) -> Put:
     return place
 
 
-def test_registry_has_the_six_datasets() -> None:
+def test_registry_has_the_six_video_datasets_and_imagenet() -> None:
     assert {name: reader.store_ext for name, reader in READERS.items()} == {
         "kinetics400": "mp4", "kinetics600": "mp4", "kinetics700": "mp4",
-        "ssv2": "webm", "diving48": "mp4", "finegym": "mp4",
+        "ssv2": "webm", "diving48": "mp4", "finegym": "mp4", "imagenet": "jpg",
     }  # fmt: skip
     assert safe_id("a.b.c") == "a_b_c"
 

@@ -92,3 +92,16 @@ def run_job() -> Callable[..., subprocess.CompletedProcess]:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def image_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """32 train and 24 val synthetic ImageNet JPEGs of 3 shapes, sharded."""
+    root = tmp_path_factory.mktemp("imagenet")
+    raw = root / "raw"
+    assert shards_main(["synth", "imagenet", "--out", str(raw), "--num-videos", "32", "--classes", "3"]) == 0
+    for split in ("train", "val"):
+        assert (
+            shards_main(["imagenet", "--root", str(raw), "--split", split, "--out", str(root / split)]) == 0
+        )
+    return root / "train", root / "val"

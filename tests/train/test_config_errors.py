@@ -59,19 +59,24 @@ def test_bad_config_is_one_line_before_any_process(
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
-def test_every_recipe_loads(recipe: Path, small_shards) -> None:
-    train, val = small_shards
+def test_every_recipe_loads(recipe: Path, small_shards, image_shards) -> None:
+    train, val = image_shards if "imagenet" in recipe.stem else small_shards
+    batch = ["data.batch_size=16"] if "imagenet" in recipe.stem else []  # 32 test images: one small batch
     # The test shards are tiny (32 clips of 16 frames): one rank, and short clips allowed.
     overrides = [
         f"data.train=[{train}]",
         f"data.val=[{val}]",
         "init.pretrained=null",
         "data.short_clips=repeat",
+        *batch,
     ]
     cfg = load_train_config(recipe, overrides, 1)
     assert cfg.model.name in list_models()
     assert cfg.data.batch_size % cfg.data.aug.repeated_aug == 0
-    if recipe.stem != "demo":
+    if recipe.stem.startswith("imagenet"):
+        # DeiT's rule: 1e-3 at 1024 images per step, scaled linearly
+        assert (cfg.optim.lr, cfg.optim.base_batch_size) == (1e-3, 1024)
+    elif not recipe.stem.startswith("demo"):
         # The paper's rule: 2e-4 at 64 clips per step; the recipes are laid out for 8 ranks.
         global_batch = cfg.data.batch_size * cfg.engine.grad_accum_steps * 8
         assert global_batch == 64 and scaled_lr(cfg.optim, global_batch) == pytest.approx(2e-4)

@@ -11,31 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.config import ConfigError
 from pipeline.data.loader import build_eval_loader, build_train_loader
 from pipeline.export import export_checkpoint
 from pipeline.train.checkpoint import tag_for_step
 from pipeline.train.config import load_train_config
 from shards.__main__ import main as shards_main
-from tests.train.conftest import REPO, start_job
+from tests.train.conftest import DEMO_CONFIG, REPO, start_job
 from tests.train.test_resume import assert_bit_identical, exported, wait_for_step
 
 IMAGE_CONFIG = REPO / "configs" / "demo_imagenet.yaml"
 STEPS_PER_EPOCH = 4  # 32 images / (2 ranks x 4 per batch)
 EPOCHS = 3
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def image_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """32 train and 24 val synthetic ImageNet JPEGs of 3 shapes, sharded."""
-    root = tmp_path_factory.mktemp("imagenet")
-    raw = root / "raw"
-    assert shards_main(["synth", "imagenet", "--out", str(raw), "--num-videos", "32", "--classes", "3"]) == 0
-    for split in ("train", "val"):
-        assert (
-            shards_main(["imagenet", "--root", str(raw), "--split", split, "--out", str(root / split)]) == 0
-        )
-    return root / "train", root / "val"
 
 
 def image_overrides(shards: tuple[Path, Path], root: Path, name: str, *extra: str) -> list[str]:
@@ -75,6 +63,12 @@ def test_image_batches_are_four_dimensional(image_shards: tuple[Path, Path]) -> 
     assert batch["video"].shape == (8, 3, 32, 32) and batch["label"].shape == (8,)
     evaluation = next(iter(build_eval_loader(cfg.data, rank=0, world_size=1)))
     assert evaluation["video"].shape == (8, 3, 32, 32)
+
+
+def test_image_shards_under_a_video_config_are_one_line(image_shards: tuple[Path, Path]) -> None:
+    train, val = image_shards
+    with pytest.raises(ConfigError, match=r"the shards hold images, data\.modality is 'video'"):
+        load_train_config(DEMO_CONFIG, [f"data.train=[{train}]", f"data.val=[{val}]"], world_size=1)
 
 
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(

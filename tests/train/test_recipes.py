@@ -65,9 +65,27 @@ RECIPES = {  # config stem -> (dataset, size)
 }
 
 
+# Spec section 4, "ImageNet-1K stage": the DeiT recipe, drop path S 0.1 / B 0.3.
+IMAGENET = {"imagenet_structvit_s_4_1": ("s", 0.1), "imagenet_structvit_b_4_1": ("b", 0.3)}
+
+
 def test_every_recipe_in_configs_is_pinned() -> None:
     stems = {p.stem for p in (REPO / "configs").glob("*.yaml") if not p.stem.startswith("base")}
-    assert stems - {"demo"} == set(RECIPES)
+    assert stems - {"demo", "demo_imagenet"} == set(RECIPES) | set(IMAGENET)
+
+
+@pytest.mark.parametrize("stem", sorted(IMAGENET))
+def test_imagenet_recipe_follows_deit(stem: str) -> None:
+    size, drop_path = IMAGENET[stem]
+    cfg = load_config(Config, REPO / "configs" / f"{stem}.yaml")
+    data, aug, optim = cfg.data, cfg.data.aug, cfg.optim
+    assert (cfg.model.name, cfg.model.drop_path_rate) == (f"structvit_{size}_4_1", drop_path)
+    assert (data.modality, data.crop_size, data.short_side) == ("image", 224, 256)  # centre crop ratio 0.875
+    assert (optim.epochs, optim.warmup_epochs, optim.weight_decay) == (300, 5, 0.05)
+    assert scaled_lr(optim, 1024) == pytest.approx(1e-3)  # AdamW lr 1e-3 at batch 1024, linear scaling
+    assert aug.flip and aug.randaug_n > 0 and tuple(aug.scale) == (0.08, 1.0)
+    assert (aug.mixup, aug.cutmix, aug.erasing_prob, optim.label_smoothing) == (0.8, 1.0, 0.25, 0.1)
+    assert cfg.init.pretrained is None  # from scratch
 
 
 @pytest.mark.parametrize("stem", sorted(RECIPES))
