@@ -145,16 +145,19 @@ def partition_resources(partition: str | None) -> NodeResources | None:
     if shutil.which("sinfo") is None:
         return None
     command = ["sinfo", "--noheader", "--format=%P|%G|%c"]
-    out = subprocess.run(
-        [*command, *(["--partition", partition] if partition else [])],
-        capture_output=True,
-        text=True,
-        timeout=SINFO_TIMEOUT_S,
-    )
+    try:
+        out = subprocess.run(
+            [*command, *(["--partition", partition] if partition else [])],
+            capture_output=True,
+            text=True,
+            timeout=SINFO_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:  # no controller answers: the submission will say so in one line
+        return None
     nodes = []
     for line in out.stdout.splitlines():
-        name, gres, cpus = line.split("|")
-        if partition or name.endswith("*"):  # sinfo marks the default partition with '*'
+        name, gres, cpus = [*line.split("|"), "", ""][:3]
+        if (partition or name.endswith("*")) and cpus.rstrip("+").isdigit():  # '*': the default partition
             nodes.append(NodeResources(gres_gpus(gres), int(cpus.rstrip("+"))))
     if out.returncode != 0 or not nodes:
         return None
