@@ -122,6 +122,13 @@ def test_dry_run_prints_the_sbatch_script(tmp_path: Path, demo_overrides: list[s
     assert not jobs.exists() and not (tmp_path / "runs").exists()
 
 
+def test_gpus_are_read_from_every_gres_form_sinfo_prints() -> None:
+    from launch.slurm import gres_gpus
+
+    forms = ("gpu:8", "gpu:a100:4(S:0-1)", "gpu:2,shard:4", "(null)", "")
+    assert [gres_gpus(gres) for gres in forms] == [8, 4, 2, 0, 0]
+
+
 def test_dry_run_with_gpus_runs_one_task_per_gpu(tmp_path: Path, demo_overrides: list[str]) -> None:
     gpus = ["--nodes", "4", "--gpus-per-node", "8"]
     proc = launch("--dry-run", *gpus, "--config", str(DEMO_CONFIG), *demo_overrides, cwd=tmp_path)
