@@ -116,8 +116,11 @@ class TrainTask:
         try:
             return self._train(job_env)
         except ConfigError as err:  # also diverged training: a restart would meet it again
+            from pipeline.train.engine import teardown_distributed
+
             print(f"error: {err}", file=sys.stderr, flush=True)
             no_requeue_marker(job_env.paths.folder, job_env.job_id).write_text(f"{err}\n")
+            teardown_distributed(wait_for_peers=getattr(err, "agreed_by_all_ranks", False))
             sys.exit(2)
 
     def _train(self, job_env: Any) -> Any:

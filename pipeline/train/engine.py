@@ -78,14 +78,16 @@ def setup_distributed(timeout_s: float = 600) -> DistInfo:
     )
 
 
-def teardown_distributed() -> None:
-    """Leave the process group once every rank is done with it; rank entry points call it last.
+def teardown_distributed(wait_for_peers: bool = True) -> None:
+    """Leave the process group; rank entry points call it last, on success and on a one-line error.
 
     gloo's communication threads must stop before the interpreter exits: left running, they can
     abort a rank that has already finished and saved (`terminate called without an active exception`).
+    `wait_for_peers=False` leaves at once (an error this rank alone met: its peers may never come).
     """
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        if wait_for_peers:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
