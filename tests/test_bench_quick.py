@@ -48,6 +48,13 @@ def test_train_step_quick_prints_its_ratios() -> None:
     assert len(re.findall(r"^\s+[023]\s+(on|off) \|", out, re.M)) == 6, out  # ZeRO 0/2/3 x checkpointing
 
 
+@pytest.mark.slow
+def test_image_loader_quick_prints_its_ratios() -> None:
+    out = run_bench("image_loader.py", "--quick")
+    assert re.search(r"a/b = \d+\.\d+   a/c = \d+\.\d+", out), out
+    assert "images/s per core" in out
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU bench runs for minutes on a CUDA device")
 def test_gpu_bench_says_there_is_no_device_and_exits_cleanly() -> None:
     assert run_bench("gpu.py", "--quick").strip().splitlines() == [
