@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from pipeline.train.checkpoint import (
     tag_for_step,
 )
 from pipeline.train.engine import consolidated_state_dict
-from tests.train.conftest import DEMO_CONFIG, REPO, job_env, job_overrides, synth_split
+from tests.train.conftest import job_overrides, run_local, synth_split
 
 pytestmark = pytest.mark.slow
 STOPPED_AT, STEPS = 12, 24  # 4 steps per epoch, 6 epochs; checkpoints every 3 steps, the newest 2 kept
@@ -32,15 +30,6 @@ STOPPED_AT, STEPS = 12, 24  # 4 steps per epoch, 6 epochs; checkpoints every 3 s
 
 def overrides(shards: tuple[Path, Path], root: Path, *extra: str) -> list[str]:
     return job_overrides(shards, root, "run", "optim.epochs=6", "checkpoint.every_steps=3", *extra)
-
-
-def run_job(job_overrides: list[str]) -> subprocess.CompletedProcess[str]:
-    """`launch/local.py --nproc 2` with the demo config and `job_overrides`, to its end."""
-    command = [sys.executable, str(REPO / "launch" / "local.py"), "--config", str(DEMO_CONFIG)]
-    command += ["--nproc", "2"]
-    return subprocess.run(
-        [*command, *job_overrides], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300
-    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +43,7 @@ def small_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def stopped_run(small_shards, tmp_path_factory) -> Path:
     """A run stopped at step 12, with complete checkpoints at steps 9 and 12."""
     root = tmp_path_factory.mktemp("stopped")
-    result = run_job(overrides(small_shards, root, f"max_steps={STOPPED_AT}"))
+    result = run_local(overrides(small_shards, root, f"max_steps={STOPPED_AT}"))
     assert result.returncode == 0, result.stderr[-3000:]
     tags = [p.name for p in complete_tags(root / "run" / "checkpoints")]
     assert tags == [tag_for_step(9), tag_for_step(STOPPED_AT)]
@@ -101,7 +90,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_one_warning_for_the_newest_
     shutil.copytree(stopped_run, tmp_path / "run")
     newest = tmp_path / "run" / "checkpoints" / tag_for_step(STOPPED_AT)
     damage(newest)
-    result = run_job(overrides(small_shards, tmp_path))
+    result = run_local(overrides(small_shards, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "skipping checkpoint" in line]
     assert len(warnings) == 1 and f"{newest}: {why}" in warnings[0], result.stderr[-3000:]
@@ -115,7 +104,7 @@ def test_any_bytes_in_latest_fall_back_to_the_newest_complete_checkpoint(
 ) -> None:
     shutil.copytree(stopped_run, tmp_path / "run")
     (tmp_path / "run" / "checkpoints" / LATEST).write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary")
-    result = run_job(overrides(small_shards, tmp_path))
+    result = run_local(overrides(small_shards, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "does not name a complete checkpoint" in result.stderr
     assert f"resuming {tmp_path / 'run' / 'checkpoints' / tag_for_step(STOPPED_AT)}" in result.stderr
@@ -125,7 +114,7 @@ def test_a_diverging_run_stops_with_one_line_and_never_saves_or_exports_non_fini
     small_shards, tmp_path: Path
 ) -> None:
     # An absurd learning rate: the weights overflow within a few steps.
-    result = run_job(overrides(small_shards, tmp_path, "optim.lr=1e30", "checkpoint.every_steps=1"))
+    result = run_local(overrides(small_shards, tmp_path, "optim.lr=1e30", "checkpoint.every_steps=1"))
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "training diverged at step" in errors[0], result.stderr[-3000:]
@@ -149,7 +138,7 @@ def test_a_checkpoint_that_verifies_but_fails_to_load_is_skipped_for_the_next_on
     marker = json.loads((newest / MARKER).read_text())
     marker["files"] = {name: file_digest(newest / name) for name in checkpoint_files(newest)}
     (newest / MARKER).write_text(json.dumps(marker))
-    result = run_job(overrides(small_shards, tmp_path))
+    result = run_local(overrides(small_shards, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "skipping" in line]
     assert len(warnings) == 1 and f"checkpoint {newest} failed to load" in warnings[0], result.stderr[-3000:]

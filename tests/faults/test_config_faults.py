@@ -4,8 +4,6 @@ sampling (an error by default, or data.short_clips=repeat with a warning that co
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.train.config import load_train_config
 from tests.faults.conftest import copy_shards, cut_shard, shard_files
-from tests.train.conftest import DEMO_CONFIG, REPO, job_env, synth_split
+from tests.train.conftest import DEMO_CONFIG, run_local, synth_split
 
 
 @pytest.fixture(scope="module")
@@ -77,18 +75,8 @@ def test_clips_shorter_than_dense_sampling_takes_are_one_line_or_repeated_with_a
 
 def test_the_launcher_prints_a_config_fault_once_and_starts_nothing(clips16, tmp_path: Path) -> None:
     train, val = clips16
-    command = [
-        sys.executable,
-        str(REPO / "launch" / "local.py"),
-        "--config",
-        str(DEMO_CONFIG),
-        "--nproc",
-        "2",
-    ]
     overrides = [f"out_dir={tmp_path}", f"data.train=[{train}]", f"data.val=[{val}]", "model.name=nope"]
-    result = subprocess.run(
-        [*command, *overrides], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=120
-    )
+    result = run_local(overrides, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.name" in lines[0], result.stderr

@@ -80,18 +80,19 @@ def start_job(
         )
 
 
+def run_local(
+    overrides: Sequence[str], nproc: int = 2, config: Path = DEMO_CONFIG, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run `launch/local.py` to the end; returns the completed process (output captured)."""
+    command = [sys.executable, str(REPO / "launch" / "local.py"), "--config", str(config)]
+    command += ["--nproc", str(nproc), *overrides]
+    return subprocess.run(command, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture
 def run_job() -> Callable[..., subprocess.CompletedProcess]:
-    """Run `launch/local.py` to the end; returns the completed process (output captured)."""
-
-    def run(overrides: Sequence[str], nproc: int = 2, config: Path = DEMO_CONFIG, timeout: float = 300):
-        command = [sys.executable, str(REPO / "launch" / "local.py"), "--config", str(config)]
-        command += ["--nproc", str(nproc), *overrides]
-        return subprocess.run(
-            command, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout
-        )
-
-    return run
+    """`run_local`, as a fixture."""
+    return run_local
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,23 +13,13 @@ from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.models import list_models
 from pipeline.train.config import Config, config_changes, load_train_config
 from pipeline.train.optim import scaled_lr
-from tests.train.conftest import DEMO_CONFIG, REPO, job_env
+from tests.train.conftest import DEMO_CONFIG, REPO, run_local
 
 RECIPES = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("base"))
 
 
 def launch(*overrides: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        str(REPO / "launch" / "local.py"),
-        "--config",
-        str(DEMO_CONFIG),
-        "--nproc",
-        "2",
-    ]
-    return subprocess.run(
-        [*command, *overrides], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=60
-    )
+    return run_local(overrides, timeout=60)
 
 
 @pytest.mark.parametrize(
