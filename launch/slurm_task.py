@@ -109,23 +109,30 @@ class TrainTask:
         import submitit
 
         from pipeline.train import signals
+        from pipeline.train.engine import leaving_process_group
 
         # Ours before anything slow: submitit's own USR2 handler would requeue the job a second time.
         signals.install()
         job_env = submitit.JobEnvironment()
         try:
-            return self._train(job_env)
+            with leaving_process_group():
+                result = self._train(job_env)
         except ConfigError as err:  # also diverged training: a restart would meet it again
-            from pipeline.train.engine import teardown_distributed
-
             print(f"error: {err}", file=sys.stderr, flush=True)
             no_requeue_marker(job_env.paths.folder, job_env.job_id).write_text(f"{err}\n")
-            teardown_distributed(wait_for_peers=getattr(err, "agreed_by_all_ranks", False))
             sys.exit(2)
+        if not result.stopped_by_signal:
+            return result
+        rank, step = job_env.global_rank, result.step
+        print(f"[slurm] rank {rank} stopped by {result.signal} at step {step} after saving", flush=True)
+        # Leave without a result (submitit writes one only when this returns): the run is not finished,
+        # and a result file from this start must not be mistaken for the requeued job's. The status tells
+        # the batch script to requeue (a preempted job whose tasks exit 0 would end COMPLETED).
+        sys.exit(EXIT_REQUEUE)
 
     def _train(self, job_env: Any) -> Any:
+        """Join the job's process group from Slurm's variables and train (the config as of this start)."""
         from pipeline.train.config import load_train_config
-        from pipeline.train.engine import teardown_distributed
         from pipeline.train.trainer import train
 
         dist_env = torch_distributed_env(job_env)
@@ -145,17 +152,7 @@ class TrainTask:
             ]
             overrides += REQUEUE_OVERRIDES
         cfg = load_train_config(self.config, overrides, world_size=world)
-        result = train(cfg)
-        teardown_distributed()  # every path below ends this process: stop gloo's threads first
-        if not result.stopped_by_signal:
-            return result
-        print(
-            f"[slurm] rank {rank} stopped by {result.signal} at step {result.step} after saving", flush=True
-        )
-        # Leave without a result (submitit writes one only when this returns): the run is not finished,
-        # and a result file from this start must not be mistaken for the requeued job's. The status tells
-        # the batch script to requeue (a preempted job whose tasks exit 0 would end COMPLETED).
-        sys.exit(EXIT_REQUEUE)
+        return train(cfg)
 
 
 @dataclass

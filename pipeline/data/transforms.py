@@ -229,3 +229,10 @@ def mix_batch(
     else:
         video = video * lam + partner * (1.0 - lam)
     return video, targets * lam + targets.flip(0) * (1.0 - lam)
+
+
+def shuffle_frames(video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The control experiment: each clip's frames (dim 2 of B, C, T, H, W) in a random order."""
+    order = torch.stack([torch.randperm(video.shape[2], generator=generator) for _ in range(video.shape[0])])
+    index = order[:, None, :, None, None].expand_as(video)
+    return video.gather(2, index)

@@ -25,19 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from pipeline.train.engine import teardown_distributed
-    from pipeline.train.trainer import train  # heavy imports only after the config is known good
+    from pipeline.train.engine import leaving_process_group  # heavy imports once the config is good
+    from pipeline.train.trainer import train
 
     try:
-        train(cfg)
+        with leaving_process_group():
+            train(cfg)
     except ConfigError as err:
         # An error every rank raised together is printed once, by rank 0.
-        agreed = getattr(err, "agreed_by_all_ranks", False)
-        if not agreed or os.environ.get("RANK", "0") == "0":
+        if not getattr(err, "agreed_by_all_ranks", False) or os.environ.get("RANK", "0") == "0":
             print(f"error: {err}", file=sys.stderr)
-        teardown_distributed(wait_for_peers=agreed)
         return 2
-    teardown_distributed()  # this process ends here: stop gloo's threads before the interpreter exits
     return 0
 
 

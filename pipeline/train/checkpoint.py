@@ -28,16 +28,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from pipeline.config import ConfigError
 from pipeline.data.loader import LoaderState
 from pipeline.io import atomic_open, atomic_write_json, atomic_write_text
+from pipeline.train.buffers import rank_buffers, restore_rank_buffers
 
+CHECKPOINTS = "checkpoints"  # the folder of a run that holds its checkpoints
 TAG_PREFIX = "step_"
 MARKER = "COMPLETE"
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
 DIGEST_CHUNK = 1 << 22
+
+
+def checkpoint_folder(run_dir: Path) -> Path:
+    """Where the checkpoints of the run in `run_dir` go."""
+    return Path(run_dir) / CHECKPOINTS
 
 
 def tag_for_step(step: int) -> str:
@@ -75,6 +83,16 @@ def file_digest(path: Path) -> dict[str, Any]:
 def checkpoint_files(tag_dir: Path) -> list[str]:
     """The files a marker must describe: everything in the tag folder but the marker itself."""
     return sorted(p.name for p in tag_dir.iterdir() if p.is_file() and p.name != MARKER)
+
+
+def gather_digests(tag_dir: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """`file_digest` of every file in `names`, the work shared out over the ranks (name i on rank
+    i % world); every rank gets them all."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    mine = {name: file_digest(tag_dir / name) for name in names[rank::world]}
+    parts: list[Any] = [None] * world
+    torch.distributed.all_gather_object(parts, mine)
+    return {name: value for part in parts for name, value in part.items()}
 
 
 def checkpoint_problem(tag_dir: Path) -> str | None:
@@ -180,6 +198,17 @@ class RankState:
     rng: dict[str, Any]
     frame_rng: torch.Tensor
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def capture(cls, loader: LoaderState, frame_generator: torch.Generator, module: nn.Module) -> RankState:
+        """This rank's state now."""
+        return cls(loader, rng_state(), frame_generator.get_state(), rank_buffers(module))
+
+    def restore(self, frame_generator: torch.Generator, module: nn.Module) -> None:
+        """Put this rank's generators and buffers back (the loader restores its own position)."""
+        restore_rng_state(self.rng)
+        frame_generator.set_state(self.frame_rng)
+        restore_rank_buffers(module, self.buffers)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain containers for the trainer state file."""

@@ -24,6 +24,7 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from torch import nn
 
+from pipeline.train.buffers import restore_rank_buffers
 from pipeline.train.config import EngineConfig
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -79,7 +80,7 @@ def setup_distributed(timeout_s: float = 600) -> DistInfo:
 
 
 def teardown_distributed(wait_for_peers: bool = True) -> None:
-    """Leave the process group; rank entry points call it last, on success and on a one-line error.
+    """Leave the process group (see `leaving_process_group`).
 
     gloo's communication threads must stop before the interpreter exits: left running, they can
     abort a rank that has already finished and saved (`terminate called without an active exception`).
@@ -89,6 +90,21 @@ def teardown_distributed(wait_for_peers: bool = True) -> None:
         if wait_for_peers:
             torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+@contextmanager
+def leaving_process_group() -> Iterator[None]:
+    """Leave the process group when the block ends, however it ends: entry points run the training in
+    it. After an error every rank raised together (`agreed_by_all_ranks`) the ranks leave together;
+    after one this rank met alone, at once."""
+    agreed = True
+    try:
+        yield
+    except BaseException as err:
+        agreed = getattr(err, "agreed_by_all_ranks", False)
+        raise
+    finally:
+        teardown_distributed(wait_for_peers=agreed)
 
 
 def resolve_precision(cfg: EngineConfig) -> str:
@@ -218,15 +234,6 @@ def restore_saved_buffers(module: nn.Module, tag_dir: Path) -> None:
     restore_rank_buffers(module, {name: saved[name] for name, _ in module.named_buffers() if name in saved})
 
 
-def gather_digests(tag_dir: Path, names: list[str], digest: Any) -> dict[str, dict[str, Any]]:
-    """`digest(path)` of every file in `names`, each computed by one rank (name i on rank i % world)."""
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    mine = {name: digest(tag_dir / name) for name in names[rank::world]}
-    parts: list[Any] = [None] * world
-    torch.distributed.all_gather_object(parts, mine)
-    return {name: value for part in parts for name, value in part.items()}
-
-
 def consolidated_state_dict(folder: Path, tag: str) -> dict[str, torch.Tensor]:
     """The full fp32 state dict (parameters and buffers) of checkpoint `folder/tag`, on CPU.
 
@@ -241,37 +248,3 @@ def consolidated_state_dict(folder: Path, tag: str) -> dict[str, torch.Tensor]:
         name: tensor.float() if tensor.is_floating_point() else tensor
         for name, tensor in states["module"].items()
     }
-
-
-def rank_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
-    """This rank's floating-point buffers (BatchNorm running statistics), copied to CPU."""
-    return {name: b.detach().cpu().clone() for name, b in module.named_buffers() if b.is_floating_point()}
-
-
-def restore_rank_buffers(module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    """Put back buffers saved by `rank_buffers`."""
-    buffers = dict(module.named_buffers())
-    with torch.no_grad():
-        for name, value in saved.items():
-            buffers[name].copy_(value)
-
-
-@contextmanager
-def buffers_averaged_over_ranks(module: nn.Module) -> Iterator[None]:
-    """Inside the block, floating-point buffers hold their mean over all ranks; afterwards each rank's own.
-
-    Each rank's BatchNorm sees only its own batches, and DeepSpeed saves rank 0's buffers. Saving and
-    evaluating inside this block makes the live model, the checkpoint and the export one model, while
-    training continues with untouched per-rank statistics (the trainer state keeps them, so a resumed
-    rank is bit-identical to an uninterrupted one).
-    """
-    world = torch.distributed.get_world_size()
-    own = rank_buffers(module) if world > 1 else {}
-    for name, buffer in module.named_buffers():
-        if name in own:
-            torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.SUM)
-            buffer.div_(world)
-    try:
-        yield
-    finally:
-        restore_rank_buffers(module, own)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,6 +33,30 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak: float, floor
     span = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / span, 1.0)
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """A run's learning rate per optimizer step: warm-up, then cosine to the floor at the last step."""
+
+    total_steps: int
+    warmup_steps: int
+    peak: float
+    floor: float
+
+    @classmethod
+    def of_run(cls, cfg: OptimConfig, steps_per_epoch: int, global_batch: int) -> LrSchedule:
+        """The schedule of `cfg` in optimizer steps, its peak scaled to the global batch."""
+        return cls(
+            total_steps=cfg.epochs * steps_per_epoch,
+            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            peak=scaled_lr(cfg, global_batch),
+            floor=cfg.min_lr,
+        )
+
+    def __call__(self, step: int) -> float:
+        """The rate of optimizer step `step` (0-based)."""
+        return cosine_lr(step, self.total_steps, self.warmup_steps, self.peak, self.floor)
 
 
 def layer_ids(model: nn.Module) -> Callable[[str], int]:

@@ -13,18 +13,19 @@ from pathlib import Path
 
 import torch
 
-from pipeline.train.checkpoint import read_trainer_state
+from pipeline.train.checkpoint import checkpoint_folder, read_trainer_state
 from pipeline.train.config import load_train_config
 from pipeline.train.engine import build_engine, needs_universal_checkpoint, save_checkpoint, setup_distributed
 from pipeline.train.optim import build_optimizer
-from pipeline.train.trainer import ResumePoint, batch_of_run, build_model, load_engine_state, with_batch
+from pipeline.train.resume import ResumePoint, batch_of_run, load_engine_state, with_batch
+from pipeline.train.trainer import build_model
 
 
 def main(run_dir: str, tag: str, out: str) -> None:
     """Load `run_dir/checkpoints/tag` on this world size, save it as `out/tag`."""
     cfg = load_train_config(Path(run_dir) / "config.yaml")
     world = setup_distributed().world_size
-    tag_dir = cfg.run_dir / "checkpoints" / tag
+    tag_dir = checkpoint_folder(cfg.run_dir) / tag
     point = ResumePoint(tag_dir, read_trainer_state(tag_dir), weights_only=False, world_size=world)
     micro, accum = batch_of_run(cfg, point, world)
     torch.manual_seed(cfg.seed)

@@ -99,7 +99,12 @@ def test_a_second_job_is_refused_and_a_killed_launcher_stops_its_ranks(
     wait_for_step(job, run_dir, 2)
     ranks = rank_pids(job.pid)
 
+    # Frozen, the first job holds its lock however slowly the second one starts on a loaded machine.
+    for pid in ranks.values():
+        os.kill(pid, signal.SIGSTOP)
     second = run_job(same)
+    for pid in ranks.values():
+        os.kill(pid, signal.SIGCONT)
     assert second.returncode == 2
     errors = [line for line in second.stderr.splitlines() if line.strip()]
     assert len(errors) == 1, second.stderr
