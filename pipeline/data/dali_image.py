@@ -58,7 +58,7 @@ Box = tuple[float, float, float, float]
 
 
 def build_dali_image_pipeline(crop_size: int, max_views: int, device_id: int | None) -> Any:
-    """The DALI graph: JPEG bytes -> decode (nvJPEG on a GPU) -> resize the box to S x S -> flip -> CHW uint8."""
+    """The DALI graph: JPEG bytes -> decode (nvJPEG on a GPU) -> box resized to S x S -> flip -> CHW uint8."""
     from nvidia.dali import fn, types
     from nvidia.dali.pipeline import Pipeline
 
@@ -124,8 +124,8 @@ class DaliImageDecoder:
 class PlanImageViews:
     """Raw image samples -> `encoded` JPEG bytes, `label` and `boxes`: each view's (box, flip).
 
-    Training (`seed_parts` given): `views` random resized crops and flips from the sample's generator,
-    kept in `rng` for the torch-side steps; evaluation (`seed_parts` None): the test crops.
+    Training (`seed_parts` given): `aug.repeated_aug` random resized crops and flips from the sample's
+    generator, kept in `rng` for the torch-side steps; evaluation (`seed_parts` None): the test crops.
     """
 
     def __init__(
@@ -177,7 +177,7 @@ class PlanImageViews:
 
 
 class DecodeImageViews:
-    """Planned samples -> `views`: uint8 pixels (1, 3, S, S) per view, DALI running on groups of `group` samples.
+    """Planned samples -> `views`: uint8 pixels (1, 3, S, S) per view; DALI runs on `group` samples at a time.
 
     Error and padding items pass through in their place; a sample DALI cannot decode becomes an error item.
     `to_host` brings the pixels to the CPU (evaluation, whose padding rows are host tensors).
