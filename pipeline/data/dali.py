@@ -11,19 +11,21 @@ fn.crop_mirror_normalize(flip, mean/std, layout CFHW). On a GPU machine the deco
 device "mixed" (NVDEC: h264, hevc, vp9, av1) and everything after it on the GPU; without a GPU it
 runs on the CPU, where DALI's decoder only handles VP8, VP9 and MJPEG (so test it on VP9 shards).
 Random erasing and mixup/cutmix are applied to the output batch in torch, on its device.
-RandAugment and repeated augmentation are not available on this path (a clear error says so), and
-evaluation keeps the CPU decoders (`build_eval_loader`).
+RandAugment and repeated augmentation are not available on this video path (a clear error says so), and
+evaluation keeps the CPU decoders (`build_eval_loader`). Images (nvJPEG, training and evaluation) are
+`pipeline.data.dali_image`, which shares this loader's batch order (`DaliTrainLoader.__iter__`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import webdataset as wds
 
 from pipeline.data.config import DataConfig
 from pipeline.data.loader import TrainLoader, TrainStream
@@ -38,6 +40,7 @@ from pipeline.data.stream import (
     Item,
     ReplaceBad,
     bad_entry,
+    empty_batch,
     failed,
     one_line,
     read_label,
@@ -154,17 +157,39 @@ def build_dali_pipeline(cfg: DataConfig, batch_size: int, device_id: int | None)
     return pipe
 
 
-def dali_to_torch(output: Any) -> torch.Tensor:
-    """A dense DALI batch (CPU or GPU) as a torch tensor on the same device."""
+def dali_to_torch(output: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A dense DALI batch (CPU or GPU) of `dtype` as a torch tensor on the same device."""
     from nvidia.dali.backend import TensorListGPU
     from nvidia.dali.plugin.pytorch import feed_ndarray
 
     dense = output.as_tensor()
     on_gpu = isinstance(output, TensorListGPU)
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-    tensor = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+    tensor = torch.empty(dense.shape(), dtype=dtype, device=device)
     feed_ndarray(dense, tensor)
     return tensor
+
+
+def run_isolating_failures(
+    run: Callable[[list[Item]], torch.Tensor], items: list[Item]
+) -> tuple[list[Item], torch.Tensor | None]:
+    """`run` (a DALI pipeline run: one output row per item) on `items`; if DALI raises, run them one by
+    one so that only the items it cannot decode are dropped, each marked with its `__error__` and `__bad__`.
+    Returns the items kept and their rows (None when none is left)."""
+    if not items:
+        return [], None
+    try:
+        return items, run(items)
+    except RuntimeError:
+        kept, rows = [], []
+        for item in items:
+            try:
+                rows.append(run([item]))
+                kept.append(item)
+            except RuntimeError as err:
+                item["__error__"] = f"DALI: {one_line(err)}"
+                item["__bad__"] = [*item.get("__bad__", ()), bad_entry(item)]
+        return kept, torch.cat(rows) if rows else None
 
 
 class DaliTrainLoader(TrainLoader):
@@ -184,13 +209,14 @@ class DaliTrainLoader(TrainLoader):
         seed: int,
         run_dir: Path | None = None,
     ) -> None:
+        # Images run these in torch (pipeline.data.dali_image); a video clip would need them on all its frames.
         unsupported = [
             name
             for name, on in (
                 ("aug.randaug_n", cfg.aug.randaug_n > 0),
                 ("aug.repeated_aug", cfg.aug.repeated_aug > 1),
             )
-            if on
+            if on and cfg.modality == "video"
         ]
         if unsupported:
             raise ValueError(
@@ -200,19 +226,49 @@ class DaliTrainLoader(TrainLoader):
         self.device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
         self._pipe: Any = None
 
-    def _groups(self, stream: TrainStream, worker: int) -> Iterator[list[Item]]:
+    @property
+    def least_rows(self) -> int:
+        """Rows a batch must keep: a video sample DALI cannot decode leaves its row out (PyAV validated it
+        at sharding time: rare); only a batch left empty stops the run."""
+        return 1
+
+    def _worker_batches(self, stream: TrainStream, worker: int) -> Iterator[dict[str, Any]]:
+        """Logical `worker`'s finished batches (each with its `bad` list), from its first batch on."""
         seed_parts = (self.seed, self.epoch, self.rank, worker)
         plan = PlanClips(self.cfg, self.num_classes, stream.flip, seed_parts)
-        stages = [
+        groups = wds.DataPipeline(
             *stream.read_stages(worker),
             plan,
             ReplaceBad(self.shard_set.shards, seed_parts, [CheckDigest(), plan]),
             GroupItems(self.plan.clips_per_batch),
-        ]
-        source = stages[0]()
-        for stage in stages[1:]:
-            source = stage(source)
-        return source
+        )
+        aug = self.cfg.aug
+        for j, group in enumerate(groups):
+            batch_index = stream.first_batch(worker) + j * self.plan.workers
+            good, video = run_isolating_failures(self._run, [i for i in group if "__error__" not in i])
+            bad = [entry for item in group for entry in item.get("__bad__", ())]
+            if video is None:  # every row failed: the loader stops the run on it (`least_rows`)
+                size = self.cfg.crop_size
+                yield {**empty_batch((3, self.cfg.num_frames, size, size)), "bad": bad}
+                continue
+            batch = {
+                "video": video,
+                "label": torch.tensor([item["label"] for item in good], dtype=torch.long),
+                "key": [item["__key__"] for item in good],
+                "view": torch.zeros(len(good), dtype=torch.long),
+                "bad": bad,
+            }
+            if aug.erasing_prob > 0:
+                for row, item in enumerate(good):
+                    rng = make_rng(*seed_parts, item["__pos__"], SAMPLE_TAG, ERASE_TAG)
+                    if rng.random() < aug.erasing_prob:
+                        batch["video"][row] = erase_box(batch["video"][row], rng)
+            if aug.mixes:
+                rng = make_rng(*seed_parts, batch_index, BATCH_TAG)
+                batch["video"], batch["label"] = mix_batch(
+                    batch["video"], batch["label"], self.num_classes, aug, rng
+                )
+            yield batch
 
     def _run(self, items: list[Item]) -> torch.Tensor:
         if self._pipe is None:
@@ -224,54 +280,14 @@ class DaliTrainLoader(TrainLoader):
             len(items), 3, self.cfg.num_frames, self.cfg.crop_size, self.cfg.crop_size
         )
 
-    def _decode_group(self, group: list[Item]) -> tuple[list[Item], torch.Tensor | None]:
-        """Run DALI on a group's good items; if the batch fails, retry one by one to drop only bad ones."""
-        good = [item for item in group if "__error__" not in item]
-        if not good:
-            return [], None
-        try:
-            return good, self._run(good)
-        except RuntimeError:
-            kept, videos = [], []
-            for item in good:
-                try:
-                    videos.append(self._run([item]))
-                    kept.append(item)
-                except RuntimeError as err:
-                    item["__error__"] = f"DALI: {one_line(err)}"
-                    item["__bad__"] = [*item.get("__bad__", ()), bad_entry(item)]
-            return kept, torch.cat(videos) if videos else None
-
     def __iter__(self) -> Iterator[dict[str, Any]]:
         current = self.state()
         self.epoch, self.consumed = current.epoch, current.samples_consumed
         start = self.consumed // self.plan.clips_per_batch
         stream = TrainStream(self.cfg, self.shard_set, self.plan, self.rank, self.seed, self.epoch, start)
-        groups = {k: self._groups(stream, k) for k in range(self.plan.workers)}
-        aug = self.cfg.aug
+        batches = {k: self._worker_batches(stream, k) for k in range(self.plan.workers)}
         for j in range(start, self.plan.steps_per_epoch):
-            worker = j % self.plan.workers
-            group = next(groups[worker])
-            good, video = self._decode_group(group)
-            # A sample DALI cannot decode leaves its row out (PyAV validated it at sharding time: rare);
-            # only a batch left empty stops the run.
-            self.account([entry for item in group for entry in item.get("__bad__", ())], len(good), 1)
-            batch = {
-                "video": video,
-                "label": torch.tensor([item["label"] for item in good], dtype=torch.long),
-                "key": [item["__key__"] for item in good],
-                "view": torch.zeros(len(good), dtype=torch.long),
-            }
-            seed_parts = (self.seed, self.epoch, self.rank, worker)
-            if aug.erasing_prob > 0:
-                for row, item in enumerate(good):
-                    rng = make_rng(*seed_parts, item["__pos__"], SAMPLE_TAG, ERASE_TAG)
-                    if rng.random() < aug.erasing_prob:
-                        batch["video"][row] = erase_box(batch["video"][row], rng)
-            if aug.mixes:
-                rng = make_rng(*seed_parts, j, BATCH_TAG)
-                batch["video"], batch["label"] = mix_batch(
-                    batch["video"], batch["label"], self.num_classes, aug, rng
-                )
+            batch = next(batches[j % self.plan.workers])
+            self.account(batch.pop("bad"), len(batch["key"]), self.least_rows)
             self.consumed += self.plan.clips_per_batch
             yield batch

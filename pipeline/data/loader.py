@@ -378,17 +378,23 @@ class EvalStream(IterableDataset):
         info = get_worker_info()
         return iter(wds.DataPipeline(*self.stages(info.id if info else 0)))
 
-    def stages(self, worker: int) -> list[Any]:
-        """The stage list of `worker`."""
-        cfg = self.cfg
+    def read_stages(self, worker: int) -> list[Any]:
+        """The stages that read `worker`'s samples and append its padding slots."""
         begin, end, padding = self.plan.worker_span(self.rank, worker)
-        views = cfg.test_clips * cfg.test_crops
         return [
             SliceSource(slice_stream(self.shard_set.shards, begin, end)),
             ReadShardSlices(),
             NumberAndSkip(0),
             CheckDigest(),
             AppendPadding(padding),
+        ]
+
+    def stages(self, worker: int) -> list[Any]:
+        """The stage list of `worker`."""
+        cfg = self.cfg
+        views = cfg.test_clips * cfg.test_crops
+        return [
+            *self.read_stages(worker),
             DecodeClips(
                 cfg.decoder,
                 cfg.sampling,
@@ -460,10 +466,14 @@ def build_train_loader(
     With `run_dir`, failed samples are also appended to `run_dir/bad_samples.jsonl`.
     """
     shard_set = load_shard_set(cfg.train)
-    if cfg.decoder == "dali":
+    if cfg.decoder == "dali" and cfg.modality == "image":
+        from pipeline.data.dali_image import DaliImageTrainLoader
+
+        loader: TrainLoader = DaliImageTrainLoader(cfg, shard_set, rank, world_size, seed, run_dir)
+    elif cfg.decoder == "dali":
         from pipeline.data.dali import DaliTrainLoader
 
-        loader: TrainLoader = DaliTrainLoader(cfg, shard_set, rank, world_size, seed, run_dir)
+        loader = DaliTrainLoader(cfg, shard_set, rank, world_size, seed, run_dir)
     else:
         loader = TrainLoader(cfg, shard_set, rank, world_size, seed, run_dir)
     if state is not None:
@@ -478,7 +488,11 @@ def build_eval_loader(
 
     With `run_dir`, failed samples (padding rows) are also appended to `run_dir/bad_samples.jsonl`.
     """
+    if cfg.decoder == "dali" and cfg.modality == "image":
+        from pipeline.data.dali_image import DaliImageEvalLoader
+
+        return DaliImageEvalLoader(cfg, load_shard_set(cfg.val), rank, world_size, run_dir)
     if cfg.decoder == "dali":
-        # Evaluation is a small share of the time: it keeps the CPU decoders (see pipeline.data.dali).
+        # Evaluation is a small share of a video run's time: it keeps the CPU decoders (see pipeline.data.dali).
         cfg = dataclasses.replace(cfg, decoder="auto")
     return EvalLoader(cfg, load_shard_set(cfg.val), rank, world_size, run_dir)

@@ -67,7 +67,7 @@ def equalize(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torc
         cdf_min = cdf[hist > 0][0]
         span = cdf[-1] - cdf_min
         lut = ((cdf - cdf_min) / span * 255).clamp(0, 255) if span > 0 else torch.arange(256.0)
-        out[:, c] = lut.to(clip.dtype)[channel]
+        out[:, c] = lut.to(clip)[channel]  # clip's dtype and device (the identity table is a host tensor)
     return out
 
 

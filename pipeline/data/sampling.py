@@ -80,6 +80,13 @@ def eval_indices(
     return [segment_indices(num_video_frames, num_frames, None, c, num_clips) for c in range(num_clips)]
 
 
+def eval_resized_shape(height: int, width: int, short_side: int, size: int) -> tuple[int, int]:
+    """(height, width) of a frame resized for testing: short side to `short_side`, aspect kept, neither
+    side under the `size`-pixel test crop."""
+    scale = short_side / min(height, width)
+    return max(size, round(height * scale)), max(size, round(width * scale))
+
+
 def eval_crop_boxes(height: int, width: int, size: int, num_crops: int) -> list[tuple[int, int]]:
     """Top-left corners of the `num_crops` test crops of side `size` (1: centre; 3: along the long side).
 

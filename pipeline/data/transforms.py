@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pipeline.data.config import AugConfig, DataConfig
 from pipeline.data.randaugment import rand_augment
-from pipeline.data.sampling import eval_crop_boxes
+from pipeline.data.sampling import eval_crop_boxes, eval_resized_shape
 
 # Datasets whose labels name left and right: a horizontal flip would change the class.
 NO_FLIP_DATASETS = frozenset({"ssv2"})
@@ -159,13 +159,21 @@ class TrainTransform:
             view = resize(clip[:, :, top : top + h, left : left + w], self.size, self.size)
             if self.flip and rng.random() < 0.5:
                 view = view.flip(-1)
-            if aug.randaug_n > 0:
-                view = rand_augment(view.float(), aug.randaug_n, aug.randaug_m, aug.randaug_mstd, rng)
-            box = None
-            if aug.erasing_prob > 0 and rng.random() < aug.erasing_prob:
-                box = draw_erase_box(self.size, self.size, 3, rng)
-            views.append((view, box))
+            views.append(self.augment_view(view, rng))
         return views
+
+    def augment_view(self, view: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, EraseBox]:
+        """The steps after crop and flip on a (T, 3, S, S) view: RandAugment, then the erased box drawn.
+
+        The DALI image path crops and flips in DALI and runs these in torch (`pipeline.data.dali_image`).
+        """
+        aug = self.aug
+        if aug.randaug_n > 0:
+            view = rand_augment(view.float(), aug.randaug_n, aug.randaug_m, aug.randaug_mstd, rng)
+        box = None
+        if aug.erasing_prob > 0 and rng.random() < aug.erasing_prob:
+            box = draw_erase_box(self.size, self.size, 3, rng)
+        return view, box
 
 
 class EvalTransform:
@@ -186,9 +194,7 @@ class EvalTransform:
     def pixel_views(self, frames: torch.Tensor) -> list[torch.Tensor]:
         """Resize and crop one test clip (T, H, W, 3) uint8 into its uint8 crops (T, 3, S, S)."""
         clip = channels_first(frames)
-        _, _, height, width = clip.shape
-        scale = self.short_side / min(height, width)
-        new_h, new_w = max(self.size, round(height * scale)), max(self.size, round(width * scale))
+        new_h, new_w = eval_resized_shape(*clip.shape[-2:], self.short_side, self.size)
         clip = resize(clip, new_h, new_w)
         return [
             clip[:, :, top : top + self.size, left : left + self.size]

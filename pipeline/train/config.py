@@ -214,11 +214,8 @@ def check_config(cfg: Config, world_size: int) -> None:
     if cfg.max_steps is not None and cfg.max_steps <= 0:
         raise ConfigError(f"max_steps must be positive, got {cfg.max_steps}")
     check_model_name(cfg.model.name)
-    if cfg.data.modality == "image" and (cfg.shuffle_frames or cfg.data.decoder == "dali"):
-        raise ConfigError(
-            "data.modality=image: shuffle_frames needs video, and data.decoder=dali has no image path yet "
-            "(images decode with Pillow on the CPU)"
-        )
+    if cfg.data.modality == "image" and cfg.shuffle_frames:
+        raise ConfigError("data.modality=image: shuffle_frames needs video")
     check_shards(cfg, world_size)
 
 

@@ -1,8 +1,12 @@
-"""The DALI path on VP9 shards (DALI's CPU decoder handles VP9, not h264) agrees with the CPU decoders."""
+"""The DALI paths agree with the CPU decoders: videos on VP9 shards (DALI's CPU decoder handles VP9, not
+h264), images (nvJPEG's path) with DALI's CPU JPEG decoder; the GPU (mixed) decoders run where CUDA is."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ import torch
 from pipeline.config import from_dict
 from pipeline.data.config import DataConfig
 from pipeline.data.decoders import PyAVDecoder
-from pipeline.data.loader import build_train_loader
+from pipeline.data.loader import build_eval_loader, build_train_loader
 
 pytestmark = pytest.mark.skipif(
     # find_spec("nvidia.dali") raises when no `nvidia` package exists at all: ask for the parent first
@@ -109,3 +113,140 @@ def test_dali_mixed_decoder_on_gpu_decodes_h264(make_shards) -> None:
     for ours, reference in zip(gpu, cpu, strict=True):
         assert ours["video"].is_cuda and ours["key"] == reference["key"]
         assert (ours["video"].cpu() - reference["video"]).abs().mean() < 0.05
+
+
+# --- images: nvJPEG's path (pipeline.data.dali_image), run here with DALI's CPU JPEG decoder ---
+
+# DALI's CPU JPEG decoder and Pillow are both libjpeg-turbo; DALI's antialiased linear resize and torch's
+# differ in rounding: measured mean differences 0.17-0.21 grey levels, 99th percentiles 1-2, single pixels
+# up to 15 along a shape's edge (eval crops and training crops of the synth shapes, 3 seeds).
+IMAGE_MEAN_TOLERANCE, IMAGE_P99_TOLERANCE = 1.0, 6.0
+GREY_LEVELS = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+
+
+def image_config(folder: Path, decoder: str, **settings: Any) -> DataConfig:
+    values = {
+        "modality": "image",
+        "train": [str(folder)],
+        "val": [str(folder)],
+        "num_frames": 1,
+        "crop_size": 32,
+        "short_side": 36,
+        "batch_size": 4,
+        "workers": 2,
+        "shuffle_buffer": 4,
+        "decoder": decoder,
+        **settings,
+    }
+    return from_dict(DataConfig, values)
+
+
+def assert_close_pixels(ours: torch.Tensor, reference: torch.Tensor) -> None:
+    """Two normalised image batches (B, 3, S, S) agree in grey levels within the image tolerances."""
+    assert ours.shape == reference.shape
+    diff = ((ours - reference) * GREY_LEVELS).abs()
+    assert diff.mean() < IMAGE_MEAN_TOLERANCE and np.percentile(diff.numpy(), 99) < IMAGE_P99_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def image_folder(make_shards) -> Path:
+    """12 synthetic ImageNet train JPEGs of 3 classes (one greyscale, one converted from CMYK) in 3 shards."""
+    return make_shards("imagenet", "train", num_videos=12, classes=3)
+
+
+def rows_by_view(loader: Iterable[dict[str, Any]]) -> dict[tuple[str, int], tuple[torch.Tensor, int]]:
+    """(key, view) -> (pixels, label) of every real row of an evaluation pass; padding rows must be zeros."""
+    rows = {}
+    for batch in loader:
+        for row, (key, view) in enumerate(zip(batch["key"], batch["view"].tolist(), strict=True)):
+            if view == -1:
+                assert not batch["video"][row].any()
+            else:
+                rows[(key, view)] = (batch["video"][row], int(batch["label"][row]))
+    return rows
+
+
+@pytest.mark.parametrize("test_crops", [1, 3])
+def test_dali_image_eval_crops_match_the_pillow_path(image_folder: Path, test_crops: int) -> None:
+    cpu = build_eval_loader(image_config(image_folder, "auto", test_crops=test_crops), rank=0, world_size=1)
+    dali = build_eval_loader(image_config(image_folder, "dali", test_crops=test_crops), rank=0, world_size=1)
+    ours, reference = rows_by_view(dali), rows_by_view(cpu)
+    assert len(ours) == 12 * test_crops and ours.keys() == reference.keys() and len(dali) == len(cpu)
+    for view, (pixels, label) in ours.items():
+        assert pixels.shape == (3, 32, 32) and label == reference[view][1]
+        assert_close_pixels(pixels[None], reference[view][0][None])
+
+
+def test_dali_image_training_takes_the_cpu_paths_crops_flips_and_labels(image_folder: Path) -> None:
+    settings = {"aug": {"scale": [0.3, 1.0], "flip": True}}
+    cpu = list(
+        build_train_loader(image_config(image_folder, "auto", **settings), rank=1, world_size=2, seed=3)
+    )
+    loader = build_train_loader(image_config(image_folder, "dali", **settings), rank=1, world_size=2, seed=3)
+    dali = list(loader)
+    assert len(dali) == len(cpu) == loader.steps_per_epoch
+    for ours, reference in zip(dali, cpu, strict=True):
+        assert ours["key"] == reference["key"] and torch.equal(ours["label"], reference["label"])
+        assert_close_pixels(ours["video"], reference["video"])
+
+
+def test_dali_image_training_runs_the_torch_side_augmentation(image_folder: Path) -> None:
+    aug = {
+        "randaug_n": 2,
+        "randaug_m": 9.0,
+        "repeated_aug": 2,
+        "erasing_prob": 0.5,
+        "mixup": 0.8,
+        "cutmix": 1.0,
+    }
+    cfg = image_config(image_folder, "dali", batch_size=4, aug=aug)
+    cpu = list(
+        build_train_loader(
+            image_config(image_folder, "auto", batch_size=4, aug=aug), rank=0, world_size=1, seed=5
+        )
+    )
+    dali = list(build_train_loader(cfg, rank=0, world_size=1, seed=5))
+    assert len(dali) == len(cpu) == 6
+    for ours, reference in zip(dali, cpu, strict=True):
+        # the same samples, views and mixing: equal soft targets (they depend on labels and the batch seed)
+        assert ours["key"] == reference["key"] and torch.equal(ours["view"], torch.tensor([0, 1, 0, 1]))
+        assert ours["video"].shape == (4, 3, 32, 32) and ours["video"].dtype == torch.float32
+        assert torch.allclose(ours["label"], reference["label"]) and ours["label"].shape == (4, 3)
+        grey = ours["video"] * GREY_LEVELS + torch.tensor(cfg.aug.mean).view(1, 3, 1, 1) * 255
+        erased = (grey < -0.5) | (grey > 255.5)  # erasing's noise is the only thing outside [0, 255]
+        assert (
+            torch.isfinite(ours["video"]).all() and grey[~erased].min() > -0.5 and grey[~erased].max() < 255.5
+        )
+
+
+def test_dali_image_loader_resumes_exactly(image_folder: Path) -> None:
+    cfg = image_config(image_folder, "dali", aug={"randaug_n": 1, "erasing_prob": 0.5})
+    whole = build_train_loader(cfg, rank=0, world_size=1, seed=1)
+    batches = iter(whole)
+    first = [next(batches) for _ in range(2)]
+    state = whole.state()
+    rest = list(batches)
+    resumed = list(build_train_loader(cfg, rank=0, world_size=1, seed=1, state=state))
+    assert len(first) + len(resumed) == whole.steps_per_epoch
+    for ours, reference in zip(resumed, rest, strict=True):
+        assert ours["key"] == reference["key"] and torch.equal(ours["video"], reference["video"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG: DALI mixed decoding)")
+def test_dali_mixed_image_decoder_on_gpu_matches_the_pillow_path(image_folder: Path) -> None:
+    settings = {"aug": {"scale": [0.3, 1.0], "flip": True}}
+    cpu = list(
+        build_train_loader(image_config(image_folder, "auto", **settings), rank=0, world_size=1, seed=0)
+    )
+    gpu = list(
+        build_train_loader(image_config(image_folder, "dali", **settings), rank=0, world_size=1, seed=0)
+    )
+    for ours, reference in zip(gpu, cpu, strict=True):
+        assert ours["video"].is_cuda and ours["key"] == reference["key"]
+        # nvJPEG's IDCT and upsampling are not libjpeg-turbo's: a looser bound than the CPU decoder's
+        assert (
+            (ours["video"].cpu() - reference["video"]) * GREY_LEVELS
+        ).abs().mean() < 2 * IMAGE_MEAN_TOLERANCE
+    evaluation = next(iter(build_eval_loader(image_config(image_folder, "dali"), rank=0, world_size=1)))
+    assert evaluation["video"].shape == (4, 3, 32, 32)
