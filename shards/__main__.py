@@ -162,7 +162,7 @@ def run_merge(args: argparse.Namespace) -> int:
     except MergeError as err:
         print(f"merge: error: {err}", file=sys.stderr)
         return 1
-    print(f"merge {args.out}: {manifest['total']} samples in {len(manifest['shards'])} shards")
+    print(f"merge {args.out}: {manifest.total} samples in {len(manifest.shards)} shards")
     return 0
 
 

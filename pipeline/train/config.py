@@ -5,7 +5,7 @@
 can be checked before any process group starts (shard folders and the shards their manifests list
 exist at their sizes, one global batch fits in the data, the clips are long enough, the model name
 is registered). Every problem is a `ConfigError` worded as one line. This module imports no torch at
-the top; the shard and model checks import the data and model packages when they run.
+the top (the manifest reader has none); the model check imports the model package when it runs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pipeline.config import ConfigError, load_config, to_dict
 from pipeline.data.config import DataConfig
+from pipeline.data.manifest import MANIFEST_NAME, ManifestError, load_shard_set
 
 
 @dataclass
@@ -197,9 +198,9 @@ def check_config(cfg: Config, world_size: int) -> None:
         if not folders:
             raise ConfigError(f"data.{key}: no shard folder given")
         for folder in folders:
-            if not (Path(folder) / "manifest.json").is_file():
+            if not (Path(folder) / MANIFEST_NAME).is_file():
                 unfinished = any(Path(folder).glob("*progress.json"))
-                why = "an unfinished sharding run: rerun it" if unfinished else "no manifest.json in it"
+                why = "an unfinished sharding run: rerun it" if unfinished else f"no {MANIFEST_NAME} in it"
                 raise ConfigError(f"data.{key}: '{folder}' is not a shard folder ({why})")
     decoder_package = DECODER_PACKAGES.get(cfg.data.decoder)
     if decoder_package and not _importable(decoder_package):
@@ -235,8 +236,6 @@ def check_model_name(name: str) -> None:
 def check_shards(cfg: Config, world_size: int) -> None:
     """The shards the manifests list exist at their sizes, one global batch fits in data.train, and the
     clips are long enough for the sampling (per data.short_clips)."""
-    from pipeline.data.manifest import ManifestError, load_shard_set
-
     data = cfg.data
     for key in ("train", "val"):
         try:
