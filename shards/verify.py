@@ -19,6 +19,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.console import one_line
 from pipeline.data.digest import DIGEST_MEMBER, digest_problem
 from pipeline.data.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardEntry
 from shards.image import IMAGE_EXT, ImageError, open_image
@@ -71,7 +72,7 @@ def _verify_shard(out: Path, entry: ShardEntry, manifest: Manifest) -> tuple[lis
     try:
         samples = _read_samples(path)
     except (tarfile.TarError, OSError, ValueError) as err:
-        return [*problems, f"{name}: cannot read the tar: {' '.join(str(err).split())}"], []
+        return [*problems, f"{name}: cannot read the tar: {one_line(err)}"], []
     if len(samples) != entry.num_samples:
         problems.append(f"{name}: {len(samples)} samples, the manifest says {entry.num_samples}")
     for key, members in samples.items():
@@ -113,7 +114,7 @@ def _check_sample(key: str, members: dict[str, bytes], manifest: Manifest) -> li
         meta = json.loads(members["json"])
         label, sample_id, num_frames = meta["label"], meta["id"], meta["num_frames"]
     except (ValueError, KeyError, TypeError) as err:
-        return [f"json unreadable: {' '.join(str(err).split())}"]
+        return [f"json unreadable: {one_line(err)}"]
     problems = []
     if key != f"{manifest.dataset}/{manifest.split}/{sample_id}":
         problems.append(f"key does not match the json's dataset/split/id ({sample_id!r})")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io import atomic_write_json
+from pipeline.console import one_line
 
 MANIFEST_NAME = "manifest.json"
 PART_MANIFEST = re.compile(r"manifest-p(\d{3})-of-(\d{3})\.json")
@@ -111,7 +112,7 @@ class Manifest:
         except FileNotFoundError:
             raise ManifestError(f"shard folder {path.parent} has no {path.name}") from None
         except (OSError, ValueError) as err:
-            raise ManifestError(f"{path} cannot be read as JSON: {' '.join(str(err).split())}") from None
+            raise ManifestError(f"{path} cannot be read as JSON: {one_line(err)}") from None
         if not isinstance(data, dict):
             raise ManifestError(f"{path}: not a JSON object")
         return cls.from_json(data, path)
