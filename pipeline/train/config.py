@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.config import ConfigError, load_config, to_dict
-from pipeline.data.config import DataConfig
+from pipeline.console import note
+from pipeline.data.config import DECODER_PACKAGES, DataConfig
 from pipeline.data.manifest import MANIFEST_NAME, ManifestError, load_shard_set
 
 
@@ -158,8 +158,11 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        """Where config.yaml, checkpoints/, tensorboard/, metrics.jsonl and eval.json go."""
+        """Where config.yaml, CHECKPOINT_FOLDER, tensorboard/, metrics.jsonl and eval.json go."""
         return Path(self.out_dir) / self.name
+
+
+CHECKPOINT_FOLDER = "checkpoints"  # the run folder's sub-folder that holds the checkpoint tags
 
 
 # Keys that may change between a checkpoint and its resume without changing the trajectory.
@@ -268,14 +271,7 @@ def check_shards(cfg: Config, world_size: int) -> None:
                 f"{problem}; lower data.num_frames or data.frame_stride, or set data.short_clips=repeat "
                 "to repeat their last frame"
             )
-        print(
-            f"[config] warning: {problem}; their last frame is repeated (data.short_clips=repeat)",
-            file=sys.stderr,
-        )
-
-
-# Import names of the decoders' packages (`auto` picks among the installed ones by itself).
-DECODER_PACKAGES = {"dali": "nvidia.dali", "decord": "decord", "torchcodec": "torchcodec", "pyav": "av"}
+        note("config", f"warning: {problem}; their last frame is repeated (data.short_clips=repeat)")
 
 
 def _importable(module: str) -> bool:
