@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -60,7 +61,7 @@ from pipeline.data.config import DataConfig
 from pipeline.data.decoders import PyAVDecoder, build_decoder, resolve_decoder_name
 from pipeline.data.digest import DIGEST_MEMBER, sample_digest
 from pipeline.data.loader import build_train_loader
-from pipeline.data.manifest import load_shard_set
+from pipeline.data.manifest import MANIFEST_NAME, Manifest, load_shard_set
 from pipeline.data.plan import (
     ShardSlice,
     make_rng,
@@ -104,9 +105,10 @@ def make_long_gop(path: Path) -> None:
 def without_digests(folder: Path, dest: Path) -> Path:
     """A copy of a shard folder whose samples have no sha256 member (the loader then skips the check)."""
     shutil.copytree(folder, dest)
-    manifest = json.loads((dest / "manifest.json").read_text())
-    for entry in manifest["shards"]:
-        path = dest / entry["name"]
+    manifest = Manifest.load(dest / MANIFEST_NAME)
+    entries = []
+    for entry in manifest.shards:
+        path = dest / entry.name
         with tarfile.open(path) as tar:
             members = [
                 (m, tar.extractfile(m).read()) for m in tar if not m.name.endswith(f".{DIGEST_MEMBER}")
@@ -115,8 +117,8 @@ def without_digests(folder: Path, dest: Path) -> Path:
             for member, data in members:
                 tar.addfile(member, io.BytesIO(data))
         data = path.read_bytes()
-        entry["bytes"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
-    (dest / "manifest.json").write_text(json.dumps(manifest))
+        entries.append(dataclasses.replace(entry, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    dataclasses.replace(manifest, shards=entries).save(dest / MANIFEST_NAME)
     return dest
 
 

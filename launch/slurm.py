@@ -34,7 +34,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 # Runnable as a script from any folder: make the repository importable here and in the tasks.
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from launch.preflight import interpreter_problem  # noqa: E402
 from launch.slurm_task import ShardCommandTask, TrainTask, no_requeue_marker  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
+from pipeline.console import OneLineParser  # noqa: E402
 
 PING_TIMEOUT_S = 20  # scontrol's own retries take a minute when no controller answers
 SINFO_TIMEOUT_S = 60
@@ -50,14 +51,6 @@ SINFO_TIMEOUT_S = 60
 
 class LaunchError(RuntimeError):
     """A problem that stops the submission, worded as one line."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line (no usage block), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print `message` as one line and exit with status 2."""
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def add_slurm_options(parser: argparse.ArgumentParser) -> None:

@@ -17,8 +17,9 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from pipeline.console import OneLineParser, one_line
 from shards import synth
 from shards.datasets import READERS, DatasetReader
 from shards.merge import MergeError, merge_parts
@@ -30,13 +31,6 @@ from shards.writer import OutputError, SampleContext, WriteOptions, write_datase
 # Options that do not change what is written (or are recorded elsewhere): kept out of the manifest.
 UNRECORDED_OPTIONS = ("command", "handler", "out", "workers", "part", "overwrite")
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage block) with exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def positive_int(text: str) -> int:
@@ -92,8 +86,8 @@ def add_write_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: one subcommand per registered dataset, plus synth, verify and merge."""
-    parser = _Parser(prog="python -m shards", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="python -m shards", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, reader in sorted(READERS.items()):
         sub = commands.add_parser(name, help=f"shard {name}")
         add_write_arguments(sub)
@@ -162,7 +156,7 @@ def run_merge(args: argparse.Namespace) -> int:
     except MergeError as err:
         print(f"merge: error: {err}", file=sys.stderr)
         return 1
-    print(f"merge {args.out}: {manifest['total']} samples in {len(manifest['shards'])} shards")
+    print(f"merge {args.out}: {manifest.total} samples in {len(manifest.shards)} shards")
     return 0
 
 
@@ -175,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: --help (0) or a bad option (2, already printed)
         return exit_.code if isinstance(exit_.code, int) else 2
     except (AnnotationError, OutputError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

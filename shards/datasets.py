@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.console import one_line
 from shards.records import AnnotationError, DatasetIndex
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
@@ -77,7 +78,7 @@ def load_json(path: Path, expected: type, what: str) -> Any:
         with path.open("rb") as f:
             data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AnnotationError(f"{path}: cannot read {what}: {_one_line(err)}") from None
+        raise AnnotationError(f"{path}: cannot read {what}: {one_line(err)}") from None
     if not isinstance(data, expected):
         raise AnnotationError(
             f"{path}: {what} must be a JSON {expected.__name__}, found {type(data).__name__}"
@@ -90,7 +91,7 @@ def read_text_lines(path: Path, what: str) -> list[str]:
     try:
         return path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise AnnotationError(f"{path}: cannot read {what}: {_one_line(err)}") from None
+        raise AnnotationError(f"{path}: cannot read {what}: {one_line(err)}") from None
 
 
 def index_videos(folder: Path, recursive: bool = False) -> dict[str, Path]:
@@ -121,10 +122,6 @@ def index_videos(folder: Path, recursive: bool = False) -> dict[str, Path]:
 def path_option(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
     """Add a path-valued override flag defaulting to None (None: use the publisher's default place)."""
     parser.add_argument(flag, type=Path, default=None, help=help_text)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 # Importing the reader modules registers them; they import the helpers above, so this comes last.

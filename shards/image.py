@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.console import one_line
+
 IMAGE_EXT = "jpg"  # the member suffix of an image sample
 # Re-encoded copies: quality 90 with 4:2:0 chroma, the usual setting of resized ImageNet copies.
 JPEG_QUALITY = 90
@@ -48,7 +50,7 @@ def open_image(data: bytes) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError(f"not an image (starts with {data[:8]!r})") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"does not decode: {' '.join(str(err).split())}") from None
+        raise ImageError(f"does not decode: {one_line(err)}") from None
     return image
 
 

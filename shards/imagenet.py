@@ -19,6 +19,7 @@ import os
 import re
 from pathlib import Path
 
+from pipeline.console import one_line
 from shards.datasets import DatasetReader, path_option, read_text_lines, register, resolve_path, safe_id
 from shards.records import AnnotationError, DatasetIndex, Record, Reject
 
@@ -76,9 +77,7 @@ def read_meta_mat(path: Path) -> tuple[dict[str, str], dict[int, str]]:
             for s in synsets
         ]
     except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
-        raise AnnotationError(
-            f"{path}: cannot read the devkit synsets: {' '.join(str(err).split())}"
-        ) from None
+        raise AnnotationError(f"{path}: cannot read the devkit synsets: {one_line(err)}") from None
     leaves = [(ilsvrc_id, wnid, words) for ilsvrc_id, wnid, words, children in rows if children == 0]
     return {wnid: words for _, wnid, words in leaves}, {ilsvrc_id: wnid for ilsvrc_id, wnid, _ in leaves}
 
@@ -159,7 +158,7 @@ def read_solution(path: Path) -> dict[str, tuple[str, str]]:
                 tokens = (row["PredictionString"] or "").split()
                 labels[row["ImageId"]] = (tokens[0] if tokens else "", f"{path.name}:{reader.line_num}")
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise AnnotationError(f"{path}: cannot read: {' '.join(str(err).split())}") from None
+        raise AnnotationError(f"{path}: cannot read: {one_line(err)}") from None
     return labels
 
 

@@ -15,6 +15,7 @@ import csv
 import re
 from pathlib import Path
 
+from pipeline.console import one_line
 from shards.datasets import (
     DatasetReader,
     index_videos,
@@ -55,7 +56,7 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             header = [name.strip().lower() for name in next(reader, [])]
             rows.extend((reader.line_num, row) for row in reader if any(cell.strip() for cell in row))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise AnnotationError(f"{path}: cannot read Kinetics CSV: {' '.join(str(err).split())}") from None
+        raise AnnotationError(f"{path}: cannot read Kinetics CSV: {one_line(err)}") from None
     absent = [name for name in REQUIRED_COLUMNS if name not in header]
     if absent:
         raise AnnotationError(

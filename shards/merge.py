@@ -8,14 +8,11 @@ manifest holds the same samples as a single run over all records.
 
 from __future__ import annotations
 
-import json
-import re
+import dataclasses
 from pathlib import Path
-from typing import Any
 
-from pipeline.io import atomic_write_json
+from pipeline.data.manifest import MANIFEST_NAME, PART_MANIFEST, Manifest, ManifestError
 
-PART_MANIFEST = re.compile(r"manifest-p(\d{3})-of-(\d{3})\.json")
 # Fields every part must have in common for the merge to mean one dataset split.
 SHARED_FIELDS = ("dataset", "split", "modality", "tool_version", "options", "label_map")
 
@@ -24,21 +21,21 @@ class MergeError(RuntimeError):
     """Parts that cannot be merged; the message is one line naming the file or the field."""
 
 
-def load_parts(out: Path) -> list[dict[str, Any]]:
+def load_parts(out: Path) -> list[Manifest]:
     """Read every partial manifest under `out`, checking that parts 0..n-1 are all present, in order."""
-    found: dict[int, dict[str, Any]] = {}
+    found: dict[int, Manifest] = {}
     counts: set[int] = set()
-    for path in sorted(out.glob("manifest-p*-of-*.json")):
+    for path in sorted(out.glob("manifest-p*.json")):
         match = PART_MANIFEST.fullmatch(path.name)
         if match is None:
             continue
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise MergeError(f"{path}: cannot read: {' '.join(str(err).split())}") from None
+            manifest = Manifest.load(path)
+        except ManifestError as err:
+            raise MergeError(str(err)) from None
         index, count = int(match.group(1)), int(match.group(2))
-        if manifest.get("part") != {"index": index, "count": count}:
-            raise MergeError(f"{path}: its 'part' field {manifest.get('part')} does not match its name")
+        if manifest.part != (index, count):
+            raise MergeError(f"{path}: its 'part' field {manifest.part} does not match its name")
         found[index] = manifest
         counts.add(count)
     if not found:
@@ -52,29 +49,30 @@ def load_parts(out: Path) -> list[dict[str, Any]]:
     return [found[i] for i in range(count)]
 
 
-def merge_manifests(parts: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_manifests(parts: list[Manifest]) -> Manifest:
     """One manifest from the parts' manifests (which must agree on SHARED_FIELDS)."""
     first = parts[0]
-    for manifest in parts[1:]:
+    for index, manifest in enumerate(parts[1:], start=1):  # load_parts gives part i at index i
         for name in SHARED_FIELDS:
-            if manifest.get(name) != first.get(name):
-                part = manifest["part"]["index"]
-                raise MergeError(f"part p{part:03d} differs from part p000 in '{name}'")
-    shards = [entry for manifest in parts for entry in manifest["shards"]]
-    names = [entry["name"] for entry in shards]
+            if getattr(manifest, name) != getattr(first, name):
+                raise MergeError(f"part p{index:03d} differs from part p000 in '{name}'")
+    shards = [entry for manifest in parts for entry in manifest.shards]
+    names = [entry.name for entry in shards]
     if len(set(names)) != len(names):
         raise MergeError("two parts list the same shard name")
-    merged = {name: first[name] for name in SHARED_FIELDS if name in first}  # modality: newer manifests
-    merged["shards"] = shards
-    merged["total"] = sum(entry["num_samples"] for entry in shards)
-    rejects = [reject for manifest in parts for reject in manifest["rejects"]]
-    merged["rejects"] = sorted(rejects, key=lambda r: (r["id"], r["source"], r["reason"]))
-    merged["missing"] = sorted(missing for manifest in parts for missing in manifest["missing"])
-    return merged
+    rejects = [reject for manifest in parts for reject in manifest.rejects]
+    return dataclasses.replace(
+        first,
+        shards=shards,
+        total=sum(entry.num_samples for entry in shards),
+        rejects=sorted(rejects, key=lambda r: (r["id"], r["source"], r["reason"])),
+        missing=sorted(missing for manifest in parts for missing in manifest.missing),
+        part=None,
+    )
 
 
-def merge_parts(out: Path) -> dict[str, Any]:
+def merge_parts(out: Path) -> Manifest:
     """Merge the partial manifests under `out` into `out/manifest.json` (atomically) and return it."""
     merged = merge_manifests(load_parts(out))
-    atomic_write_json(out / "manifest.json", merged)
+    merged.save(out / MANIFEST_NAME)
     return merged

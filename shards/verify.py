@@ -19,7 +19,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.console import one_line
 from pipeline.data.digest import DIGEST_MEMBER, digest_problem
+from pipeline.data.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardEntry
 from shards.image import IMAGE_EXT, ImageError, open_image
 from shards.video import STORE_AS_IS_EXTS, VideoError, count_decoded_frames
 
@@ -29,51 +31,50 @@ SHARD_FILE = re.compile(r".+-\d{6}\.tar")
 
 def verify_shards(out: Path) -> tuple[list[str], int]:
     """Check the shards under `out` against its manifest.json; returns (problems, samples checked)."""
-    manifest_path = out / "manifest.json"
+    manifest_path = out / MANIFEST_NAME
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        entries = manifest["shards"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return [f"{manifest_path}: cannot read the manifest: {' '.join(str(err).split())}"], 0
+        manifest = Manifest.load(manifest_path)
+    except ManifestError as err:
+        return [str(err)], 0
 
     problems: list[str] = []
     seen_keys: set[str] = set()
     checked = 0
-    for entry in entries:
+    for entry in manifest.shards:
         shard_problems, keys = _verify_shard(out, entry, manifest)
         problems += shard_problems
         for key in keys:
             if key in seen_keys:
-                problems.append(f"{entry['name']}: sample {key} also appears in an earlier shard")
+                problems.append(f"{entry.name}: sample {key} also appears in an earlier shard")
             seen_keys.add(key)
         checked += len(keys)
-    total = sum(entry["num_samples"] for entry in entries)
-    if manifest.get("total") != total:
-        problems.append(f"{manifest_path}: total {manifest.get('total')} != {total}, the sum over its shards")
-    listed = {entry["name"] for entry in entries}
+    total = sum(entry.num_samples for entry in manifest.shards)
+    if manifest.total != total:
+        problems.append(f"{manifest_path}: total {manifest.total} != {total}, the sum over its shards")
+    listed = {entry.name for entry in manifest.shards}
     for path in sorted(out.iterdir()):
         if SHARD_FILE.fullmatch(path.name) and path.name not in listed:
             problems.append(f"{path.name}: shard file not listed in the manifest")
     return problems, checked
 
 
-def _verify_shard(out: Path, entry: dict[str, Any], manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
-    name = entry["name"]
+def _verify_shard(out: Path, entry: ShardEntry, manifest: Manifest) -> tuple[list[str], list[str]]:
+    name = entry.name
     path = out / name
     if not path.is_file():
         return [f"{name}: shard file is missing"], []
     problems = []
     size = path.stat().st_size
-    if size != entry["bytes"]:
-        problems.append(f"{name}: {size} bytes, the manifest says {entry['bytes']}")
-    elif _sha256(path) != entry["sha256"]:
+    if size != entry.bytes:
+        problems.append(f"{name}: {size} bytes, the manifest says {entry.bytes}")
+    elif _sha256(path) != entry.sha256:
         problems.append(f"{name}: sha256 differs from the manifest")
     try:
         samples = _read_samples(path)
     except (tarfile.TarError, OSError, ValueError) as err:
-        return [*problems, f"{name}: cannot read the tar: {' '.join(str(err).split())}"], []
-    if len(samples) != entry["num_samples"]:
-        problems.append(f"{name}: {len(samples)} samples, the manifest says {entry['num_samples']}")
+        return [*problems, f"{name}: cannot read the tar: {one_line(err)}"], []
+    if len(samples) != entry.num_samples:
+        problems.append(f"{name}: {len(samples)} samples, the manifest says {entry.num_samples}")
     for key, members in samples.items():
         problems += [f"{name}: {key}: {problem}" for problem in _check_sample(key, members, manifest)]
     return problems, list(samples)
@@ -100,7 +101,7 @@ def _read_samples(path: Path) -> dict[str, dict[str, bytes]]:
     return samples
 
 
-def _check_sample(key: str, members: dict[str, bytes], manifest: dict[str, Any]) -> list[str]:
+def _check_sample(key: str, members: dict[str, bytes], manifest: Manifest) -> list[str]:
     media = [ext for ext in members if ext in (*STORE_AS_IS_EXTS, IMAGE_EXT)]
     expected = {"json", "cls"} | set(media)
     if len(media) != 1 or set(members) - {DIGEST_MEMBER} != expected:
@@ -113,14 +114,13 @@ def _check_sample(key: str, members: dict[str, bytes], manifest: dict[str, Any])
         meta = json.loads(members["json"])
         label, sample_id, num_frames = meta["label"], meta["id"], meta["num_frames"]
     except (ValueError, KeyError, TypeError) as err:
-        return [f"json unreadable: {' '.join(str(err).split())}"]
+        return [f"json unreadable: {one_line(err)}"]
     problems = []
-    if key != f"{manifest.get('dataset')}/{manifest.get('split')}/{sample_id}":
+    if key != f"{manifest.dataset}/{manifest.split}/{sample_id}":
         problems.append(f"key does not match the json's dataset/split/id ({sample_id!r})")
     if members["cls"].decode("ascii", "replace") != str(label):
         problems.append(f"cls {members['cls']!r} differs from the json label {label}")
-    label_map = manifest.get("label_map", {})
-    if label != -1 and label_map.get(str(label)) != meta.get("label_name"):
+    if label != -1 and manifest.label_map.get(label) != meta.get("label_name"):
         problems.append(f"label {label} ({meta.get('label_name')!r}) is not in the label map as such")
     if media[0] == IMAGE_EXT:
         return problems + _check_image(members[IMAGE_EXT], meta)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import av
 
+from pipeline.console import one_line
+
 # Containers a clip may be stored in as-is (the suffix becomes the sample's video member).
 STORE_AS_IS_EXTS = ("mp4", "webm", "mkv")
 REENCODED_EXT = "mp4"
@@ -95,7 +97,7 @@ def probe_video(source: Path | bytes) -> VideoInfo:
         with _open_input(source) as container:
             return _probe(container)
     except av.FFmpegError as err:
-        raise VideoError(f"cannot decode: {_one_line(err)}") from None
+        raise VideoError(f"cannot decode: {one_line(err)}") from None
 
 
 def source_duration(source: Path) -> float:
@@ -108,7 +110,7 @@ def source_duration(source: Path) -> float:
         with av.open(str(source)) as container:
             duration = header_duration(container, _video_stream(container))
     except av.FFmpegError as err:
-        raise VideoError(f"cannot decode: {_one_line(err)}") from None
+        raise VideoError(f"cannot decode: {one_line(err)}") from None
     return duration if duration is not None else probe_video(source).duration_s
 
 
@@ -158,7 +160,7 @@ def count_decoded_frames(source: Path | bytes) -> int:
             check_complete(container, stream, count)
             return count
     except av.FFmpegError as err:
-        raise VideoError(f"cannot decode: {_one_line(err)}") from None
+        raise VideoError(f"cannot decode: {one_line(err)}") from None
 
 
 def clip_window(duration_s: float, start_s: float | None, end_s: float | None) -> tuple[float, float] | None:
@@ -197,7 +199,7 @@ def transcode(source: Path, options: EncodeOptions, window: tuple[float, float] 
         with av.open(str(source)) as container:
             return _transcode(container, options, window)
     except av.FFmpegError as err:
-        raise VideoError(f"cannot re-encode: {_one_line(err)}") from None
+        raise VideoError(f"cannot re-encode: {one_line(err)}") from None
 
 
 @contextmanager
@@ -260,7 +262,7 @@ def _probe(container: av.container.InputContainer) -> VideoInfo:
         for packet in [*tail, None]:
             tail_frames += len(decoder.decode(packet))
     except av.FFmpegError as err:
-        raise VideoError(f"the last frames do not decode: {_one_line(err)}") from None
+        raise VideoError(f"the last frames do not decode: {one_line(err)}") from None
     if tail_frames == 0:
         raise VideoError("the last frame does not decode")
 
@@ -320,9 +322,3 @@ def _transcode(
             raise VideoError("no frame decodes inside the window")
         output.mux(encoder.encode(None))
     return buffer.getvalue()
-
-
-def _one_line(err: BaseException) -> str:
-    # FFmpeg errors carry the file name separately: the manifest already names the source.
-    text = getattr(err, "strerror", None) or str(err)
-    return " ".join(text.split()) or type(err).__name__

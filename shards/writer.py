@@ -37,10 +37,17 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.data.digest import DIGEST_MEMBER, sample_digest
+from pipeline.data.manifest import (
+    MANIFEST_NAME,
+    PART_MANIFEST,
+    Manifest,
+    ManifestError,
+    ShardEntry,
+    manifest_name,
+)
 from pipeline.io import atomic_open, atomic_write_json
 from shards import __version__
 from shards.image import IMAGE_EXT, ImageError, prepare_image
-from shards.merge import PART_MANIFEST
 from shards.records import DatasetIndex, Record, Reject
 from shards.verify import SHARD_FILE
 from shards.video import (
@@ -251,11 +258,6 @@ def shard_prefix(dataset: str, split: str, part: tuple[int, int] | None) -> str:
     return f"{dataset}-{split}-" if part is None else f"{dataset}-{split}-p{part[0]:03d}-"
 
 
-def manifest_name(part: tuple[int, int] | None) -> str:
-    """`manifest.json`, or the partial manifest of part i of n."""
-    return "manifest.json" if part is None else f"manifest-p{part[0]:03d}-of-{part[1]:03d}.json"
-
-
 def write_dataset(
     index: DatasetIndex, out: Path, options: WriteOptions, recorded: dict[str, Any]
 ) -> RunSummary:
@@ -275,7 +277,7 @@ def write_dataset(
     progress = _resume(progress_path, _fingerprint(ordered, recorded), job, out)
     _remove_leftovers(out, prefix, manifest_name(options.part), keep=len(progress.shards))
     # Manifests that this run makes stale go before the first shard is written (see the module doc).
-    for stale in {"manifest.json", manifest_name(options.part)}:
+    for stale in {MANIFEST_NAME, manifest_name(options.part)}:
         (out / stale).unlink(missing_ok=True)
 
     context = options.context
@@ -316,27 +318,26 @@ def write_dataset(
     rejects = [asdict(r) for r in duplicates] if first_part else []
     rejects += [asdict(r) for r in index.rejects] if first_part else []
     rejects = sorted(rejects + progress.rejects, key=lambda r: (r["id"], r["source"], r["reason"]))
-    manifest = {
-        "dataset": index.dataset,
-        "split": index.split,
-        "modality": context.modality,
-        "tool_version": __version__,
-        "options": recorded,
-        "label_map": {str(k): v for k, v in sorted(index.label_map.items())},
-        "shards": progress.shards,
-        "total": sum(s["num_samples"] for s in progress.shards),
-        "rejects": rejects,
-        "missing": sorted(index.missing) if first_part else [],
-    }
-    if options.part is not None:
-        manifest["part"] = {"index": options.part[0], "count": options.part[1]}
+    manifest = Manifest(
+        dataset=index.dataset,
+        split=index.split,
+        modality=context.modality,
+        tool_version=__version__,
+        options=recorded,
+        label_map=dict(index.label_map),
+        shards=[ShardEntry.from_json(e, progress_path, i) for i, e in enumerate(progress.shards)],
+        total=sum(s["num_samples"] for s in progress.shards),
+        rejects=rejects,
+        missing=sorted(index.missing) if first_part else [],
+        part=options.part,
+    )
     manifest_path = out / manifest_name(options.part)
-    atomic_write_json(manifest_path, manifest)
+    manifest.save(manifest_path)
     progress_path.unlink(missing_ok=True)
     return RunSummary(
-        written=manifest["total"],
+        written=manifest.total,
         rejected=len(rejects),
-        missing=len(manifest["missing"]),
+        missing=len(manifest.missing),
         num_shards=len(progress.shards),
         bytes=sum(s["bytes"] for s in progress.shards),
         seconds=time.perf_counter() - started,
@@ -373,19 +374,21 @@ def foreign_files(out: Path, job: dict[str, Any]) -> list[Path]:
     """The manifests, progress files and shards under `out` that another job (dataset, split, options) wrote.
 
     A manifest or progress file belongs to this job when its dataset, split and options are this
-    job's (an unreadable one does not); the shards a foreign manifest lists are foreign, and so is
+    job's (an unreadable or invalid one does not); the shards a foreign manifest lists are foreign, and so is
     any shard not named `<dataset>-<split>-...` of this job.
     """
     foreign: list[Path] = []
     listed_by_foreign: set[str] = set()
     for path in sorted(out.iterdir()):
-        if path.name == "manifest.json" or PART_MANIFEST.fullmatch(path.name):
-            manifest = _read_json(path)
-            owner = {k: manifest.get(k) for k in ("dataset", "split", "options")}
-            if owner != job:
+        if path.name == MANIFEST_NAME or PART_MANIFEST.fullmatch(path.name):
+            try:
+                manifest = Manifest.load(path)
+            except ManifestError:
                 foreign.append(path)
-                entries = [e for e in manifest.get("shards", []) if isinstance(e, dict)]
-                listed_by_foreign |= {str(e.get("name")) for e in entries}
+                continue
+            if {"dataset": manifest.dataset, "split": manifest.split, "options": manifest.options} != job:
+                foreign.append(path)
+                listed_by_foreign |= {entry.name for entry in manifest.shards}
         elif path.name.endswith("progress.json") and _read_json(path).get("job") != job:
             foreign.append(path)
     own_prefix = shard_prefix(job["dataset"], job["split"], None)
@@ -452,17 +455,18 @@ class _ShardFile:
         self.frame_counts[sample.num_frames] = self.frame_counts.get(sample.num_frames, 0) + 1
 
     def close(self) -> dict[str, Any]:
-        """Finish the tar, rename it into place, and return its manifest entry."""
+        """Finish the tar, rename it into place, and return its manifest entry (as JSON: progress file)."""
         self._stack.close()
-        return {
-            "name": self.path.name,
-            "num_samples": self.num_samples,
-            "bytes": self._hashing.size,
-            "sha256": self._hashing.sha256.hexdigest(),
+        entry = ShardEntry(
+            name=self.path.name,
+            num_samples=self.num_samples,
+            bytes=self._hashing.size,
+            sha256=self._hashing.sha256.hexdigest(),
             # Clips per decoded frame count: lets a training config see clips too short for its
             # sampling without reading the shards.
-            "frame_counts": {str(n): c for n, c in sorted(self.frame_counts.items())},
-        }
+            frame_counts=self.frame_counts,
+        )
+        return entry.to_json()
 
     def discard(self) -> None:
         """Drop the unfinished shard: atomic_open removes the temp file when it sees an exception."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 DecoderName = Literal["auto", "decord", "torchcodec", "pyav", "dali"]
+# Import name of each decoder's package (`auto` picks among the installed ones by itself).
+DECODER_PACKAGES = {"dali": "nvidia.dali", "decord": "decord", "torchcodec": "torchcodec", "pyav": "av"}
 
 
 @dataclass

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pipeline.data.config import DECODER_PACKAGES
+
 # Fastest first, as measured inside loader workers by bench/loader.py (CPU per clip on re-encoded
 # shards: PyAV 73-75 ms with non-reference frames skipped, decord 74-79 ms, torchcodec 177-186 ms).
 # torchcodec leads single-process decode of whole clips, but it cannot skip unwanted frames.
@@ -184,12 +186,11 @@ DECODER_CLASSES: dict[str, type[FrameDecoder]] = {
     "decord": DecordDecoder,
     "torchcodec": TorchCodecDecoder,
 }
-_MODULES = {"pyav": "av", "decord": "decord", "torchcodec": "torchcodec"}
 
 
 def is_available(name: str) -> bool:
     """Whether the CPU decoder `name` can be imported here (torchcodec also needs FFmpeg's libraries)."""
-    if importlib.util.find_spec(_MODULES[name]) is None:
+    if importlib.util.find_spec(DECODER_PACKAGES[name]) is None:
         return False
     if name == "torchcodec":
         try:

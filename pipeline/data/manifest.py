@@ -1,25 +1,198 @@
-"""Read shard manifests: which tar files make a split, how many samples each holds, the label map.
+"""Shard manifests: the typed `Manifest` file that the sharder writes, and the ShardSet the loader reads.
+
+`Manifest` is the one reader and writer of `manifest.json` (and of the partial manifests of
+`--part i/n` runs): the sharder writes it, `shards verify` and `shards merge` read it, the loader
+turns one or more into a ShardSet. No torch here: the sharder imports this module on CPU nodes.
 
 A split may be spread over several shard folders (each with its own manifest.json); they are
 concatenated in the order given and must agree on the label map. Any problem is one ManifestError
-line naming the folder, the file and the key.
+line naming the file and the key.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from webdataset.tariterators import base_plus_ext
+from pipeline.io import atomic_write_json
+from pipeline.console import one_line
 
 MANIFEST_NAME = "manifest.json"
+PART_MANIFEST = re.compile(r"manifest-p(\d{3})-of-(\d{3})\.json")
+
+
+def manifest_name(part: tuple[int, int] | None = None) -> str:
+    """`manifest.json`, or the partial manifest of part i of n."""
+    return MANIFEST_NAME if part is None else f"manifest-p{part[0]:03d}-of-{part[1]:03d}.json"
 
 
 class ManifestError(ValueError):
     """A shard folder whose manifest is missing, unreadable or inconsistent with its files."""
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One tar file as the manifest lists it.
+
+    frame_counts: clips per decoded frame count; None in manifests written before they were recorded.
+    """
+
+    name: str
+    num_samples: int
+    bytes: int
+    sha256: str
+    frame_counts: dict[int, int] | None = None
+
+    @classmethod
+    def from_json(cls, entry: Any, path: Path, index: int) -> ShardEntry:
+        """Entry `index` of the manifest (or progress file) at `path`, checked."""
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{path}: key 'shards[{index}]' is not an object")
+        fields = _Fields(entry, path, f"shards[{index}].")
+        num_samples = fields.get("num_samples", int)
+        if num_samples < 0:
+            raise ManifestError(f"{path}: key 'shards[{index}].num_samples' is negative ({num_samples})")
+        counts = fields.get("frame_counts", dict, None)
+        frame_counts = None if counts is None else {_as_int(n): c for n, c in counts.items()}
+        if frame_counts and (None in frame_counts or any(type(c) is not int for c in frame_counts.values())):
+            raise ManifestError(f"{path}: key 'shards[{index}].frame_counts' needs frame count -> clips")
+        return cls(
+            name=fields.get("name", str),
+            num_samples=num_samples,
+            bytes=fields.get("bytes", int),
+            sha256=fields.get("sha256", str),
+            frame_counts=frame_counts,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as it is stored (JSON object keys are strings)."""
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "num_samples": self.num_samples,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
+        if self.frame_counts is not None:
+            entry["frame_counts"] = {str(n): c for n, c in sorted(self.frame_counts.items())}
+        return entry
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What one sharding run (or the merge of its parts) wrote: the on-disk format of manifest.json.
+
+    label_map: class index -> class name. modality: "video" or "image" (manifests written before
+    images existed have no such key and hold videos). part: (index, count) of a `--part` run's
+    partial manifest, None for a whole one. rejects: {id, source, reason} per unusable record;
+    missing: ids whose video does not exist.
+    """
+
+    dataset: str
+    split: str
+    tool_version: str
+    options: dict[str, Any]
+    label_map: dict[int, str]
+    shards: list[ShardEntry]
+    total: int
+    rejects: list[dict[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    modality: str = "video"
+    part: tuple[int, int] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        """Read and check `path`; any problem is one ManifestError line naming the file and the key."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ManifestError(f"shard folder {path.parent} has no {path.name}") from None
+        except (OSError, ValueError) as err:
+            raise ManifestError(f"{path} cannot be read as JSON: {one_line(err)}") from None
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path}: not a JSON object")
+        return cls.from_json(data, path)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path) -> Manifest:
+        """The manifest stored as `data` (read from `path`, which error messages name)."""
+        fields = _Fields(data, path)
+        label_map = {}
+        for key, name in fields.get("label_map", dict).items():
+            index = _as_int(key)
+            if index is None or not isinstance(name, str):
+                raise ManifestError(f"{path}: key 'label_map' maps {key!r} to {name!r}, not index -> name")
+            label_map[index] = name
+        part = fields.get("part", dict, None)
+        if part is not None:
+            part_fields = _Fields(part, path, "part.")
+            part = (part_fields.get("index", int), part_fields.get("count", int))
+        return cls(
+            dataset=fields.get("dataset", str),
+            split=fields.get("split", str),
+            tool_version=fields.get("tool_version", str),
+            options=fields.get("options", dict),
+            label_map=label_map,
+            shards=[ShardEntry.from_json(e, path, i) for i, e in enumerate(fields.get("shards", list))],
+            total=fields.get("total", int),
+            rejects=fields.get("rejects", list),
+            missing=fields.get("missing", list),
+            modality=fields.get("modality", str, "video"),
+            part=part,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as it is stored; `part` only in a partial manifest."""
+        data: dict[str, Any] = {
+            "dataset": self.dataset,
+            "split": self.split,
+            "modality": self.modality,
+            "tool_version": self.tool_version,
+            "options": self.options,
+            "label_map": {str(k): v for k, v in sorted(self.label_map.items())},
+            "shards": [entry.to_json() for entry in self.shards],
+            "total": self.total,
+            "rejects": self.rejects,
+            "missing": self.missing,
+        }
+        if self.part is not None:
+            data["part"] = {"index": self.part[0], "count": self.part[1]}
+        return data
+
+    def save(self, path: Path) -> None:
+        """Write the manifest to `path` atomically (temp file + rename: readers never see half of it)."""
+        atomic_write_json(path, self.to_json())
+
+
+_MISSING = object()
+
+
+class _Fields:
+    """Typed access to a JSON object's keys: a missing key or a wrong type is a ManifestError naming it."""
+
+    def __init__(self, data: dict[str, Any], path: Path, prefix: str = "") -> None:
+        self.data, self.path, self.prefix = data, path, prefix
+
+    def get(self, key: str, kind: type, default: Any = _MISSING) -> Any:
+        """`data[key]`, which must be a `kind` (bool is not an int); `default` when absent, if given."""
+        if key not in self.data and default is not _MISSING:
+            return default
+        value = self.data.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ManifestError(f"{self.path}: key '{self.prefix}{key}' is missing or not a {kind.__name__}")
+        return value
+
+
+def _as_int(text: str) -> int | None:
+    """The integer a JSON object key spells, or None."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -55,39 +228,20 @@ class ShardSet:
         return len(self.label_map)
 
 
-def _read_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(f"shard folder {folder} has no {MANIFEST_NAME}") from None
-    except (OSError, ValueError) as err:
-        raise ManifestError(f"{path} cannot be read as JSON: {err}") from None
-    for key, kind in (("dataset", str), ("label_map", dict), ("shards", list)):
-        if not isinstance(manifest.get(key), kind):
-            raise ManifestError(f"{path}: key '{key}' is missing or not a {kind.__name__}")
-    return manifest
-
-
-def _shard_infos(folder: Path, manifest: dict) -> list[ShardInfo]:
+def _shard_infos(folder: Path, manifest: Manifest) -> list[ShardInfo]:
     infos = []
-    for i, entry in enumerate(manifest["shards"]):
-        name, count = entry.get("name"), entry.get("num_samples")
-        if not isinstance(name, str) or not isinstance(count, int) or count < 0:
-            raise ManifestError(
-                f"{folder / MANIFEST_NAME}: shards[{i}] needs a string 'name' and an int 'num_samples'"
-            )
-        path = folder / name
+    for entry in manifest.shards:
+        path = folder / entry.name
         if not path.is_file():
-            raise ManifestError(f"{folder / MANIFEST_NAME}: shard {name} does not exist in {folder}")
-        size, listed = path.stat().st_size, entry.get("bytes")
-        if isinstance(listed, int) and size != listed:
+            raise ManifestError(f"{folder / MANIFEST_NAME}: shard {entry.name} does not exist in {folder}")
+        size = path.stat().st_size
+        if size != entry.bytes:
             raise ManifestError(
-                f"{folder / MANIFEST_NAME}: shard {name} holds {size} bytes, the manifest says {listed} "
-                "(truncated or rewritten since it was sharded)"
+                f"{folder / MANIFEST_NAME}: shard {entry.name} holds {size} bytes, the manifest says "
+                f"{entry.bytes} (truncated or rewritten since it was sharded)"
             )
-        if count:
-            infos.append(ShardInfo(str(path), count))
+        if entry.num_samples:
+            infos.append(ShardInfo(str(path), entry.num_samples))
     return infos
 
 
@@ -102,35 +256,32 @@ def load_shard_set(folders: list[str]) -> ShardSet:
     modalities: set[str] = set()
     for folder_name in folders:
         folder = Path(folder_name)
-        manifest = _read_manifest(folder)
-        modalities.add(str(manifest.get("modality", "video")))
+        manifest = Manifest.load(folder / MANIFEST_NAME)
+        modalities.add(manifest.modality)
         if len(modalities) > 1:
             raise ManifestError(f"{folder / MANIFEST_NAME}: images and videos mixed in one split ({folders})")
-        try:
-            labels = {int(k): str(v) for k, v in manifest["label_map"].items()}
-        except ValueError:
-            raise ManifestError(f"{folder / MANIFEST_NAME}: label_map keys must be integers") from None
+        labels = manifest.label_map
         if sorted(labels) != list(range(len(labels))):
             raise ManifestError(f"{folder / MANIFEST_NAME}: label_map indexes are not 0..{len(labels) - 1}")
         if label_map is not None and labels != label_map:
             raise ManifestError(f"{folder / MANIFEST_NAME}: its label_map differs from that of {folders[0]}")
         label_map = labels
         shards += _shard_infos(folder, manifest)
-        frame_counts = _add_frame_counts(frame_counts, manifest["shards"])
-        if manifest["dataset"] not in datasets:
-            datasets.append(manifest["dataset"])
+        frame_counts = _add_frame_counts(frame_counts, manifest.shards)
+        if manifest.dataset not in datasets:
+            datasets.append(manifest.dataset)
     if not shards:
         raise ManifestError(f"shard folders {folders} hold no samples")
     return ShardSet(tuple(shards), label_map or {}, tuple(datasets), frame_counts, modalities.pop())
 
 
-def _add_frame_counts(counts: dict[int, int] | None, entries: list[dict]) -> dict[int, int] | None:
+def _add_frame_counts(counts: dict[int, int] | None, entries: list[ShardEntry]) -> dict[int, int] | None:
     """`counts` plus the shard entries' `frame_counts`; None once an entry has none (an older manifest)."""
     for entry in entries:
-        if counts is None or not isinstance(entry.get("frame_counts"), dict):
+        if counts is None or entry.frame_counts is None:
             return None
-        for frames, clips in entry["frame_counts"].items():
-            counts[int(frames)] = counts.get(int(frames), 0) + int(clips)
+        for frames, clips in entry.frame_counts.items():
+            counts[frames] = counts.get(frames, 0) + clips
     return counts
 
 
@@ -141,6 +292,9 @@ def sample_offsets(path: str) -> tuple[int, ...]:
     Reading only the headers (tarfile seeks over the data) lets a worker start a shard in the
     middle without reading the samples before it. Cached per process.
     """
+    # webdataset imports torch: only the loader calls this, the sharder must not pay for that import.
+    from webdataset.tariterators import base_plus_ext
+
     offsets: list[int] = []
     last_key = None
     with tarfile.open(path, mode="r:") as tar:

@@ -5,21 +5,22 @@
 can be checked before any process group starts (shard folders and the shards their manifests list
 exist at their sizes, one global batch fits in the data, the clips are long enough, the model name
 is registered). Every problem is a `ConfigError` worded as one line. This module imports no torch at
-the top; the shard and model checks import the data and model packages when they run.
+the top (the manifest reader has none); the model check imports the model package when it runs.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.config import ConfigError, load_config, to_dict
-from pipeline.data.config import DataConfig
+from pipeline.console import note
+from pipeline.data.config import DECODER_PACKAGES, DataConfig
+from pipeline.data.manifest import MANIFEST_NAME, ManifestError, load_shard_set
 
 
 @dataclass
@@ -157,8 +158,11 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        """Where config.yaml, checkpoints/, tensorboard/, metrics.jsonl and eval.json go."""
+        """Where config.yaml, CHECKPOINT_FOLDER, tensorboard/, metrics.jsonl and eval.json go."""
         return Path(self.out_dir) / self.name
+
+
+CHECKPOINT_FOLDER = "checkpoints"  # the run folder's sub-folder that holds the checkpoint tags
 
 
 # Keys that may change between a checkpoint and its resume without changing the trajectory.
@@ -197,9 +201,9 @@ def check_config(cfg: Config, world_size: int) -> None:
         if not folders:
             raise ConfigError(f"data.{key}: no shard folder given")
         for folder in folders:
-            if not (Path(folder) / "manifest.json").is_file():
+            if not (Path(folder) / MANIFEST_NAME).is_file():
                 unfinished = any(Path(folder).glob("*progress.json"))
-                why = "an unfinished sharding run: rerun it" if unfinished else "no manifest.json in it"
+                why = "an unfinished sharding run: rerun it" if unfinished else f"no {MANIFEST_NAME} in it"
                 raise ConfigError(f"data.{key}: '{folder}' is not a shard folder ({why})")
     decoder_package = DECODER_PACKAGES.get(cfg.data.decoder)
     if decoder_package and not _importable(decoder_package):
@@ -232,8 +236,6 @@ def check_model_name(name: str) -> None:
 def check_shards(cfg: Config, world_size: int) -> None:
     """The shards the manifests list exist at their sizes, one global batch fits in data.train, and the
     clips are long enough for the sampling (per data.short_clips)."""
-    from pipeline.data.manifest import ManifestError, load_shard_set
-
     data = cfg.data
     for key in ("train", "val"):
         try:
@@ -266,14 +268,7 @@ def check_shards(cfg: Config, world_size: int) -> None:
                 f"{problem}; lower data.num_frames or data.frame_stride, or set data.short_clips=repeat "
                 "to repeat their last frame"
             )
-        print(
-            f"[config] warning: {problem}; their last frame is repeated (data.short_clips=repeat)",
-            file=sys.stderr,
-        )
-
-
-# Import names of the decoders' packages (`auto` picks among the installed ones by itself).
-DECODER_PACKAGES = {"dali": "nvidia.dali", "decord": "decord", "torchcodec": "torchcodec", "pyav": "av"}
+        note("config", f"warning: {problem}; their last frame is repeated (data.short_clips=repeat)")
 
 
 def _importable(module: str) -> bool:

@@ -12,7 +12,6 @@ import json
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -104,19 +103,14 @@ def video_accuracy(per_video: dict[str, tuple[torch.Tensor, int, int]]) -> EvalR
 def evaluate_exported(config_path: str, weights: str, overrides: list[str]) -> EvalResult:
     """Evaluate exported weights in this process on the config's validation shards, without DeepSpeed."""
     from pipeline.data.loader import build_eval_loader
-    from pipeline.models import create_model
+    from pipeline.export import load_exported
     from pipeline.train.config import load_train_config
 
     cfg = load_train_config(config_path, overrides, world_size=1)
-    weights_path = Path(weights)
-    arguments_path = weights_path.with_suffix(".json")
-    if not weights_path.is_file() or not arguments_path.is_file():
-        raise ConfigError(
-            f"--weights: need '{weights_path}' and '{arguments_path}' (python -m pipeline.export RUN)"
-        )
-    model = create_model(**json.loads(arguments_path.read_text())["model"])
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    model.eval()
+    try:
+        model = load_exported(weights)
+    except ConfigError as err:
+        raise ConfigError(f"--weights: {err}") from None
     loader = build_eval_loader(cfg.data, rank=0, world_size=1)
     return evaluate(model, loader, torch.device("cpu"))
 

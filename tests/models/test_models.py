@@ -21,8 +21,10 @@ def test_registry_names() -> None:
     for size in ("s", "b", "l", "tiny"):
         for depth in (1, 2, 4, 8):
             for stride in (1, 2):
-                assert f"structvit_{size}_{depth}_{stride}" in names
+                for form in ("", "_dot", "_cwcorr", "_elem", "_m5"):
+                    assert f"structvit_{size}_{depth}_{stride}{form}" in names
     assert {"uniformer_s", "uniformer_b", "uniformer_tiny", "vit_tiny", "vit_tiny_spt_lsa"} <= set(names)
+    assert len(names) == 4 * (1 + 4 * 2 * 5) + 2  # per size: uniformer, D x S x forms; two ViTs
     with pytest.raises(ValueError, match="structvit_s_4_1"):
         create_model("structvit_s_4_l", 10)
 
