@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ConfigError
-from pipeline.train.config import CHECKPOINT_FOLDER
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -27,11 +26,11 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, out: str | Pa
     import torch
 
     from pipeline.io import atomic_open, atomic_write_json
-    from pipeline.train.checkpoint import find_resume_checkpoint, read_trainer_state
+    from pipeline.train.checkpoint import checkpoint_folder, find_resume_checkpoint, read_trainer_state
     from pipeline.train.engine import consolidated_state_dict
 
     run_dir = Path(run_dir)
-    folder = run_dir / CHECKPOINT_FOLDER
+    folder = checkpoint_folder(run_dir)
     tag_dir = find_resume_checkpoint(folder, str(folder / tag) if tag else "auto")
     if tag_dir is None:
         raise ConfigError(f"{folder}: no complete checkpoint to export")

@@ -20,7 +20,6 @@ import hashlib
 import json
 import random
 import shutil
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,12 @@ import torch
 from torch import nn
 
 from pipeline.config import ConfigError
+from pipeline.console import note
 from pipeline.data.loader import LoaderState
 from pipeline.io import atomic_open, atomic_write_json, atomic_write_text
 from pipeline.train.buffers import rank_buffers, restore_rank_buffers
+from pipeline.train.config import CHECKPOINT_FOLDER
 
-CHECKPOINTS = "checkpoints"  # the folder of a run that holds its checkpoints
 TAG_PREFIX = "step_"
 MARKER = "COMPLETE"
 LATEST = "latest"
@@ -45,7 +45,7 @@ DIGEST_CHUNK = 1 << 22
 
 def checkpoint_folder(run_dir: Path) -> Path:
     """Where the checkpoints of the run in `run_dir` go."""
-    return Path(run_dir) / CHECKPOINTS
+    return Path(run_dir) / CHECKPOINT_FOLDER
 
 
 def tag_for_step(step: int) -> str:
@@ -144,21 +144,15 @@ def resume_candidates(folder: Path, resume: str) -> list[Path]:
     if named is not None and folder / named in tags:
         tags.remove(folder / named)
         return [folder / named, *tags]
-    if tags and (folder / LATEST).exists():
-        warnings.warn(
-            f"{folder / LATEST} does not name a complete checkpoint; trying the newest, {tags[0].name}",
-            stacklevel=2,
-        )
-    elif tags:
-        warnings.warn(
-            f"{folder / LATEST} is missing; trying the newest checkpoint {tags[0].name}", stacklevel=2
-        )
+    if tags:
+        why = "does not name a complete checkpoint" if (folder / LATEST).exists() else "is missing"
+        note("checkpoint", f"warning: {folder / LATEST} {why}; trying the newest, {tags[0].name}")
     return tags
 
 
 def find_resume_checkpoint(folder: Path, resume: str, skip: Sequence[Path] = ()) -> Path | None:
     """The first of `resume_candidates` (not in `skip`) whose files verify; each one skipped is one
-    warning naming it. An explicit path that does not verify is an error.
+    line naming it (`note`). An explicit path that does not verify is an error.
     """
     for tag_dir in resume_candidates(folder, resume):
         if tag_dir in skip:
@@ -168,7 +162,7 @@ def find_resume_checkpoint(folder: Path, resume: str, skip: Sequence[Path] = ())
             return tag_dir
         if resume != "auto":
             raise ConfigError(f"checkpoint.resume: '{tag_dir}' is damaged: {problem}")
-        warnings.warn(f"skipping checkpoint {tag_dir}: {problem}", stacklevel=2)
+        note("checkpoint", f"warning: skipping checkpoint {tag_dir}: {problem}")
     return None
 
 

@@ -10,8 +10,6 @@ with `checkpoint.weights_only` it keeps the weights and starts the checkpoint's 
 from __future__ import annotations
 
 import dataclasses
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import ConfigError
+from pipeline.console import note
 from pipeline.data.loader import LoaderState, TrainLoader
 from pipeline.train.agreement import RankAgreedError, on_rank0
 from pipeline.train.checkpoint import (
@@ -81,11 +80,7 @@ def resume_point(cfg: Config, world: int, skip: list[Path]) -> ResumePoint | Non
     """The checkpoint to start from (rank 0 verifies, all follow), its state read and checked."""
 
     def choose() -> str | None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            tag_dir = find_resume_checkpoint(checkpoint_folder(cfg.run_dir), cfg.checkpoint.resume, skip=skip)
-        for warning in caught:
-            print(f"[train] warning: {warning.message}", file=sys.stderr, flush=True)
+        tag_dir = find_resume_checkpoint(checkpoint_folder(cfg.run_dir), cfg.checkpoint.resume, skip=skip)
         return str(tag_dir) if tag_dir else None
 
     chosen = on_rank0(choose)
@@ -146,7 +141,7 @@ def load_engine_state(engine: Any, point: ResumePoint, zero_stage: int) -> None:
 
         def convert() -> None:
             if not tag_dir.is_dir():
-                print(f"[train] converting {point.tag_dir} for {point.world_size} ranks", file=sys.stderr)
+                note("train", f"converting {point.tag_dir} for {point.world_size} ranks")
                 convert_to_universal(point.tag_dir, tag_dir, zero_stage)
 
         try:

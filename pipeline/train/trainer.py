@@ -11,7 +11,6 @@ verify or that fails to load is skipped for the next older one.
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.config import ConfigError, config_hash, save_config, to_dict
+from pipeline.console import note
 from pipeline.data.loader import build_eval_loader, build_train_loader
 from pipeline.data.transforms import shuffle_frames
 from pipeline.io import atomic_write_json
@@ -121,7 +121,7 @@ def train(cfg: Config) -> TrainResult:
                 return Trainer(cfg, dist_info, skip).fit()
             except CheckpointLoadError as err:
                 if dist_info.rank == 0:
-                    print(f"[train] warning: skipping: {err}", file=sys.stderr, flush=True)
+                    note("train", f"warning: skipping: {err}")
                 skip.append(err.tag_dir)
     finally:
         lock.release()
@@ -145,11 +145,10 @@ class Trainer:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, cfg.run_dir / "config.yaml")
             start = point.describe() if point else "starting fresh"
-            print(
-                f"[train] run {cfg.run_dir}: {start}: {self.micro_batch} clips per rank x {self.accum} "
+            note(
+                "train",
+                f"run {cfg.run_dir}: {start}: {self.micro_batch} clips per rank x {self.accum} "
                 f"accumulation steps (global batch {self.global_batch})",
-                file=sys.stderr,
-                flush=True,
             )
 
         # 2. Data: the loader continues from its saved position (re-cut for another world size).
@@ -336,7 +335,7 @@ class Trainer:
         files = gather_digests(tag_dir, on_rank0(lambda: checkpoint_files(tag_dir)))
         if self.rank == 0:
             self.checkpoints.finalize(tag, self.step, self.world, files)
-            print(f"[train] saved checkpoint {tag_dir}", file=sys.stderr, flush=True)
+            note("train", f"saved checkpoint {tag_dir}")
         dist.barrier()
 
     def diverged_hint(self) -> str:
@@ -361,7 +360,7 @@ class Trainer:
         if self.rank == 0:
             pictures.log_evaluation(self.metrics.writer, self.step, result.confusion, probe.maps)
             line = " ".join(f"{k} {v:.2f}" for k, v in scalars.items())
-            print(f"[eval] step {self.step}: {line}", file=sys.stderr, flush=True)
+            note("eval", f"step {self.step}: {line}")
         return result
 
     def finish(self, stop_signal: int) -> TrainResult:
@@ -375,5 +374,5 @@ class Trainer:
         self.metrics.close()
         name = signal.Signals(stop_signal).name if stop_signal else None
         if name and self.rank == 0:
-            print(f"[train] stopped by {name} at step {self.step} after saving", file=sys.stderr, flush=True)
+            note("train", f"stopped by {name} at step {self.step} after saving")
         return TrainResult(self.step, self.epoch, bool(stop_signal), signal=name, eval=final)
