@@ -22,16 +22,14 @@ naming the first few; with strict=False they are logged and skipped instead.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
+from pipeline.console import note
 from pipeline.models.layers import init_linear_and_norm
-
-log = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("model", "model_state", "state_dict", "module")
 _CLASSIFIERS = ("head", "aux_head")
@@ -136,7 +134,7 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, object], *, stric
     if problems and strict:
         raise ValueError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(problems))
     if problems:
-        log.warning("loading what fits, skipping: %s", "; ".join(problems))
+        note("init", "warning: loading what fits, skipping: " + "; ".join(problems))
         report.missing, report.unexpected = missing, unexpected
         report.skipped = [m.split(" ")[0] for m in misfits]
     model.load_state_dict(new_state, strict=False)
@@ -145,21 +143,19 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, object], *, stric
             head = model.get_submodule(name)
             head.reset_parameters()
             head.apply(init_linear_and_norm)
-        log.warning(
-            "re-initialised classifier head (%s): checkpoint %s -> model %s",
-            ", ".join(report.reinitialised),
-            tuple(source["head.weight"].shape) if "head.weight" in source else "?",
-            tuple(own["head.weight"].shape) if "head.weight" in own else "?",
-        )
+        before = tuple(source["head.weight"].shape) if "head.weight" in source else "?"
+        after = tuple(own["head.weight"].shape) if "head.weight" in own else "?"
+        heads = ", ".join(report.reinitialised)
+        note("init", f"re-initialised classifier head ({heads}): checkpoint {before} -> model {after}")
     if report.discarded:
-        log.warning("discarded the old label set's %s", ", ".join(report.discarded))
+        note("init", f"discarded the old label set's {', '.join(report.discarded)}")
     if report.inflated:
-        log.info("inflated %d image tensors to video (repeat over time / T)", len(report.inflated))
+        note("init", f"inflated {len(report.inflated)} image tensors to video (repeat over time / T)")
     if report.initialised:
-        log.info(
-            "%d model tensors start from their init (checkpoint has none): %s",
-            len(report.initialised),
-            _first_few(report.initialised),
+        fresh = _first_few(report.initialised)
+        note(
+            "init",
+            f"{len(report.initialised)} model tensors start from their init (checkpoint has none): {fresh}",
         )
     return report
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
@@ -44,15 +42,15 @@ def test_spt_rejects_sizes_it_cannot_cut() -> None:
 
 
 @pytest.mark.parametrize("spt", [False, True])
-def test_image_weights_inflate_into_video_model(spt: bool, caplog: pytest.LogCaptureFixture) -> None:
+def test_image_weights_inflate_into_video_model(spt: bool, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)
     image_model = create_model("structvit_tiny_4_2", 10, img_size=32, spt=spt)
     video_model = create_model("structvit_tiny_4_2", 5, num_frames=4, img_size=32, spt=spt)
-    with caplog.at_level(logging.INFO, logger="pipeline.models.inflate"):
-        report = load_pretrained(video_model, image_model.state_dict())
+    report = load_pretrained(video_model, image_model.state_dict())
     assert report.reinitialised == ["head.bias", "head.weight"] and not report.missing
     assert any(
-        "re-initialised classifier head" in r.message and "(10, 128)" in r.message for r in caplog.records
+        "re-initialised classifier head" in line and "(10, 128)" in line
+        for line in capsys.readouterr().err.splitlines()
     )
     image_state, video_state = image_model.state_dict(), video_model.state_dict()
     kernel = "blocks3.0.attn.k_conv.weight"
@@ -68,15 +66,15 @@ def test_image_weights_inflate_into_video_model(spt: bool, caplog: pytest.LogCap
     torch.testing.assert_close(clip_tokens[:, :, 1], image_tokens, rtol=1e-5, atol=1e-5)
 
 
-def test_video_checkpoint_with_other_classes(caplog: pytest.LogCaptureFixture) -> None:
+def test_video_checkpoint_with_other_classes(capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(1)
     kinetics = create_model("structvit_tiny_4_1", 400, num_frames=4, img_size=32)
     target = create_model("structvit_tiny_4_1", 48, num_frames=4, img_size=32)
     head_before = target.head.weight.detach().clone()
-    with caplog.at_level(logging.WARNING, logger="pipeline.models.inflate"):
-        report = load_pretrained(target, {"model": kinetics.state_dict()})
+    report = load_pretrained(target, {"model": kinetics.state_dict()})
     assert not report.inflated and report.reinitialised == ["head.bias", "head.weight"]
-    assert "re-initialised classifier head" in caplog.text and "(400, 128) -> model (48, 128)" in caplog.text
+    said = capsys.readouterr().err
+    assert "[init] re-initialised classifier head" in said and "(400, 128) -> model (48, 128)" in said
     assert not torch.equal(target.head.weight, head_before)  # re-drawn, not left as it was
     assert target.head.weight.std() < 0.05 and torch.all(target.head.bias == 0)
     torch.testing.assert_close(target.blocks3[0].attn.k_conv.weight, kinetics.blocks3[0].attn.k_conv.weight)
