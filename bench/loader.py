@@ -20,9 +20,8 @@ frames decoded per frame delivered on both shard sets (PyAV's count: the frames 
 non-reference frames it was told to skip are not decoded, not counted).
 With --profile, one process times each stage of a worker's work on both shard sets: reading the tar
 sample and its digest, decoding, colour conversion (yuv420p -> rgb24), crop + resize + flip,
-RandAugment, the trip through worker IPC (pickling the batch into shared memory and back: uint8
-pixels, float after RandAugment) and
-the main process's normalise / erase / mixup.
+RandAugment, the trip through worker IPC (pickling the batch of uint8 pixels into shared memory and
+back) and the main process's normalise / erase / mixup.
 With --digest-cost, (a) also runs on a copy of the as-is shards without their per-sample sha256
 members (the loader then skips the check, as for shards from before digests), and the sha256 of every
 sample is timed on its own: the cost of the integrity check, side by side.

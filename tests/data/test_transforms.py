@@ -74,7 +74,7 @@ def test_train_views_are_deterministic_and_shaped() -> None:
 
 @pytest.mark.parametrize("name", sorted(RAND_AUGMENT_OPS))
 def test_every_randaugment_op_treats_all_frames_alike(name: str) -> None:
-    frame = synth_clip(0, 3)[0].permute(2, 0, 1).float()
+    frame = synth_clip(0, 3)[0].permute(2, 0, 1)
     clip = frame.expand(5, -1, -1, -1).clone()  # five identical frames
     out = RAND_AUGMENT_OPS[name](clip, 9.0, np.random.default_rng(0))
     assert out.shape == clip.shape and out.min() >= 0 and out.max() <= 255
