@@ -16,7 +16,9 @@ def float_affine(clip: torch.Tensor, matrix: list[list[float]]) -> torch.Tensor:
     """grid_sample's bilinear map with the grey fill blended in at the borders."""
     t, _, h, w = clip.shape
     grid = F.affine_grid(torch.tensor(matrix).expand(t, 2, 3), [t, 3, h, w], align_corners=False)
-    return F.grid_sample(clip - 128.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 128.0
+    return (
+        F.grid_sample(clip - 128.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 128.0
+    )
 
 
 def float_grey(clip: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,11 @@ def reference(name: str, clip: torch.Tensor, level: float, sign: float) -> torch
         "Equalize": lambda: equalize(clip),
         "Invert": lambda: 255.0 - clip,
         "Rotate": lambda: float_affine(
-            clip, [[math.cos(angle), -math.sin(angle) * h / w, 0.0], [math.sin(angle) * w / h, math.cos(angle), 0.0]]
+            clip,
+            [
+                [math.cos(angle), -math.sin(angle) * h / w, 0.0],
+                [math.sin(angle) * w / h, math.cos(angle), 0.0],
+            ],
         ),
         "Posterize": lambda: torch.div(clip, 2 ** int(frac * 4), rounding_mode="floor") * 2 ** int(frac * 4),
         "Solarize": lambda: torch.where(clip >= 256.0 - frac * 256.0, 255.0 - clip, clip),
@@ -76,7 +82,9 @@ def reference(name: str, clip: torch.Tensor, level: float, sign: float) -> torch
 def natural_clip() -> torch.Tensor:
     """A smooth random uint8 clip (T, 3, H, W) of a non-square size, with a narrow value range."""
     coarse = torch.from_numpy(np.random.default_rng(0).uniform(40, 200, (4, 3, 6, 9)).astype(np.float32))
-    return F.interpolate(coarse, size=(40, 56), mode="bicubic", align_corners=False).round().clamp(0, 255).byte()
+    return (
+        F.interpolate(coarse, size=(40, 56), mode="bicubic", align_corners=False).round().clamp(0, 255).byte()
+    )
 
 
 @pytest.mark.parametrize("level", [3.3, 7.0, 10.0])
@@ -98,3 +106,15 @@ def test_rand_augment_is_deterministic_and_stays_uint8() -> None:
     a = rand_augment(clip, 4, 9.0, 0.5, np.random.default_rng(3))
     b = rand_augment(clip, 4, 9.0, 0.5, np.random.default_rng(3))
     assert torch.equal(a, b) and a.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("name", sorted(RAND_AUGMENT_OPS))
+def test_op_result_does_not_depend_on_memory_layout(name: str) -> None:
+    """Ops take what the previous step left: channels-last (resize) or pixel-major (geometric ops)."""
+    clip = natural_clip()
+    expected = RAND_AUGMENT_OPS[name](clip, 7.0, np.random.default_rng(1))
+    for layout in (
+        clip.contiguous(memory_format=torch.channels_last),
+        clip.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1),
+    ):
+        assert torch.equal(RAND_AUGMENT_OPS[name](layout, 7.0, np.random.default_rng(1)), expected)

@@ -118,7 +118,9 @@ def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one() -> None:
 
 def test_mixup_in_place_blends_each_row_with_its_mirror() -> None:
     video = torch.randn(5, 3, 2, 4, 4)
-    mixed, targets = mix_batch(video.clone(), torch.arange(5), 5, AugConfig(mixup=0.8), np.random.default_rng(1))
+    mixed, targets = mix_batch(
+        video.clone(), torch.arange(5), 5, AugConfig(mixup=0.8), np.random.default_rng(1)
+    )
     lam = targets[0, 0].item()
     assert 0 < lam < 1
     assert torch.allclose(mixed, video * lam + video.flip(0) * (1 - lam), atol=1e-6)
