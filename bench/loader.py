@@ -244,6 +244,8 @@ def profile_worker(folder: Path, cfg: DataConfig) -> tuple[dict[str, float], int
     the same generator seed, so they draw the same crops). IPC is what a DataLoader worker does with
     each batch (ForkingPickler moves tensors to shared memory) plus the unpickling in the main process.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker; the main process's stage below gets them back
     clock, decoder = StageClock(), TimedPyAV()
     no_randaug = from_dict(DataConfig, {**to_dict(cfg), "aug": {**to_dict(cfg.aug), "randaug_n": 0}})
     plain, full = TrainTransform(no_randaug, flip=True), TrainTransform(cfg, flip=True)
@@ -268,6 +270,7 @@ def profile_worker(folder: Path, cfg: DataConfig) -> tuple[dict[str, float], int
     seconds["decode"] -= decoder.convert_s
     seconds["colour conversion"] = decoder.convert_s
     seconds["RandAugment"] = augment_s - seconds["crop + resize + flip"]
+    torch.set_num_threads(threads)
     for first in range(0, len(views) - cfg.batch_size + 1, cfg.batch_size):
         group = views[first : first + cfg.batch_size]
         video = torch.stack([pixels for pixels, _ in group])  # as BatchTrain collates them

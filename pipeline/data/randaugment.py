@@ -88,7 +88,7 @@ def _affine(clip: torch.Tensor, matrix: list[list[float]]) -> torch.Tensor:
         x, y = x0 + dx, y0 + dy
         inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
         index = torch.where(inside, y * w + x, h * w).long().flatten()  # outside: the fill row
-        out.addcmul_(pixels.index_select(0, index).float(), weight.view(h * w, 1))
+        out.addcmul_(pixels.index_select(0, index), weight.view(h * w, 1))  # uint8 promotes: no float copy
     return _to_uint8(out).view(h, w, t, c).permute(2, 3, 0, 1)
 
 
