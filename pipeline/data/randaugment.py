@@ -89,7 +89,7 @@ def _affine(clip: torch.Tensor, matrix: list[list[float]]) -> torch.Tensor:
         inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
         index = torch.where(inside, y * w + x, h * w).long().flatten()  # outside: the fill row
         out.addcmul_(pixels.index_select(0, index), weight.view(h * w, 1))  # uint8 promotes: no float copy
-    return _to_uint8(out).view(h, w, t, c).permute(2, 3, 0, 1)
+    return _to_uint8(out).view(h, w, t, c).permute(2, 3, 0, 1).contiguous()
 
 
 def auto_contrast(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
@@ -236,9 +236,11 @@ def rand_augment(
 ) -> torch.Tensor:
     """Apply `num_ops` ops drawn with replacement, each with probability 0.5, to a uint8 (T, 3, H, W) clip.
 
-    Returns a uint8 clip (the input itself when no op ran) in whatever memory layout the ops left.
+    Returns a contiguous uint8 clip.
     """
     names = list(RAND_AUGMENT_OPS)
+    # Lookup tables run several times faster on contiguous frames than on resize's channels-last output.
+    clip = clip.contiguous()
     for _ in range(num_ops):
         op = RAND_AUGMENT_OPS[names[int(rng.integers(len(names)))]]
         level = magnitude if magnitude_std <= 0 else float(rng.normal(magnitude, magnitude_std))
