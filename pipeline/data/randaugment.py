@@ -26,14 +26,12 @@ import torch.nn.functional as F
 MAX_LEVEL = 10.0
 FILL = 128  # grey for pixels uncovered by geometric ops
 OP_PROB = 0.5
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL's "L" conversion
 
 
 def _to_uint8(values: torch.Tensor) -> torch.Tensor:
     """Float pixel values -> uint8, rounded half to even and clamped to [0, 255]."""
     return values.round_().clamp_(0, 255).to(torch.uint8)
-
-
-GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL's "L" conversion
 
 
 def _grey(clip: torch.Tensor) -> torch.Tensor:
