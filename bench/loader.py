@@ -2,7 +2,7 @@
 
     python bench/loader.py [--clips 24] [--frames 300] [--fps 30] [--height 336] [--workers 2]
                            [--batch-size 4] [--randaug 4] [--sampling dense segment] [--profile]
-                           [--digest-cost] [--quick]
+                           [--digest-cost] [--gop-sweep 16 8 4 3 2] [--quick]
 
 Builds a synthetic raw tree like downloaded Kinetics videos (H.264 at 30 fps, 10 s, short side 336,
 16:9, one keyframe per 300 frames), shards it twice (as-is, and re-encoded with a GOP of 16), then,
@@ -20,12 +20,13 @@ frames decoded per frame delivered on both shard sets (PyAV's count: the frames 
 non-reference frames it was told to skip are not decoded, not counted).
 With --profile, one process times each stage of a worker's work on both shard sets: reading the tar
 sample and its digest, decoding, colour conversion (yuv420p -> rgb24), crop + resize + flip,
-RandAugment, the trip through worker IPC (pickling the batch into shared memory and back: uint8
-pixels, float after RandAugment) and
-the main process's normalise / erase / mixup.
+RandAugment, the trip through worker IPC (pickling the batch of uint8 pixels into shared memory and
+back) and the main process's normalise / erase / mixup.
 With --digest-cost, (a) also runs on a copy of the as-is shards without their per-sample sha256
 members (the loader then skips the check, as for shards from before digests), and the sha256 of every
 sample is timed on its own: the cost of the integrity check, side by side.
+With --gop-sweep, the raw clips are re-encoded at each GOP given (the sharder's x264 settings) and
+compared with the first: bytes, frames decoded per frame delivered and decode time per clip.
 --quick is CI's smoke run (8 small clips, dense sampling, one pass). Hardware, versions and the
 resolved config are printed with the results.
 """
@@ -71,6 +72,7 @@ from pipeline.data.stream import ReadShardSlices, finish_train_batch, video_memb
 from pipeline.data.transforms import TrainTransform
 from shards.__main__ import main as shards_main
 from shards.synth import encode_video
+from shards.video import EncodeOptions, count_decoded_frames, transcode
 
 
 def make_data(root: Path, clips: int, frames: int, height: int, fps: float) -> tuple[Path, Path, Path]:
@@ -247,6 +249,8 @@ def profile_worker(folder: Path, cfg: DataConfig) -> tuple[dict[str, float], int
     the same generator seed, so they draw the same crops). IPC is what a DataLoader worker does with
     each batch (ForkingPickler moves tensors to shared memory) plus the unpickling in the main process.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker; the main process's stage below gets them back
     clock, decoder = StageClock(), TimedPyAV()
     no_randaug = from_dict(DataConfig, {**to_dict(cfg), "aug": {**to_dict(cfg.aug), "randaug_n": 0}})
     plain, full = TrainTransform(no_randaug, flip=True), TrainTransform(cfg, flip=True)
@@ -271,6 +275,7 @@ def profile_worker(folder: Path, cfg: DataConfig) -> tuple[dict[str, float], int
     seconds["decode"] -= decoder.convert_s
     seconds["colour conversion"] = decoder.convert_s
     seconds["RandAugment"] = augment_s - seconds["crop + resize + flip"]
+    torch.set_num_threads(threads)
     for first in range(0, len(views) - cfg.batch_size + 1, cfg.batch_size):
         group = views[first : first + cfg.batch_size]
         video = torch.stack([pixels for pixels, _ in group])  # as BatchTrain collates them
@@ -399,6 +404,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also time each stage of a worker's work")
     parser.add_argument("--digest-cost", action="store_true", help="also measure the sha256 check's cost")
     parser.add_argument(
+        "--gop-sweep", type=int, nargs="+", default=[], help="also compare re-encoding GOPs (e.g. 16 8 4 3 2)"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="8 clips of 64 frames at 128p, dense sampling, one pass (CI)"
     )
     args = parser.parse_args()
@@ -432,6 +440,8 @@ def main() -> None:
             sys.stdout.flush()
         if args.digest_cost:
             print_digest_cost(args, original, tmp)
+        if args.gop_sweep:
+            print_gop_sweep(args, raw)
 
 
 def print_digest_cost(args: argparse.Namespace, original: Path, tmp: Path) -> None:
@@ -453,6 +463,34 @@ def print_digest_cost(args: argparse.Namespace, original: Path, tmp: Path) -> No
         f"({rates['with']:.1f} vs {rates['without']:.1f} clips/s); sha256 alone "
         f"{hashing * 1e3:.2f} ms per sample = {hashing / per_clip:.2%} of a clip's worker time"
     )
+
+
+def print_gop_sweep(args: argparse.Namespace, raw: Path) -> None:
+    """Re-encode the raw clips at each GOP of --gop-sweep with the sharder's settings: bytes, frames
+    decoded per frame delivered and PyAV decode time per clip, each against the first GOP, clips in turn."""
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    paths = sorted(raw.rglob("*.mp4"))
+    videos = {gop: [transcode(path, EncodeOptions(gop=gop)) for path in paths] for gop in args.gop_sweep}
+    first = args.gop_sweep[0]
+    lengths = [count_decoded_frames(video) for video in videos[first]]
+    PyAVDecoder().decode(videos[first][0], [0])  # PyAV's first decode in a process pays its set-up: not timed
+    for sampling in args.sampling:
+        decoded, seconds = dict.fromkeys(args.gop_sweep, 0), dict.fromkeys(args.gop_sweep, 0.0)
+        delivered = 0
+        for i in range(len(paths) * args.repeats):
+            indices = train_indices(sampling, lengths[i % len(paths)], 16, 4, make_rng(5, i))
+            delivered += len(indices)
+            for gop in args.gop_sweep:
+                decoder, started = PyAVDecoder(), time.perf_counter()
+                decoder.decode(videos[gop][i % len(paths)], indices)
+                seconds[gop] += time.perf_counter() - started
+                decoded[gop] += decoder.frames_decoded
+        for gop in args.gop_sweep:
+            size = sum(map(len, videos[gop])) / sum(map(len, videos[first]))
+            print(
+                f"  {sampling} GOP {gop:3d}: bytes x{size:.2f}, {decoded[gop] / delivered:.2f} frames "
+                f"decoded per frame delivered, decode time x{seconds[gop] / seconds[first]:.2f}"
+            )
 
 
 if __name__ == "__main__":

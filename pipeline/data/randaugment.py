@@ -1,10 +1,17 @@
 """RandAugment for clips in plain torch (torchvision and timm do not install next to CPU torch here).
 
-A clip is a float tensor (T, 3, H, W) with values in [0, 255]. Every op is applied with the same
-parameters to all frames, and statistics (autocontrast range, equalisation histogram, contrast mean)
-are taken over the whole clip, so the clip stays temporally consistent: motion is never altered
-differently from one frame to the next. Ops, magnitudes (0..10) and the per-op probability of 0.5
-follow timm's `rand-m{M}-n{N}-mstd{S}` "increasing" policy.
+A clip is a uint8 tensor (T, 3, H, W), and every op returns a uint8 clip, rounded as PIL rounds each
+op of timm's image RandAugment. Every op is applied with the same parameters to all frames, and
+statistics (autocontrast range, equalisation histogram, contrast mean) are taken over the whole clip,
+so the clip stays temporally consistent: motion is never altered differently from one frame to the
+next. Ops, magnitudes (0..10) and the per-op probability of 0.5 follow timm's `rand-m{M}-n{N}-mstd{S}`
+policy.
+
+Why uint8 (measured by bench/loader.py --profile): the ops ran on float clips, which cost 4x the
+memory traffic and made the views float through worker IPC. Here value ops that are a function of
+the pixel value alone are integer ops or one lookup table per channel; geometric ops sample the four
+bilinear taps of every output pixel with one index shared by all frames and channels, instead of
+`grid_sample` recomputing them for every frame.
 """
 
 from __future__ import annotations
@@ -17,17 +24,35 @@ import torch
 import torch.nn.functional as F
 
 MAX_LEVEL = 10.0
-FILL = 128.0  # grey for pixels uncovered by geometric ops
+FILL = 128  # grey for pixels uncovered by geometric ops
 OP_PROB = 0.5
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL's "L" conversion
+
+
+def _to_uint8(values: torch.Tensor) -> torch.Tensor:
+    """Float pixel values -> uint8, rounded half to even and clamped to [0, 255]."""
+    return values.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _grey(clip: torch.Tensor) -> torch.Tensor:
-    weights = clip.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (clip * weights).sum(1, keepdim=True)
+    """Float (T, 1, H, W) luma of a clip."""
+    return (clip.float() * torch.tensor(GREY_WEIGHTS).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
-def _blend(clip: torch.Tensor, other: torch.Tensor, factor: float) -> torch.Tensor:
-    return (other + factor * (clip - other)).clamp(0, 255)
+def _blend(clip: torch.Tensor, other: torch.Tensor | float, factor: float) -> torch.Tensor:
+    """uint8 `other + factor * (clip - other)`: factor 0 gives `other`, 1 the clip, > 1 extrapolates."""
+    return _to_uint8(clip.float().mul_(factor).add_(other * (1.0 - factor)))
+
+
+def _apply_lut(clip: torch.Tensor, lut: np.ndarray) -> torch.Tensor:
+    """Map every value through `lut`: one (256,) uint8 table for all channels, or (3, 256), one per channel."""
+    pixels = clip.numpy()
+    if lut.ndim == 1:
+        return torch.from_numpy(np.take(lut, pixels))
+    out = np.empty_like(pixels)
+    for c in range(3):
+        np.take(lut[c], pixels[:, c], out=out[:, c])
+    return torch.from_numpy(out)
 
 
 def _signed(level: float, rng: np.random.Generator) -> float:
@@ -35,45 +60,63 @@ def _signed(level: float, rng: np.random.Generator) -> float:
 
 
 def _affine(clip: torch.Tensor, matrix: list[list[float]]) -> torch.Tensor:
-    """Apply a 2x3 affine map given in normalised [-1, 1] coordinates (output -> input), grey fill."""
-    t, _, h, w = clip.shape
-    theta = clip.new_tensor(matrix).unsqueeze(0).expand(t, 2, 3)
-    grid = F.affine_grid(theta, [t, 3, h, w], align_corners=False)
-    ones = torch.ones_like(clip[:, :1])
-    # Sampling a ones-mask alongside tells which output pixels came from outside the frame.
-    out = F.grid_sample(
-        torch.cat([clip, ones], 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    mask = out[:, 3:]
-    return out[:, :3] * mask + FILL * (1 - mask)
+    """Apply a 2x3 affine map given in normalised [-1, 1] coordinates (output -> input), grey fill.
+
+    Bilinear like `grid_sample(align_corners=False)`; a tap outside the frame reads the grey fill, so
+    border pixels blend towards grey. The four taps and weights of each output pixel are computed
+    once and gathered as whole rows of a pixel-major (H x W, T x 3) copy of the clip: one index for
+    all frames and channels.
+    """
+    t, c, h, w = clip.shape
+    (a, b, tx), (d, e, ty) = matrix
+    # output pixel centres in normalised coordinates, then the input point each one samples
+    xs = (torch.arange(w, dtype=torch.float64) * 2 + 1) / w - 1
+    ys = (torch.arange(h, dtype=torch.float64) * 2 + 1) / h - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    src_x = ((a * gx + b * gy + tx + 1) * w - 1) / 2
+    src_y = ((d * gx + e * gy + ty + 1) * h - 1) / 2
+    x0, y0 = src_x.floor(), src_y.floor()
+    fx, fy = (src_x - x0).float(), (src_y - y0).float()
+    pixels = torch.cat([clip.permute(2, 3, 0, 1).reshape(h * w, t * c), clip.new_full((1, t * c), FILL)])
+    out = torch.zeros(h * w, t * c)
+    taps = ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy))
+    for dy, dx, weight in taps:
+        if not weight.any():  # translations and shears sample whole rows or columns: two taps are unused
+            continue
+        x, y = x0 + dx, y0 + dy
+        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        index = torch.where(inside, y * w + x, h * w).long().flatten()  # outside: the fill row
+        out.addcmul_(pixels.index_select(0, index), weight.view(h * w, 1))  # uint8 promotes: no float copy
+    return _to_uint8(out).view(h, w, t, c).permute(2, 3, 0, 1).contiguous()
 
 
 def auto_contrast(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Stretch each channel to [0, 255] using the clip's own range."""
-    low = clip.amin(dim=(0, 2, 3), keepdim=True)
-    high = clip.amax(dim=(0, 2, 3), keepdim=True)
-    scale = torch.where(high > low, 255.0 / (high - low).clamp(min=1e-3), torch.ones_like(high))
-    return ((clip - low) * scale).clamp(0, 255)
+    low = clip.amin(dim=(0, 2, 3)).numpy().astype(np.float64)
+    high = clip.amax(dim=(0, 2, 3)).numpy().astype(np.float64)
+    scale = np.where(high > low, 255.0 / np.maximum(high - low, 1e-3), 1.0)
+    values = np.arange(256.0)
+    lut = np.clip(np.round((values[None] - low[:, None]) * scale[:, None]), 0, 255).astype(np.uint8)
+    return _apply_lut(clip, lut)
 
 
 def equalize(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Histogram-equalise each channel with one histogram over the whole clip."""
-    values = clip.round().clamp(0, 255).long()
-    out = torch.empty_like(clip)
+    pixels = clip.numpy()
+    lut = np.empty((3, 256), dtype=np.uint8)
     for c in range(3):
-        channel = values[:, c]
-        hist = torch.bincount(channel.flatten(), minlength=256).double()
-        cdf = hist.cumsum(0)
+        hist = np.bincount(pixels[:, c].ravel(), minlength=256).astype(np.float64)
+        cdf = hist.cumsum()
         cdf_min = cdf[hist > 0][0]
         span = cdf[-1] - cdf_min
-        lut = ((cdf - cdf_min) / span * 255).clamp(0, 255) if span > 0 else torch.arange(256.0)
-        out[:, c] = lut.to(clip)[channel]  # clip's dtype and device (the identity table is a host tensor)
-    return out
+        table = (cdf - cdf_min) / span * 255 if span > 0 else np.arange(256.0)
+        lut[c] = np.clip(np.round(table), 0, 255)
+    return _apply_lut(clip, lut)
 
 
 def invert(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Negative image."""
-    return 255.0 - clip
+    return 255 - clip
 
 
 def rotate(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
@@ -111,40 +154,54 @@ def translate_y(clip: torch.Tensor, level: float, rng: np.random.Generator) -> t
 def posterize(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Keep 8 down to 4 bits per channel as the level rises."""
     step = 2 ** int(level / MAX_LEVEL * 4)
-    return torch.div(clip.round(), step, rounding_mode="floor") * step
+    return clip & (256 - step)
 
 
 def solarize(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Invert pixels above a threshold that falls from 256 to 0 as the level rises."""
     threshold = 256.0 - level / MAX_LEVEL * 256.0
-    return torch.where(clip >= threshold, 255.0 - clip, clip)
+    values = np.arange(256)
+    return _apply_lut(clip, np.where(values >= threshold, 255 - values, values).astype(np.uint8))
 
 
 def solarize_add(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Brighten dark pixels (below 128) by up to 110."""
-    return torch.where(clip < 128, (clip + level / MAX_LEVEL * 110.0).clamp(max=255), clip)
+    values = np.arange(256.0)
+    table = np.where(values < 128, np.minimum(values + level / MAX_LEVEL * 110.0, 255), values)
+    return _apply_lut(clip, np.round(table).astype(np.uint8))
 
 
 def color(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Change saturation by a factor 1 +- 0.9 level / 10."""
-    return _blend(clip, _grey(clip).expand_as(clip), 1.0 + _signed(level / MAX_LEVEL * 0.9, rng))
+    return _blend(clip, _grey(clip), 1.0 + _signed(level / MAX_LEVEL * 0.9, rng))
 
 
 def contrast(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Change contrast around the clip's mean grey level."""
-    return _blend(clip, _grey(clip).mean().expand_as(clip), 1.0 + _signed(level / MAX_LEVEL * 0.9, rng))
+    factor = 1.0 + _signed(level / MAX_LEVEL * 0.9, rng)
+    # the mean luma is the luma of the channel means: integer sums, no float copy of the clip
+    sums = clip.sum(dim=(0, 2, 3), dtype=torch.int64).tolist()
+    mean = sum(w * total for w, total in zip(GREY_WEIGHTS, sums, strict=True)) / (clip.numel() // 3)
+    table = np.clip(np.round(mean + factor * (np.arange(256.0) - mean)), 0, 255).astype(np.uint8)
+    return _apply_lut(clip, table)
 
 
 def brightness(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Scale brightness by 1 +- 0.9 level / 10."""
-    return _blend(clip, torch.zeros_like(clip), 1.0 + _signed(level / MAX_LEVEL * 0.9, rng))
+    factor = 1.0 + _signed(level / MAX_LEVEL * 0.9, rng)
+    table = np.clip(np.round(factor * np.arange(256.0)), 0, 255).astype(np.uint8)
+    return _apply_lut(clip, table)
 
 
 def sharpness(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Blend with a smoothed copy (PIL's SMOOTH kernel): factor > 1 sharpens, < 1 blurs."""
-    kernel = clip.new_tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-    smooth = F.conv2d(F.pad(clip, (1, 1, 1, 1), mode="replicate"), kernel.expand(3, 1, 3, 3), groups=3)
-    return _blend(clip, smooth, 1.0 + _signed(level / MAX_LEVEL * 0.9, rng))
+    factor = 1.0 + _signed(level / MAX_LEVEL * 0.9, rng)
+    padded = F.pad(clip.float(), (1, 1, 1, 1), mode="replicate")
+    # the 3x3 kernel (all ones, centre 5) / 13 as a separable box sum plus 4x the centre
+    rows = padded[..., :-2] + padded[..., 1:-1] + padded[..., 2:]
+    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+    smooth = box.add_(padded[..., 1:-1, 1:-1], alpha=4.0).div_(13.0)
+    return _to_uint8(smooth.mul_(1.0 - factor).add_(clip.float(), alpha=factor))
 
 
 def identity(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
@@ -175,12 +232,19 @@ RAND_AUGMENT_OPS: dict[str, ClipOp] = {
 def rand_augment(
     clip: torch.Tensor, num_ops: int, magnitude: float, magnitude_std: float, rng: np.random.Generator
 ) -> torch.Tensor:
-    """Apply `num_ops` ops drawn with replacement, each with probability 0.5, to a (T, 3, H, W) clip."""
+    """Apply `num_ops` ops drawn with replacement, each with probability 0.5, to a uint8 (T, 3, H, W) clip.
+
+    Returns a contiguous uint8 clip on the clip's device. The ops run on the host (NumPy tables, shared
+    tap indices): a clip on an accelerator (the DALI image path's views) makes the round trip.
+    """
     names = list(RAND_AUGMENT_OPS)
+    device = clip.device
+    # Lookup tables run several times faster on contiguous frames than on resize's channels-last output.
+    clip = clip.cpu().contiguous()
     for _ in range(num_ops):
         op = RAND_AUGMENT_OPS[names[int(rng.integers(len(names)))]]
         level = magnitude if magnitude_std <= 0 else float(rng.normal(magnitude, magnitude_std))
         level = min(max(level, 0.0), MAX_LEVEL)
         if rng.random() < OP_PROB:
             clip = op(clip, level, rng)
-    return clip
+    return clip.to(device)

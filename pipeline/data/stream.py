@@ -12,7 +12,7 @@ An image sample (a `jpg` member) is decoded as a one-frame clip, so every stage 
 finishing step squeezes the time axis of image batches.
 
 Workers ship pixels, not floats: the batch stages stack the views before normalisation ((B, T, 3,
-S, S), uint8 unless RandAugment ran), with each row's erased box and the batch's mixing seed, and
+S, S) uint8), with each row's erased box and the batch's mixing seed, and
 `finish_train_batch` / `finish_eval_batch` normalise, erase and mix in the main process. The uint8
 batch is 4x smaller to stack and to pass through shared memory; the result is bit-identical.
 """

@@ -74,7 +74,7 @@ def test_train_views_are_deterministic_and_shaped() -> None:
 
 @pytest.mark.parametrize("name", sorted(RAND_AUGMENT_OPS))
 def test_every_randaugment_op_treats_all_frames_alike(name: str) -> None:
-    frame = synth_clip(0, 3)[0].permute(2, 0, 1).float()
+    frame = synth_clip(0, 3)[0].permute(2, 0, 1)
     clip = frame.expand(5, -1, -1, -1).clone()  # five identical frames
     out = RAND_AUGMENT_OPS[name](clip, 9.0, np.random.default_rng(0))
     assert out.shape == clip.shape and out.min() >= 0 and out.max() <= 255
@@ -105,7 +105,7 @@ def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one() -> None:
     labels = torch.tensor([0, 1, 2, 3])
     for aug in (AugConfig(mixup=0.8), AugConfig(cutmix=1.0), AugConfig(mixup=0.8, cutmix=1.0)):
         for seed in range(5):
-            mixed, targets = mix_batch(video, labels, 5, aug, np.random.default_rng(seed))
+            mixed, targets = mix_batch(video.clone(), labels, 5, aug, np.random.default_rng(seed))
             assert targets.shape == (4, 5)
             assert torch.allclose(targets.sum(1), torch.ones(4))
             # each row is a blend of itself (lambda) and its mirror in the batch (1 - lambda)
@@ -114,6 +114,16 @@ def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one() -> None:
             if aug.cutmix and not aug.mixup:  # cutmix: the kept area is exactly lambda
                 kept = (mixed[0] == 0).float().mean().item()
                 assert kept == pytest.approx(lam, abs=1e-6)
+
+
+def test_mixup_in_place_blends_each_row_with_its_mirror() -> None:
+    video = torch.randn(5, 3, 2, 4, 4)
+    mixed, targets = mix_batch(
+        video.clone(), torch.arange(5), 5, AugConfig(mixup=0.8), np.random.default_rng(1)
+    )
+    lam = targets[0, 0].item()
+    assert 0 < lam < 1
+    assert torch.allclose(mixed, video * lam + video.flip(0) * (1 - lam), atol=1e-6)
 
 
 def test_mixup_prob_zero_leaves_video_alone_but_keeps_soft_labels() -> None:
