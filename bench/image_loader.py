@@ -36,8 +36,8 @@ from pipeline.config import from_dict, to_dict
 from pipeline.data.config import DataConfig
 from pipeline.data.decoders import decode_image
 from pipeline.data.loader import build_train_loader
-from pipeline.data.plan import make_rng
 from pipeline.data.transforms import TrainTransform
+from pipeline.randomness import Stream, make_rng
 from shards.__main__ import main as shards_main
 
 
@@ -70,7 +70,7 @@ class ImageFolderJpegs(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.rows[index]
         frames = decode_image(path.read_bytes())
-        return self.transform(frames, make_rng(0, index))[0], label
+        return self.transform(frames, make_rng(Stream.AUGMENT, 0, index))[0], label
 
 
 class DecodeOnly(Dataset):

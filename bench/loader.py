@@ -63,13 +63,11 @@ from pipeline.data.decoders import PyAVDecoder, build_decoder, resolve_decoder_n
 from pipeline.data.digest import DIGEST_MEMBER, sample_digest
 from pipeline.data.loader import build_train_loader
 from pipeline.data.manifest import MANIFEST_NAME, Manifest, load_shard_set
-from pipeline.data.plan import (
-    ShardSlice,
-    make_rng,
-)
+from pipeline.data.plan import ShardSlice
 from pipeline.data.sampling import train_indices
 from pipeline.data.stream import ReadShardSlices, finish_train_batch, video_member
 from pipeline.data.transforms import TrainTransform
+from pipeline.randomness import Stream, make_rng
 from shards.__main__ import main as shards_main
 from shards.synth import encode_video
 from shards.video import EncodeOptions, count_decoded_frames, transcode
@@ -156,7 +154,7 @@ class RawFileClips(Dataset):
 
         path, label = self.rows[index]
         reader = decord.VideoReader(path, num_threads=1)
-        rng = make_rng(0, index)
+        rng = make_rng(Stream.SAMPLE, 0, index)
         indices = train_indices(
             self.cfg.sampling, len(reader), self.cfg.num_frames, self.cfg.frame_stride, rng
         )
@@ -176,7 +174,11 @@ class DecodeOnly(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         data, num_frames = self.videos[index]
         indices = train_indices(
-            self.cfg.sampling, num_frames, self.cfg.num_frames, self.cfg.frame_stride, make_rng(1, index)
+            self.cfg.sampling,
+            num_frames,
+            self.cfg.num_frames,
+            self.cfg.frame_stride,
+            make_rng(Stream.SAMPLE, 1, index),
         )
         return self.decoder.decode(data, indices)
 
@@ -208,7 +210,11 @@ def amplification(samples: list[dict], cfg: DataConfig) -> float:
     for i, sample in enumerate(samples):
         meta = json.loads(sample["json"])
         indices = train_indices(
-            cfg.sampling, int(meta["num_frames"]), cfg.num_frames, cfg.frame_stride, make_rng(2, i)
+            cfg.sampling,
+            int(meta["num_frames"]),
+            cfg.num_frames,
+            cfg.frame_stride,
+            make_rng(Stream.SAMPLE, 2, i),
         )
         decoder.decode(video_member(sample), indices)
         delivered += len(indices)
@@ -262,14 +268,18 @@ def profile_worker(folder: Path, cfg: DataConfig) -> tuple[dict[str, float], int
             sample_digest(sample)
         meta = json.loads(sample["json"])
         indices = train_indices(
-            cfg.sampling, int(meta["num_frames"]), cfg.num_frames, cfg.frame_stride, make_rng(3, i)
+            cfg.sampling,
+            int(meta["num_frames"]),
+            cfg.num_frames,
+            cfg.frame_stride,
+            make_rng(Stream.SAMPLE, 3, i),
         )
         with clock("decode"):
             frames = decoder.decode(video_member(sample), indices)
         with clock("crop + resize + flip"):
-            plain.pixel_views(frames, make_rng(4, i))
+            plain.pixel_views(frames, make_rng(Stream.AUGMENT, 4, i))
         started = time.perf_counter()
-        views += full.pixel_views(frames, make_rng(4, i))
+        views += full.pixel_views(frames, make_rng(Stream.AUGMENT, 4, i))
         augment_s += time.perf_counter() - started
     seconds = clock.seconds
     seconds["decode"] -= decoder.convert_s
@@ -478,7 +488,7 @@ def print_gop_sweep(args: argparse.Namespace, raw: Path) -> None:
         decoded, seconds = dict.fromkeys(args.gop_sweep, 0), dict.fromkeys(args.gop_sweep, 0.0)
         delivered = 0
         for i in range(len(paths) * args.repeats):
-            indices = train_indices(sampling, lengths[i % len(paths)], 16, 4, make_rng(5, i))
+            indices = train_indices(sampling, lengths[i % len(paths)], 16, 4, make_rng(Stream.SAMPLE, 5, i))
             delivered += len(indices)
             for gop in args.gop_sweep:
                 decoder, started = PyAVDecoder(), time.perf_counter()

@@ -233,5 +233,5 @@ def decode_image(data: bytes) -> torch.Tensor:
 
 
 def build_decoder(name: str) -> FrameDecoder:
-    """A decoder instance for a config value (`auto`, `decord`, `torchcodec` or `pyav`)."""
-    return DECODER_CLASSES[resolve_decoder_name(name)]()
+    """A decoder instance for a name `resolve_decoder_name` gave (`decord`, `torchcodec` or `pyav`)."""
+    return DECODER_CLASSES[name]()

@@ -25,9 +25,9 @@ samples (and at least MIN_BAD_SAMPLES) stop training with a BadDataError naming 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
-import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -38,29 +38,24 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.config import ConfigError
+from pipeline.data.backends import DecodeBackend, decode_backend
 from pipeline.data.config import DataConfig
 from pipeline.data.manifest import ShardSet, load_shard_set
 from pipeline.data.plan import (
-    SHUFFLE_TAG,
     EvalPlan,
     Ranges,
     ShardSlice,
     TrainPlan,
     batches_of_worker,
-    derive_seed,
-    make_rng,
     shard_order,
     slice_stream,
 )
 from pipeline.data.stream import (
     AppendPadding,
-    AugmentClips,
     BadEntry,
     BatchEval,
     BatchTrain,
     CheckDigest,
-    DecodeClips,
-    EvalViews,
     NumberAndSkip,
     ReadShardSlices,
     ReplaceBad,
@@ -69,10 +64,10 @@ from pipeline.data.stream import (
     finish_eval_batch,
     finish_train_batch,
 )
-from pipeline.data.transforms import EvalTransform, TrainTransform, should_flip
+from pipeline.data.transforms import should_flip
+from pipeline.randomness import Stream, make_rng, python_rng
 
 log = logging.getLogger(__name__)
-RESAMPLE_TAG = 4
 BAD_SAMPLES_FILE = "bad_samples.jsonl"
 # The bad-sample cap never stops a run for fewer failures per epoch than this (one broken clip in a
 # tiny demo is no reason to stop).
@@ -119,14 +114,15 @@ class ResampledShards:
         self.shards, self.seed_parts = shard_set.shards, seed_parts
 
     def __call__(self) -> Iterator[ShardSlice]:
-        rng = make_rng(*self.seed_parts, RESAMPLE_TAG)
+        rng = make_rng(Stream.RESAMPLE, *self.seed_parts)
         while True:
             shard = self.shards[int(rng.integers(len(self.shards)))]
             yield ShardSlice(shard.path, 0, shard.num_samples)
 
 
 class TrainStream(IterableDataset):
-    """One epoch of one rank from batch `start_batch` on; each DataLoader worker runs its own stages."""
+    """One epoch of one rank from batch `start_batch` on. In DataLoader workers, each runs the stages of
+    one logical worker; in the main process (a back end that decodes there), it interleaves them all."""
 
     def __init__(
         self,
@@ -137,18 +133,21 @@ class TrainStream(IterableDataset):
         seed: int,
         epoch: int,
         start_batch: int,
+        backend: DecodeBackend,
     ) -> None:
         super().__init__()
-        self.cfg, self.shard_set, self.plan = cfg, shard_set, plan
+        self.cfg, self.shard_set, self.plan, self.backend = cfg, shard_set, plan, backend
         self.rank, self.seed, self.epoch, self.start_batch = rank, seed, epoch, start_batch
         self.flip = all(should_flip(cfg.aug, name) for name in shard_set.datasets)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        # Rotation: physical worker p plays logical worker (start_batch + p) % K, so that the
-        # DataLoader's round-robin over workers starts with batch `start_batch`.
-        worker = (self.start_batch + (info.id if info else 0)) % self.plan.workers
-        return iter(wds.DataPipeline(*self.stages(worker)))
+        # Rotation: physical worker p plays logical worker (start_batch + p) % K, so that the DataLoader's
+        # round-robin over workers (and `in_order` here) starts with batch `start_batch`.
+        order = [(self.start_batch + p) % self.plan.workers for p in range(self.plan.workers)]
+        if info is not None:
+            return iter(wds.DataPipeline(*self.stages(order[info.id])))
+        return round_robin([iter(wds.DataPipeline(*self.stages(worker))) for worker in order])
 
     def source(self, worker: int) -> Any:
         """The shard slices logical `worker` reads this epoch (endless when resampled)."""
@@ -166,11 +165,14 @@ class TrainStream(IterableDataset):
         plan = self.plan
         seed_parts = (self.seed, self.epoch, self.rank, worker)
         done = batches_of_worker(self.start_batch, plan.workers, worker)
-        shuffle_rng = random.Random(derive_seed(*seed_parts, SHUFFLE_TAG))
         return [
             self.source(worker),
             ReadShardSlices(),
-            wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=shuffle_rng),
+            wds.shuffle(
+                self.cfg.shuffle_buffer,
+                initial=self.cfg.shuffle_buffer,
+                rng=python_rng(Stream.SHUFFLE, *seed_parts),
+            ),
             TakeFirst(plan.worker_samples(worker)),
             NumberAndSkip(done * plan.clips_per_batch),
             CheckDigest(),
@@ -181,31 +183,41 @@ class TrainStream(IterableDataset):
         return worker + batches_of_worker(self.start_batch, self.plan.workers, worker) * self.plan.workers
 
     def stages(self, worker: int) -> list[Any]:
-        """The full stage list of logical `worker`."""
+        """The full stage list of logical `worker`: read, the back end's pixels, stand-ins, batches."""
         cfg, plan = self.cfg, self.plan
         seed_parts = (self.seed, self.epoch, self.rank, worker)
-        decode = DecodeClips(
-            cfg.decoder,
-            cfg.sampling,
-            cfg.num_frames,
-            cfg.frame_stride,
-            self.shard_set.num_classes,
-            seed_parts,
-        )
-        augment = AugmentClips(TrainTransform(cfg, self.flip), seed_parts)
+        pixels = self.backend.train_stages(cfg, self.shard_set.num_classes, self.flip, seed_parts)
         return [
             *self.read_stages(worker),
-            decode,
-            augment,
-            ReplaceBad(self.shard_set.shards, seed_parts, [CheckDigest(), decode, augment]),
+            *pixels,
+            ReplaceBad(self.shard_set.shards, seed_parts, [CheckDigest(), *pixels]),
             BatchTrain(
                 plan.clips_per_batch,
-                (cfg.num_frames, 3, cfg.crop_size, cfg.crop_size),
+                row_shape(cfg),
                 seed_parts,
                 first_batch=self.first_batch(worker),
                 batch_step=plan.workers,
             ),
         ]
+
+
+def row_shape(cfg: DataConfig) -> tuple[int, ...]:
+    """The shape of one batch row before finishing: uint8 (T, 3, S, S), T = 1 for images."""
+    frames = 1 if cfg.modality == "image" else cfg.num_frames
+    return (frames, 3, cfg.crop_size, cfg.crop_size)
+
+
+def round_robin(iterators: list[Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """One item from each iterator in turn, skipping those used up: the DataLoader's in-order
+    round-robin over its workers, in one process."""
+    live = list(iterators)
+    while live:
+        for it in list(live):
+            item = next(it, None)
+            if item is None:
+                live.remove(it)
+            else:
+                yield item
 
 
 class BadSampleLog:
@@ -269,6 +281,7 @@ class TrainLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.cfg, self.shard_set, self.rank, self.seed = cfg, shard_set, rank, seed
+        self.backend = decode_backend(cfg, training=True)
         self.full_plan = TrainPlan(shard_set.total, world_size, cfg.clips_per_batch, max(1, cfg.workers))
         self.excluded: Ranges = ()  # positions of this epoch consumed before a change of world size
         if self.plan.steps_per_epoch == 0:
@@ -355,8 +368,10 @@ class TrainLoader:
         current = self.state()
         self.epoch, self.consumed, self.excluded = current.epoch, current.samples_consumed, current.excluded
         start = self.consumed // self.plan.clips_per_batch
-        stream = TrainStream(self.cfg, self.shard_set, self.plan, self.rank, self.seed, self.epoch, start)
-        for batch in make_dataloader(stream, self.cfg.workers):
+        stream = TrainStream(
+            self.cfg, self.shard_set, self.plan, self.rank, self.seed, self.epoch, start, self.backend
+        )
+        for batch in make_dataloader(stream, self.cfg.workers if self.backend.in_workers else 0):
             self.account(batch.pop("bad"), len(batch["key"]), self.cfg.batch_size)
             self.consumed += self.plan.clips_per_batch
             yield finish_train_batch(batch, self.cfg.aug, self.num_classes, self.cfg.modality == "image")
@@ -368,18 +383,23 @@ class TrainLoader:
 
 
 class EvalStream(IterableDataset):
-    """The evaluation samples of one rank; each DataLoader worker reads its share of the slots."""
+    """The evaluation samples of one rank; each DataLoader worker reads its share of the slots (in the
+    main process, one share after the other: evaluation averages by key, so the order does not matter)."""
 
-    def __init__(self, cfg: DataConfig, shard_set: ShardSet, plan: EvalPlan, rank: int) -> None:
+    def __init__(
+        self, cfg: DataConfig, shard_set: ShardSet, plan: EvalPlan, rank: int, backend: DecodeBackend
+    ) -> None:
         super().__init__()
-        self.cfg, self.shard_set, self.plan, self.rank = cfg, shard_set, plan, rank
+        self.cfg, self.shard_set, self.plan, self.rank, self.backend = cfg, shard_set, plan, rank, backend
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        return iter(wds.DataPipeline(*self.stages(info.id if info else 0)))
+        workers = [info.id] if info is not None else range(self.plan.workers)
+        return itertools.chain.from_iterable(wds.DataPipeline(*self.stages(worker)) for worker in workers)
 
-    def read_stages(self, worker: int) -> list[Any]:
-        """The stages that read `worker`'s samples and append its padding slots."""
+    def stages(self, worker: int) -> list[Any]:
+        """The stage list of `worker`: read its slots (and padding), the back end's views, batches."""
+        cfg = self.cfg
         begin, end, padding = self.plan.worker_span(self.rank, worker)
         return [
             SliceSource(slice_stream(self.shard_set.shards, begin, end)),
@@ -387,25 +407,8 @@ class EvalStream(IterableDataset):
             NumberAndSkip(0),
             CheckDigest(),
             AppendPadding(padding),
-        ]
-
-    def stages(self, worker: int) -> list[Any]:
-        """The stage list of `worker`."""
-        cfg = self.cfg
-        views = cfg.test_clips * cfg.test_crops
-        return [
-            *self.read_stages(worker),
-            DecodeClips(
-                cfg.decoder,
-                cfg.sampling,
-                cfg.num_frames,
-                cfg.frame_stride,
-                self.shard_set.num_classes,
-                None,
-                cfg.test_clips,
-            ),
-            EvalViews(EvalTransform(cfg), cfg.num_frames),
-            BatchEval(cfg.eval_rows, views, (cfg.num_frames, 3, cfg.crop_size, cfg.crop_size)),
+            *self.backend.eval_stages(cfg, self.shard_set.num_classes),
+            BatchEval(cfg.eval_rows, cfg.test_clips * cfg.test_crops, row_shape(cfg)),
         ]
 
 
@@ -424,6 +427,7 @@ class EvalLoader:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.cfg, self.shard_set, self.rank = cfg, shard_set, rank
         self.plan = EvalPlan(shard_set.total, world_size, max(1, cfg.workers))
+        self.backend = decode_backend(cfg, training=False)
         self._bad = BadSampleLog(run_dir, rank)
 
     @property
@@ -445,9 +449,8 @@ class EvalLoader:
         return self.steps
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in make_dataloader(
-            EvalStream(self.cfg, self.shard_set, self.plan, self.rank), self.cfg.workers
-        ):
+        stream = EvalStream(self.cfg, self.shard_set, self.plan, self.rank, self.backend)
+        for batch in make_dataloader(stream, self.cfg.workers if self.backend.in_workers else 0):
             self._bad.add(batch.pop("bad"))
             yield finish_eval_batch(batch, self.cfg.aug, self.cfg.modality == "image")
 
@@ -465,17 +468,7 @@ def build_train_loader(
 
     With `run_dir`, failed samples are also appended to `run_dir/bad_samples.jsonl`.
     """
-    shard_set = load_shard_set(cfg.train)
-    if cfg.decoder == "dali" and cfg.modality == "image":
-        from pipeline.data.dali_image import DaliImageTrainLoader
-
-        loader: TrainLoader = DaliImageTrainLoader(cfg, shard_set, rank, world_size, seed, run_dir)
-    elif cfg.decoder == "dali":
-        from pipeline.data.dali import DaliTrainLoader
-
-        loader = DaliTrainLoader(cfg, shard_set, rank, world_size, seed, run_dir)
-    else:
-        loader = TrainLoader(cfg, shard_set, rank, world_size, seed, run_dir)
+    loader = TrainLoader(cfg, load_shard_set(cfg.train), rank, world_size, seed, run_dir)
     if state is not None:
         loader.restore(state)
     return loader
@@ -488,11 +481,4 @@ def build_eval_loader(
 
     With `run_dir`, failed samples (padding rows) are also appended to `run_dir/bad_samples.jsonl`.
     """
-    if cfg.decoder == "dali" and cfg.modality == "image":
-        from pipeline.data.dali_image import DaliImageEvalLoader
-
-        return DaliImageEvalLoader(cfg, load_shard_set(cfg.val), rank, world_size, run_dir)
-    if cfg.decoder == "dali":
-        # Evaluation is a small share of a video run's time: it keeps the CPU decoders (see pipeline.data.dali).
-        cfg = dataclasses.replace(cfg, decoder="auto")
     return EvalLoader(cfg, load_shard_set(cfg.val), rank, world_size, run_dir)

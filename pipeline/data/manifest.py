@@ -19,8 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import atomic_write_json
 from pipeline.console import one_line
+from pipeline.io import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 PART_MANIFEST = re.compile(r"manifest-p(\d{3})-of-(\d{3})\.json")

@@ -28,27 +28,15 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
 import webdataset as wds
 
 from pipeline.data.manifest import ShardInfo
+from pipeline.randomness import Stream, make_rng, python_rng
 
-SHUFFLE_TAG = 3  # the seed tag of a worker's shuffle buffer
 Ranges = tuple[tuple[int, int], ...]  # sorted, disjoint [begin, end) position ranges
-
-
-def make_rng(*parts: int) -> np.random.Generator:
-    """A generator seeded by a tuple of non-negative ints, e.g. (seed, epoch, rank, worker, position)."""
-    return np.random.default_rng(np.random.SeedSequence([int(p) for p in parts]))
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit integer seed derived from a tuple of non-negative ints (for `random.Random`)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 @dataclass(frozen=True)
@@ -62,7 +50,7 @@ class ShardSlice:
 
 def shard_order(num_shards: int, seed: int, epoch: int) -> list[int]:
     """The shard permutation of one epoch."""
-    return [int(i) for i in make_rng(seed, epoch, 0x5A4D).permutation(num_shards)]
+    return [int(i) for i in make_rng(Stream.SHARD_ORDER, seed, epoch).permutation(num_shards)]
 
 
 def slice_stream(shards: Sequence[ShardInfo], begin: int, end: int) -> list[ShardSlice]:
@@ -141,7 +129,7 @@ class TrainPlan:
             for worker in range(self.workers):
                 count = batches_of_worker(batches, self.workers, worker) * self.clips_per_batch
                 begin, end = self.worker_span(rank, worker)
-                rng = random.Random(derive_seed(seed, epoch, rank, worker, SHUFFLE_TAG))
+                rng = python_rng(Stream.SHUFFLE, seed, epoch, rank, worker)
                 order = wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng)(iter(range(begin, end)))
                 taken += [(index, index + 1) for index in itertools.islice(order, count)]
         stream = [piece for low, high in merge_ranges(taken) for piece in self.stream_ranges(low, high)]

@@ -45,7 +45,7 @@ def _blend(clip: torch.Tensor, other: torch.Tensor | float, factor: float) -> to
 
 
 def _apply_lut(clip: torch.Tensor, lut: np.ndarray) -> torch.Tensor:
-    """Map every value through `lut`: one (256,) uint8 table for all channels, or (3, 256), one per channel."""
+    """Map every value through `lut`: one (256,) uint8 table for all channels, or (3, 256), per channel."""
     pixels = clip.numpy()
     if lut.ndim == 1:
         return torch.from_numpy(np.take(lut, pixels))

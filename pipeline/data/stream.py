@@ -23,19 +23,22 @@ import bisect
 import json
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from pipeline.console import one_line
 from pipeline.data.config import AugConfig
 from pipeline.data.decoders import DecodeError, FrameDecoder, build_decoder, decode_image
 from pipeline.data.digest import digest_problem
 from pipeline.data.manifest import ShardInfo, sample_offsets
-from pipeline.data.plan import ShardSlice, make_rng
+from pipeline.data.plan import ShardSlice
 from pipeline.data.sampling import Sampling, eval_indices, train_indices
 from pipeline.data.transforms import EvalTransform, TrainTransform, mix_batch, normalise_batch
+from pipeline.randomness import Stream, make_rng
 
 VIDEO_EXTS = ("mp4", "webm", "mkv")
 IMAGE_EXT = "jpg"
@@ -44,8 +47,6 @@ Item = dict[str, Any]
 Stage = Callable[[Iterable[Item]], Iterator[Item]]
 BadEntry = tuple[str, str, str]  # key, shard, reason
 
-# Tags that keep the generators of different stages of one sample independent.
-SAMPLE_TAG, BATCH_TAG, REPLACE_TAG = 1, 2, 5
 # What a broken sample raises while it is read, parsed or decoded (a corrupt json or cls, a missing
 # member, a video that does not decode). Anything else (TypeError, AttributeError, ...) is a bug.
 SAMPLE_ERRORS = (DecodeError, ValueError, KeyError, OSError, EOFError, tarfile.TarError)
@@ -68,10 +69,10 @@ def bad_entry(item: Item) -> BadEntry:
     return item["__key__"], item.get("__url__", ""), item["__error__"]
 
 
-def one_line(err: BaseException) -> str:
-    """`Type: first line of the message` of an exception."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+def error_reason(err: BaseException) -> str:
+    """A failed sample's reason: `Type: message` on one line (the type tells a decode error from a
+    missing member or a broken json)."""
+    return f"{type(err).__name__}: {one_line(err)}"
 
 
 class SliceSource:
@@ -162,35 +163,37 @@ def video_member(sample: Item) -> bytes:
     raise KeyError(f"no video member (one of {', '.join(VIDEO_EXTS)}) in sample")
 
 
-class DecodeClips:
-    """Raw samples -> decoded clips: `frames` (views x T, H, W, 3) uint8, `indices`, `label`, `num_views`.
+@dataclass(frozen=True)
+class ClipSampler:
+    """Which frames of a video a sample's clips take: training draws one clip from the sample's own
+    generator (seed parts + position), evaluation (`seed_parts` None) takes `test_clips` fixed clips."""
 
-    Training draws one clip's frame indices from the sample's generator (seed parts + position);
-    evaluation takes `test_clips` fixed clips. Any failure becomes an error item naming the key.
-    """
+    sampling: Sampling
+    num_frames: int
+    stride: int
+    seed_parts: tuple[int, ...] | None
+    test_clips: int = 1
 
-    def __init__(
-        self,
-        decoder: str,
-        sampling: Sampling,
-        num_frames: int,
-        stride: int,
-        num_classes: int,
-        seed_parts: tuple[int, ...] | None,
-        test_clips: int = 1,
-    ) -> None:
-        self.decoder_name, self.sampling, self.num_frames, self.stride = decoder, sampling, num_frames, stride
-        self.num_classes, self.seed_parts, self.test_clips = num_classes, seed_parts, test_clips
-        self._decoder: FrameDecoder | None = None
-
-    def clip_indices(self, num_video_frames: int, position: int) -> list[list[int]]:
+    def indices(self, num_video_frames: int, position: int) -> list[list[int]]:
         """Frame indices of each clip to decode for the sample at `position`."""
         if self.seed_parts is None:
             return eval_indices(
                 self.sampling, num_video_frames, self.num_frames, self.stride, self.test_clips
             )
-        rng = make_rng(*self.seed_parts, position, SAMPLE_TAG)
+        rng = make_rng(Stream.SAMPLE, *self.seed_parts, position)
         return [train_indices(self.sampling, num_video_frames, self.num_frames, self.stride, rng)]
+
+
+class DecodeClips:
+    """Raw samples -> decoded clips: `frames` (views x T, H, W, 3) uint8, `indices`, `label`.
+
+    `decoder` is a resolved CPU decoder name (see `pipeline.data.backends`), built on first use in the
+    worker. Any failure becomes an error item naming the key.
+    """
+
+    def __init__(self, decoder: str, sampler: ClipSampler, num_classes: int) -> None:
+        self.decoder_name, self.sampler, self.num_classes = decoder, sampler, num_classes
+        self._decoder: FrameDecoder | None = None
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         for item in items:
@@ -200,20 +203,20 @@ class DecodeClips:
             try:
                 yield self.decode(item)
             except SAMPLE_ERRORS as err:  # a broken sample fails alone; a bug still propagates
-                yield failed(item, one_line(err))
+                yield failed(item, error_reason(err))
 
     def decode(self, item: Item) -> Item:
         """Decode one raw sample; raises on anything wrong with it."""
         meta = json.loads(item["json"])
         label = read_label(item, meta)
-        if not 0 <= label < self.num_classes and self.seed_parts is not None:
+        if not 0 <= label < self.num_classes and self.sampler.seed_parts is not None:
             raise ValueError(f"label {label} outside [0, {self.num_classes})")
         if IMAGE_EXT in item:  # an image is a one-frame clip: the transforms run on (1, H, W, 3)
             clips, frames = [[0]], decode_image(item[IMAGE_EXT])
         else:
             if self._decoder is None:  # built on first use: finding the video decoders takes seconds
                 self._decoder = build_decoder(self.decoder_name)
-            clips = self.clip_indices(int(meta["num_frames"]), item["__pos__"])
+            clips = self.sampler.indices(int(meta["num_frames"]), item["__pos__"])
             frames = self._decoder.decode(video_member(item), [i for clip in clips for i in clip])
         return {
             "__key__": item["__key__"],
@@ -237,12 +240,12 @@ class AugmentClips:
             if "__error__" in item:
                 yield item
                 continue
-            rng = make_rng(*self.seed_parts, item["__pos__"], SAMPLE_TAG, 1)
+            rng = make_rng(Stream.AUGMENT, *self.seed_parts, item["__pos__"])
             frames = item.pop("frames")
             try:
                 item["views"] = self.transform.pixel_views(frames, rng)
             except ValueError as err:  # a decoded frame the crop cannot use: the sample fails alone
-                item = failed(item, f"augmentation: {one_line(err)}")
+                item = failed(item, f"augmentation: {error_reason(err)}")
             yield item
 
 
@@ -270,7 +273,7 @@ class ReplaceBad:
     def replace(self, item: Item) -> Item:
         """The stand-in of error `item` (or `item` itself when every draw fails), with its `__bad__` list."""
         bad = [bad_entry(item)]
-        rng = make_rng(*self.seed_parts, item["__pos__"], REPLACE_TAG)
+        rng = make_rng(Stream.REPLACE, *self.seed_parts, item["__pos__"])
         for _ in range(MAX_REPLACEMENT_DRAWS):
             stand_in = self.prepare(int(rng.integers(self.ends[-1])), item["__pos__"])
             if "__error__" not in stand_in:
@@ -444,7 +447,7 @@ def finish_train_batch(
             video[row, :, :, top : top + noise.shape[-2], left : left + noise.shape[-1]] = noise
     label, mix_seed = batch.pop("label"), batch.pop("mix_seed")
     if aug.mixes:
-        video, label = mix_batch(video, label, num_classes, aug, make_rng(*mix_seed, BATCH_TAG))
+        video, label = mix_batch(video, label, num_classes, aug, make_rng(Stream.BATCH, *mix_seed))
     return {"video": video.squeeze(2) if image else video, "label": label, **batch}
 
 

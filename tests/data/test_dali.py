@@ -85,11 +85,33 @@ def test_dali_loader_matches_the_cpu_loader_on_vp9_shards(make_shards) -> None:
         assert diff.mean() < MEAN_TOLERANCE and np.percentile(diff.numpy(), 99) < P99_TOLERANCE
 
 
-def test_dali_refuses_what_it_cannot_do(make_shards) -> None:
+def test_dali_video_takes_randaugment_and_repeated_views_like_the_cpu_path(make_shards) -> None:
     folder = str(make_shards("ssv2", "train", max_samples=7))
-    cfg = from_dict(DataConfig, {"train": [folder], "decoder": "dali", "aug": {"randaug_n": 2}})
-    with pytest.raises(ValueError, match="randaug_n"):
-        build_train_loader(cfg, rank=0, world_size=1, seed=0)
+    base = {
+        "train": [folder],
+        "num_frames": 4,
+        "sampling": "segment",
+        "crop_size": 32,
+        "batch_size": 4,
+        "workers": 2,
+        "aug": {"randaug_n": 2, "randaug_m": 9, "repeated_aug": 2, "erasing_prob": 0.5},
+    }
+    loaders = {
+        name: build_train_loader(
+            from_dict(DataConfig, {**base, "decoder": name}), rank=0, world_size=1, seed=3
+        )
+        for name in ("pyav", "dali")
+    }
+    cpu, dali = (list(loader) for loader in loaders.values())
+    assert len(dali) == len(cpu) == loaders["dali"].steps_per_epoch
+    for ours, reference in zip(dali, cpu, strict=True):
+        # the same samples, each as two views in a row, the same labels and view numbers
+        assert ours["key"] == reference["key"] and ours["key"][0::2] == ours["key"][1::2]
+        assert torch.equal(ours["label"], reference["label"]) and torch.equal(ours["view"], reference["view"])
+        assert ours["video"].shape == reference["video"].shape == (4, 3, 4, 32, 32)
+        assert torch.isfinite(ours["video"]).all()
+        # two views of one clip are augmented apart
+        assert not torch.equal(ours["video"][0], ours["video"][1])
 
 
 @pytest.mark.gpu

@@ -1,4 +1,4 @@
-"""The Manifest file: a malformed one is one error line naming the file and the key; the format round-trips."""
+"""The Manifest file: a malformed one is one error line naming the file and the key; it round-trips."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import torch
 from pipeline.config import ConfigError, from_dict
 from pipeline.data.config import DataConfig
 from pipeline.data.loader import BadDataError, build_eval_loader, build_train_loader
-from pipeline.data.stream import DecodeClips
+from pipeline.data.stream import ClipSampler, DecodeClips
 from tests.faults.conftest import (
     bad_sample_rows,
     copy_shards,
@@ -139,7 +139,7 @@ def test_evaluation_pads_a_failed_sample_and_logs_it(shards: Path, tmp_path: Pat
 
 
 def test_a_programming_error_is_not_swallowed_as_a_bad_sample() -> None:
-    stage = DecodeClips("pyav", "segment", 4, 1, num_classes=2, seed_parts=(0,))
+    stage = DecodeClips("pyav", ClipSampler("segment", 4, 1, seed_parts=(0,)), num_classes=2)
     item = {"__key__": "ssv2/train/1", "__pos__": 0, "json": 12345, "webm": b""}  # json must be bytes
     with pytest.raises(TypeError):
         list(stage([item]))
