@@ -22,6 +22,8 @@ from pipeline.train.checkpoint import is_complete, tag_for_step
 from tests.train.conftest import job_overrides, start_job
 
 STEPS_PER_EPOCH = 4  # 32 clips / (2 ranks x 4 per batch)
+# The SIGKILL test's step is drawn from this seed (the test prints it): RESUME_TEST_SEED=<n> replays a run.
+KILL_SEED = int(os.environ.get("RESUME_TEST_SEED", "0"))
 EPOCHS = 6  # long enough that a signal sent at step 5 lands well before the last step
 SCALARS = (
     "train/loss",
@@ -103,8 +105,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
     small_shards, reference: Path, tmp_path: Path
 ) -> None:
     log = tmp_path / "job.log"
-    # A random step that is not an epoch boundary nor a checkpoint step.
-    kill_at = random.choice([s for s in range(4, 11) if s % STEPS_PER_EPOCH and s % 3])
+    # A random step that is not an epoch boundary nor a checkpoint step, drawn from a seed to replay.
+    kill_at = random.Random(KILL_SEED).choice([s for s in range(4, 11) if s % STEPS_PER_EPOCH and s % 3])
+    print(f"killing at step {kill_at} (RESUME_TEST_SEED={KILL_SEED} replays this draw)")
     job = start_job(overrides(small_shards, tmp_path, "killed"), log)
     wait_for_step(job, tmp_path / "killed", kill_at)
     for pid in [job.pid, *rank_pids(job.pid)]:
