@@ -22,6 +22,7 @@ from pipeline.train.checkpoint import is_complete, tag_for_step
 from tests.train.conftest import job_overrides, start_job
 
 STEPS_PER_EPOCH = 4  # 32 clips / (2 ranks x 4 per batch)
+VAL_VIDEOS = 16
 # The SIGKILL test's step is drawn from this seed (the test prints it): RESUME_TEST_SEED=<n> replays a run.
 KILL_SEED = int(os.environ.get("RESUME_TEST_SEED", "0"))
 EPOCHS = 6  # long enough that a signal sent at step 5 lands well before the last step
@@ -93,6 +94,22 @@ def assert_bit_identical(ours: dict[str, torch.Tensor], reference: dict[str, tor
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
+def logged(run_dir: Path, name: str) -> dict[int, float]:
+    """step -> value of scalar `name` in the run's metrics.jsonl (a step logged twice would fail)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    values = [(row["step"], row[name]) for row in rows if name in row]
+    assert len({step for step, _ in values}) == len(values), f"{name}: a step logged twice"
+    return dict(values)
+
+
+def assert_same_results(run_dir: Path, reference: Path) -> None:
+    """Exact resume: every step's loss and the final evaluation equal the uninterrupted run's."""
+    assert logged(run_dir, "train/loss") == logged(reference, "train/loss")
+    assert json.loads((run_dir / "eval.json").read_text()) == json.loads(
+        (reference / "eval.json").read_text()
+    )
+
+
 @pytest.fixture(scope="module")
 def reference(small_shards: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted job; returns its run folder."""
@@ -121,6 +138,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
     text = log.read_text()
     assert "resuming" in text and tag_for_step(killed_at - killed_at % 3) in text, text[-3000:]
     assert_bit_identical(exported(tmp_path / "killed"), exported(reference))
+    assert_same_results(tmp_path / "killed", reference)
     # The steps the killed job logged after its checkpoint were dropped: each step is logged once.
     rows = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     train_steps = [row["step"] for row in rows if "train/loss" in row]
@@ -152,6 +170,7 @@ def test_sigterm_saves_on_every_rank_then_resume_is_bit_identical(
     run_to_end(small_shards, tmp_path, "stopped", log)
     assert f"resuming {tag_dir}" in log.read_text()
     assert_bit_identical(exported(tmp_path / "stopped"), exported(reference))
+    assert_same_results(tmp_path / "stopped", reference)
 
 
 def test_tensorboard_holds_every_scalar_and_run_folder_is_complete(reference: Path) -> None:
@@ -164,9 +183,16 @@ def test_tensorboard_holds_every_scalar_and_run_folder_is_complete(reference: Pa
     assert [event.step for event in events.Scalars("val/top1")][-1] == STEPS_PER_EPOCH * EPOCHS
     assert (reference / "config.yaml").is_file()
     final = json.loads((reference / "eval.json").read_text())
-    assert final["step"] == STEPS_PER_EPOCH * EPOCHS and 0 <= final["val/top1"] <= 100
-    rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
-    assert {"train/loss", "val/top1"} <= {key for row in rows for key in row}
+    assert final["step"] == STEPS_PER_EPOCH * EPOCHS
+    # eval.json is the last evaluation that metrics.jsonl and TensorBoard hold, over all 16 videos.
+    for name in ("val/top1", "val/top5", "val/mean_class_top1"):
+        assert logged(reference, name)[final["step"]] == final[name], name
+        assert events.Scalars(name)[-1].value == pytest.approx(final[name], rel=1e-6), name
+    hits = final["val/top1"] * VAL_VIDEOS / 100
+    assert hits == pytest.approx(round(hits)), final  # a whole number of the 16 videos
+    assert final["val/top5"] == 100.0  # 2 classes: the top 5 (at most 2) always hold the label
+    assert sorted(logged(reference, "train/loss")) == list(range(1, STEPS_PER_EPOCH * EPOCHS + 1))
+    assert sorted(logged(reference, "val/top1")) == [STEPS_PER_EPOCH * e for e in range(1, EPOCHS + 1)]
 
 
 def test_a_config_change_is_one_line_and_weights_only_resume_continues(
