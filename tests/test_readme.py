@@ -238,6 +238,7 @@ def test_setup_block_names_the_scripts_that_print_the_enter_line() -> None:
         assert enter in script.read_text(encoding="utf-8"), f"{script.name} does not print `{enter}`"
 
 
+@pytest.mark.slow
 def test_readme_commands_run_after_the_setup(clone: Path) -> None:
     _, enter, commands = split_readme()
     used: set[str] = set()

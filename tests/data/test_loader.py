@@ -166,6 +166,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_continues_the_exact_sequence(uneven_shards: list[str]) -> None:
     """The one end-to-end check of the training stream on real decoded video: the DataLoader's workers
     deliver the planned keys (`planned_batches`), and a loader resumed in a new process continues with

@@ -163,6 +163,7 @@ def test_no_slurm_on_path_is_one_line(tmp_path: Path) -> None:
     assert "no Slurm found" in one_error_line(proc)
 
 
+@pytest.mark.slow
 def test_bad_resource_options_are_one_line(tmp_path: Path, demo_overrides: list[str]) -> None:
     gpus = ["--gpus-per-node", "4", "--tasks-per-node", "2"]
     proc = launch(*gpus, "--config", str(DEMO_CONFIG), *demo_overrides, cwd=tmp_path)
