@@ -261,6 +261,7 @@ def test_readme_commands_run_after_the_setup(clone: Path) -> None:
     assert not unused, f"SAFE_FORMS entries no README command needs any more: {unused}"
 
 
+@pytest.mark.slow
 def test_entry_points_answer_help_in_the_entered_environment(clone: Path) -> None:
     _, enter, _ = split_readme()
     helps = [
