@@ -15,9 +15,11 @@ def make_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]
     """A factory: `make_shards(dataset, split, ...)` -> the shard folder (with manifest.json).
 
     It runs `python -m shards synth` and then `python -m shards <dataset>` in-process, once per
-    distinct set of arguments in the whole session.
+    distinct set of arguments in the whole session; the raw tree (every publisher split) is made once
+    per (dataset, num_videos, classes, seed) and shared by the shard folders made from it.
     """
     made: dict[tuple, Path] = {}
+    raws: dict[tuple, Path] = {}
 
     def make(
         dataset: str = "ssv2",
@@ -32,12 +34,15 @@ def make_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]
         key = (dataset, split, num_videos, classes, seed, reencode, max_samples, tuple(extra_args))
         if key in made:
             return made[key]
-        base = tmp_path_factory.mktemp(f"{dataset}-{split}")
-        raw, out = base / "raw", base / "shards"
-        synth_args = ["synth", dataset, "--out", str(raw), "--num-videos", str(num_videos)]
-        synth_args += ["--classes", str(classes), "--seed", str(seed)]
-        if shards_main(synth_args) != 0:
-            raise RuntimeError(f"synth failed for {dataset} (arguments {synth_args})")
+        raw_key = (dataset, num_videos, classes, seed)
+        if raw_key not in raws:
+            raw = tmp_path_factory.mktemp(f"{dataset}-raw") / "raw"
+            synth_args = ["synth", dataset, "--out", str(raw), "--num-videos", str(num_videos)]
+            synth_args += ["--classes", str(classes), "--seed", str(seed)]
+            if shards_main(synth_args) != 0:
+                raise RuntimeError(f"synth failed for {dataset} (arguments {synth_args})")
+            raws[raw_key] = raw
+        raw, out = raws[raw_key], tmp_path_factory.mktemp(f"{dataset}-{split}") / "shards"
         shard_args = [dataset, "--root", str(raw), "--split", split, "--out", str(out)]
         shard_args += ["--max-samples", str(max_samples), "--shuffle-seed", str(seed), *extra_args]
         if reencode:

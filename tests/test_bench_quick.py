@@ -55,6 +55,7 @@ def test_image_loader_quick_prints_its_ratios() -> None:
     assert "images/s per core" in out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU bench runs for minutes on a CUDA device")
 def test_gpu_bench_says_there_is_no_device_and_exits_cleanly() -> None:
     assert run_bench("gpu.py", "--quick").strip().splitlines() == [

@@ -238,6 +238,7 @@ def test_setup_block_names_the_scripts_that_print_the_enter_line() -> None:
         assert enter in script.read_text(encoding="utf-8"), f"{script.name} does not print `{enter}`"
 
 
+@pytest.mark.slow
 def test_readme_commands_run_after_the_setup(clone: Path) -> None:
     _, enter, commands = split_readme()
     used: set[str] = set()
@@ -260,6 +261,7 @@ def test_readme_commands_run_after_the_setup(clone: Path) -> None:
     assert not unused, f"SAFE_FORMS entries no README command needs any more: {unused}"
 
 
+@pytest.mark.slow
 def test_entry_points_answer_help_in_the_entered_environment(clone: Path) -> None:
     _, enter, _ = split_readme()
     helps = [

@@ -56,6 +56,7 @@ def test_dali_cpu_decoder_gives_pyavs_frames_on_vp9(encoded_videos: dict[str, by
         assert int(np.abs(every - frame).mean(axis=(1, 2, 3)).argmin()) == index
 
 
+@pytest.mark.slow
 def test_dali_loader_matches_the_cpu_loader_on_vp9_shards(make_shards) -> None:
     folder = str(make_shards("ssv2", "train", max_samples=7))
     base = {

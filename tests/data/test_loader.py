@@ -1,8 +1,15 @@
-"""The streaming loader on real shards: exact epochs across ranks and workers, exact resume, bad samples."""
+"""The streaming loader on real shards: exact epochs across ranks and workers, exact resume, bad samples.
+
+The partition tests (each sample once over ranks x workers, epochs and seeds, resume, resampled) read
+the keys the loader's stream delivers from real tar shards without decoding (`planned_batches`); one
+test runs the real loader on decoded video end to end and checks it delivers exactly those keys.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import itertools
 import json
 import logging
 import shutil
@@ -14,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import webdataset as wds
 
 from pipeline.config import from_dict
 from pipeline.data.config import DataConfig
-from pipeline.data.loader import LoaderState, build_eval_loader, build_train_loader
+from pipeline.data.loader import LoaderState, TrainLoader, TrainStream, build_eval_loader, build_train_loader
 from pipeline.data.manifest import ManifestError, load_shard_set, sample_offsets
 from pipeline.data.plan import ShardSlice
 from pipeline.data.stream import ReadShardSlices
@@ -54,37 +62,93 @@ def all_keys(folders: list[str]) -> list[str]:
     return keys
 
 
-def test_two_ranks_two_workers_uneven_shards_deliver_each_sample_once(uneven_shards: list[str]) -> None:
+def planned_batches(loader: TrainLoader) -> list[list[str]]:
+    """The keys of the batches `loader` yields next (the rest of its current epoch), without decoding.
+
+    The loader's own stream is built for its state, and each worker's read stages (shard slices ->
+    tar samples of the real shards -> shuffle buffer -> take -> number and skip) run in this process;
+    the workers' batches are then taken round-robin, as the DataLoader does (physical worker p plays
+    logical worker (start + p) % K). `test_resume_in_a_new_process_continues_the_exact_sequence` checks
+    this against the real loader's decoded batches.
+    """
+    state = loader.state()
+    plan = dataclasses.replace(loader.full_plan, excluded=state.excluded)
+    start = state.samples_consumed // plan.clips_per_batch
+    stream = TrainStream(loader.cfg, loader.shard_set, plan, loader.rank, state.seed, state.epoch, start)
+    per_worker = []
+    for physical in range(plan.workers):
+        keys = [
+            item["__key__"]
+            for item in wds.DataPipeline(*stream.read_stages((start + physical) % plan.workers))
+        ]
+        per_worker.append(
+            [keys[i : i + plan.clips_per_batch] for i in range(0, len(keys), plan.clips_per_batch)]
+        )
+    return [batch for turn in itertools.zip_longest(*per_worker) for batch in turn if batch is not None]
+
+
+def planned_keys(loader: TrainLoader) -> list[str]:
+    """The keys, in order, of the rest of `loader`'s current epoch (see `planned_batches`)."""
+    return [key for batch in planned_batches(loader) for key in batch]
+
+
+@pytest.mark.parametrize(
+    ("world_size", "workers", "batch_size"), [(2, 2, 2), (3, 2, 2), (1, 0, 4), (4, 3, 3), (2, 3, 1)]
+)
+def test_ranks_and_workers_over_uneven_shards_deliver_each_sample_at_most_once(
+    uneven_shards: list[str], world_size: int, workers: int, batch_size: int
+) -> None:
     sizes = [s.num_samples for s in load_shard_set(uneven_shards).shards]
     assert max(sizes) >= 7 and min(sizes) == 1  # very uneven
-    cfg = config(uneven_shards)
     expected = all_keys(uneven_shards)
-    assert len(expected) == len(set(expected)) == sum(sizes)
-    per_rank = {}
-    for rank in (0, 1):
-        loader = build_train_loader(cfg, rank=rank, world_size=2, seed=3)
-        batches = list(loader)
-        assert len(batches) == loader.steps_per_epoch == sum(sizes) // 4
-        assert all(b["video"].shape == (2, 3, 4, 32, 32) for b in batches)
-        per_rank[rank] = [k for b in batches for k in b["key"]]
-        assert loader.state() == LoaderState(epoch=1, samples_consumed=0, seed=3)
-    assert len(per_rank[0]) == len(per_rank[1])
-    delivered = Counter(per_rank[0] + per_rank[1])
-    assert max(delivered.values()) == 1
-    # N = 32 here, so nothing is left over: every sample exactly once
-    assert sorted(delivered) == sorted(expected)
+    assert len(expected) == len(set(expected)) == sum(sizes) == 32
+    cfg = config(uneven_shards, workers=workers, batch_size=batch_size)
+    steps = len(expected) // (world_size * batch_size)
+    delivered = []
+    for rank in range(world_size):
+        loader = build_train_loader(cfg, rank=rank, world_size=world_size, seed=3)
+        batches = planned_batches(loader)
+        assert len(batches) == loader.steps_per_epoch == steps  # equal on every rank
+        assert all(len(batch) == batch_size for batch in batches)
+        delivered += [key for batch in batches for key in batch]
+    repeated = [key for key, n in Counter(delivered).items() if n > 1]
+    assert repeated == [] and set(delivered) <= set(expected)
+    assert len(expected) - len(delivered) < world_size * batch_size  # fewer than one global batch sit out
+    if len(expected) % (world_size * batch_size) == 0:
+        assert sorted(delivered) == sorted(expected)  # nothing left over: every sample exactly once
 
 
 def test_epochs_and_seeds_change_the_order_but_not_the_set(uneven_shards: list[str]) -> None:
-    cfg = config(uneven_shards, workers=0)
+    cfg = config(uneven_shards)
     loader = build_train_loader(cfg, rank=0, world_size=1, seed=5)
-    epoch0 = [k for b in loader for k in b["key"]]
-    epoch1 = [k for b in loader for k in b["key"]]  # the loader advanced itself
-    again = [k for b in build_train_loader(cfg, rank=0, world_size=1, seed=5) for k in b["key"]]
-    other_seed = [k for b in build_train_loader(cfg, rank=0, world_size=1, seed=6) for k in b["key"]]
+    epoch0 = planned_keys(loader)
+    loader.set_epoch(1)
+    epoch1 = planned_keys(loader)
+    again = planned_keys(build_train_loader(cfg, rank=0, world_size=1, seed=5))
+    other_seed = planned_keys(build_train_loader(cfg, rank=0, world_size=1, seed=6))
     assert epoch0 == again
     assert epoch0 != epoch1 and epoch0 != other_seed
-    assert sorted(epoch0) == sorted(epoch1) == sorted(other_seed)
+    assert sorted(epoch0) == sorted(epoch1) == sorted(other_seed) == sorted(all_keys(uneven_shards))
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_a_loader_built_from_a_state_continues_the_exact_sequence(
+    uneven_shards: list[str], workers: int
+) -> None:
+    cfg = config(uneven_shards, workers=workers, shuffle_buffer=6)
+    full = build_train_loader(cfg, rank=1, world_size=2, seed=4)
+    reference = planned_batches(full)
+    full.set_epoch(1)
+    next_epoch = planned_batches(full)
+    assert len(reference) == full.steps_per_epoch == 8
+    for k in range(full.steps_per_epoch + 1):  # every stop, odd ones start on another worker
+        state = LoaderState(epoch=0, samples_consumed=k * 2, seed=4)
+        resumed = build_train_loader(cfg, rank=1, world_size=2, seed=4, state=state)
+        if k < full.steps_per_epoch:
+            assert planned_batches(resumed) == reference[k:], f"stopped after {k} batches"
+        else:  # a finished epoch reads as the start of the next one
+            assert resumed.state() == LoaderState(epoch=1, samples_consumed=0, seed=4)
+            assert planned_batches(resumed) == next_epoch
 
 
 RESUME_SCRIPT = """
@@ -102,7 +166,11 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_continues_the_exact_sequence(uneven_shards: list[str]) -> None:
+    """The one end-to-end check of the training stream on real decoded video: the DataLoader's workers
+    deliver the planned keys (`planned_batches`), and a loader resumed in a new process continues with
+    the same keys, augmentation and mixing, bit for bit."""
     cfg_dict = {
         "train": uneven_shards,
         "num_frames": 4,
@@ -117,9 +185,16 @@ def test_resume_in_a_new_process_continues_the_exact_sequence(uneven_shards: lis
     }
     cfg = from_dict(DataConfig, cfg_dict)
     full = build_train_loader(cfg, rank=1, world_size=2, seed=0)
+    planned = planned_batches(full)
+    full.set_epoch(1)
+    planned += planned_batches(full)
+    full.set_epoch(0)
     reference = []
-    for _ in range(2):
+    for _ in range(2):  # the loader advances itself to the next epoch
         reference += [[b["key"], b["label"].tolist(), b["video"].double().sum().item()] for b in full]
+    assert full.state() == LoaderState(epoch=2, samples_consumed=0, seed=0)
+    assert [r[0] for r in reference] == planned
+    assert all(len(set(keys)) == 2 for keys in planned)
     # stop after an odd number of batches, so the resumed loader must start on worker 1's batch
     stopped = build_train_loader(cfg, rank=1, world_size=2, seed=0)
     k = 3
@@ -146,12 +221,15 @@ def test_resampled_mode_keeps_equal_steps_and_is_seeded(uneven_shards: list[str]
     runs = []
     for rank in (0, 1):
         loader = build_train_loader(cfg, rank=rank, world_size=2, seed=1)
-        batches = list(loader)
-        assert len(batches) == loader.steps_per_epoch == 8
-        runs.append([k for b in batches for k in b["key"]])
+        batches = planned_batches(loader)
+        assert len(batches) == loader.steps_per_epoch == 8 and all(len(b) == 2 for b in batches)
+        runs.append([k for b in batches for k in b])
     assert runs[0] != runs[1]
-    again = [k for b in build_train_loader(cfg, rank=0, world_size=2, seed=1) for k in b["key"]]
-    assert again == runs[0]
+    assert set(runs[0] + runs[1]) <= set(all_keys(uneven_shards))
+    loader = build_train_loader(cfg, rank=0, world_size=2, seed=1)
+    assert planned_keys(loader) == runs[0]  # seeded
+    loader.set_epoch(1)
+    assert planned_keys(loader) != runs[0]  # and drawn again each epoch
 
 
 def corrupt_copy(source: str, destination: Path) -> str:

@@ -25,11 +25,11 @@ from pipeline.train.engine import consolidated_state_dict
 from tests.train.conftest import job_overrides, run_local, synth_split
 
 pytestmark = pytest.mark.slow
-STOPPED_AT, STEPS = 12, 24  # 4 steps per epoch, 6 epochs; checkpoints every 3 steps, the newest 2 kept
+STOPPED_AT, STEPS = 12, 16  # 4 steps per epoch, 4 epochs; checkpoints every 3 steps, the newest 2 kept
 
 
 def overrides(shards: tuple[Path, Path], root: Path, *extra: str) -> list[str]:
-    return job_overrides(shards, root, "run", "optim.epochs=6", "checkpoint.every_steps=3", *extra)
+    return job_overrides(shards, root, "run", "optim.epochs=4", "checkpoint.every_steps=3", *extra)
 
 
 @pytest.fixture(scope="module")

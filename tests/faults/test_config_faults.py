@@ -73,6 +73,7 @@ def test_clips_shorter_than_dense_sampling_takes_are_one_line_or_repeated_with_a
     assert "16 of the 16 clips in data.train" in warnings and "repeated" in warnings
 
 
+@pytest.mark.slow
 def test_the_launcher_prints_a_config_fault_once_and_starts_nothing(clips16, tmp_path: Path) -> None:
     train, val = clips16
     overrides = [f"out_dir={tmp_path}", f"data.train=[{train}]", f"data.val=[{val}]", "model.name=nope"]

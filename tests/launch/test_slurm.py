@@ -103,6 +103,7 @@ DRY_RUN_OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_sbatch_script(tmp_path: Path, demo_overrides: list[str]) -> None:
     options = [word for option, value, _ in DRY_RUN_OPTIONS for word in (option, value)]
     jobs = tmp_path / "jobs"
@@ -129,6 +130,7 @@ def test_gpus_are_read_from_every_gres_form_sinfo_prints() -> None:
     assert [gres_gpus(gres) for gres in forms] == [8, 4, 2, 0, 0]
 
 
+@pytest.mark.slow
 def test_dry_run_with_gpus_runs_one_task_per_gpu(tmp_path: Path, demo_overrides: list[str]) -> None:
     gpus = ["--nodes", "4", "--gpus-per-node", "8"]
     proc = launch("--dry-run", *gpus, "--config", str(DEMO_CONFIG), *demo_overrides, cwd=tmp_path)
@@ -150,6 +152,7 @@ def test_dry_run_of_array_sharding_shows_the_array_and_the_dependent_merge(tmp_p
     assert "#SBATCH --kill-on-invalid-dep=yes\n" in merge_script
 
 
+@pytest.mark.slow
 def test_config_error_is_one_line(tmp_path: Path, demo_overrides: list[str]) -> None:
     proc = launch("--config", str(DEMO_CONFIG), *demo_overrides, "optim.lrr=0.1", cwd=tmp_path)
     assert "optim.lrr" in one_error_line(proc)
@@ -163,6 +166,7 @@ def test_no_slurm_on_path_is_one_line(tmp_path: Path) -> None:
     assert "no Slurm found" in one_error_line(proc)
 
 
+@pytest.mark.slow
 def test_bad_resource_options_are_one_line(tmp_path: Path, demo_overrides: list[str]) -> None:
     gpus = ["--gpus-per-node", "4", "--tasks-per-node", "2"]
     proc = launch(*gpus, "--config", str(DEMO_CONFIG), *demo_overrides, cwd=tmp_path)

@@ -105,6 +105,7 @@ def test_checkpointing_gives_same_outputs_gradients_and_batchnorm_stats() -> Non
         checkpointed.set_grad_checkpointing([0, 0, 3, 0])
 
 
+@pytest.mark.slow
 def test_checkpointing_lowers_measured_peak_memory() -> None:
     torch.manual_seed(0)
     model = create_model("structvit_tiny_4_1", 4, num_frames=8, img_size=48, depths=(2, 2, 2, 2))
@@ -121,6 +122,7 @@ def test_checkpointing_lowers_measured_peak_memory() -> None:
     assert checkpointed < 0.7 * plain, (plain, checkpointed)
 
 
+@pytest.mark.slow
 def test_structsa_adds_only_its_structure_kernels() -> None:
     # 2 * D * C * M parameters per attention block over the UniFormer baseline (the spec's cost)
     for size, depths, dims in (
@@ -188,6 +190,7 @@ def test_summary_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_paper_table_puts_our_counts_beside_the_papers(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -123,6 +123,7 @@ def test_unreadable_annotations_and_bad_options_are_one_line(tmp_path: Path, cap
         assert len(err) == 1 and option in err[0] and value in err[0]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_shards(tmp_path: Path) -> None:
     """SIGKILL a real run after its first shards and rerun it: same bytes as one run, no temp files."""
     raw = tmp_path / "raw"

@@ -4,11 +4,12 @@ top-1), while the control with each clip's frames shuffled in time stays near ch
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import synth_split
+from tests.train.conftest import run_local, synth_split
 
 pytestmark = pytest.mark.slow
 
@@ -20,15 +21,40 @@ def motion_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     return synth_split(root, "train", 512, 2, seed=11), synth_split(root, "val", 128, 2, seed=12)
 
 
-def final_top1(run_job, shards: tuple[Path, Path], root: Path, name: str, *extra: str) -> float:
+def overrides_for(shards: tuple[Path, Path], root: Path, name: str) -> list[str]:
     train, val = shards
-    overrides = [f"name={name}", f"out_dir={root}", f"data.train=[{train}]", f"data.val=[{val}]"]
-    result = run_job([*overrides, "eval.every_epochs=0", *extra], timeout=600)
+    return [
+        f"name={name}",
+        f"out_dir={root}",
+        f"data.train=[{train}]",
+        f"data.val=[{val}]",
+        "eval.every_epochs=0",
+    ]
+
+
+def final_top1(
+    run_job, shards: tuple[Path, Path], root: Path, name: str, *extra: str, nproc: int = 2
+) -> float:
+    result = run_job([*overrides_for(shards, root, name), *extra], nproc=nproc, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((root / name / "eval.json").read_text())["val/top1"]
 
 
-def test_demo_learns_motion_and_shuffled_control_stays_at_chance(run_job, motion_shards, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def motion_at_200(motion_shards, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo run on 2 ranks stopped at step 200 (of 512): its run folder. Both tests continue a copy,
+    so the 200 steps they share run once."""
+    root = tmp_path_factory.mktemp("motion-200")
+    first = run_local([*overrides_for(motion_shards, root, "motion"), "max_steps=200"], timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return root / "motion"
+
+
+def test_demo_learns_motion_and_shuffled_control_stays_at_chance(
+    run_job, motion_shards, motion_at_200, tmp_path
+) -> None:
+    # Continued on 2 ranks, the run ends where the uninterrupted demo does (exact resume, test_resume.py).
+    shutil.copytree(motion_at_200, tmp_path / "motion")
     learned = final_top1(run_job, motion_shards, tmp_path, "motion")
     assert learned >= 90.0
     control = final_top1(run_job, motion_shards, tmp_path, "shuffled", "shuffle_frames=true")
@@ -36,14 +62,11 @@ def test_demo_learns_motion_and_shuffled_control_stays_at_chance(run_job, motion
 
 
 def test_demo_interrupted_on_two_ranks_and_finished_on_one_still_learns(
-    run_job, motion_shards, tmp_path
+    run_job, motion_shards, motion_at_200, tmp_path
 ) -> None:
-    train, val = motion_shards
-    overrides = ["name=elastic", f"out_dir={tmp_path}", f"data.train=[{train}]", f"data.val=[{val}]"]
-    first = run_job([*overrides, "eval.every_epochs=0", "max_steps=200"], timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    rest = run_job([*overrides, "eval.every_epochs=0"], nproc=1, timeout=900)
+    shutil.copytree(motion_at_200, tmp_path / "motion")
+    rest = run_job([*overrides_for(motion_shards, tmp_path, "motion")], nproc=1, timeout=900)
     assert rest.returncode == 0, rest.stderr[-3000:]
     # its global batch of 16 clips kept on 1 rank by 2 accumulation steps of 8
     assert "saved by 2 ranks, on 1 ranks: 8 clips per rank x 2 accumulation steps" in rest.stderr
-    assert json.loads((tmp_path / "elastic" / "eval.json").read_text())["val/top1"] >= 90.0
+    assert json.loads((tmp_path / "motion" / "eval.json").read_text())["val/top1"] >= 90.0
