@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.config import ConfigError
+from pipeline.console import note
 from pipeline.data.backends import DecodeBackend, decode_backend
 from pipeline.data.config import DataConfig
 from pipeline.data.manifest import ShardSet, load_shard_set
@@ -67,7 +67,6 @@ from pipeline.data.stream import (
 from pipeline.data.transforms import should_flip
 from pipeline.randomness import Stream, make_rng, python_rng
 
-log = logging.getLogger(__name__)
 BAD_SAMPLES_FILE = "bad_samples.jsonl"
 # The bad-sample cap never stops a run for fewer failures per epoch than this (one broken clip in a
 # tiny demo is no reason to stop).
@@ -243,7 +242,7 @@ class BadSampleLog:
             self.per_shard[shard] += 1
             if key not in self.logged:
                 self.logged.add(key)
-                log.warning("skipped sample %s of %s: %s", key, shard, reason)
+                note("data", f"warning: skipped sample {key} of {shard}: {reason}")
         if bad and self.path is not None:
             rows = [
                 {"key": key, "shard": shard, "reason": reason, "rank": self.rank, "epoch": epoch}
@@ -348,9 +347,8 @@ class TrainLoader:
                 "the data, world size or batch size changed"
             )
         if state.seed != self.seed:
-            log.warning(
-                "resuming the data stream with the checkpoint's seed %d (not %d)", state.seed, self.seed
-            )
+            seeds = f"the checkpoint's seed {state.seed} (not {self.seed})"
+            note("data", f"warning: resuming the data stream with {seeds}")
         self.epoch, self.consumed, self.seed = state.epoch, state.samples_consumed, state.seed
 
     def set_epoch(self, epoch: int) -> None:
@@ -364,13 +362,19 @@ class TrainLoader:
             return LoaderState(self.epoch + 1, 0, self.seed)
         return LoaderState(self.epoch, self.consumed, self.seed, self.excluded)
 
+    def stream(self) -> TrainStream:
+        """The stream of the rest of the current epoch: the batches iterating yields next."""
+        state = self.state()
+        plan = dataclasses.replace(self.full_plan, excluded=state.excluded)
+        start = state.samples_consumed // plan.clips_per_batch
+        return TrainStream(
+            self.cfg, self.shard_set, plan, self.rank, state.seed, state.epoch, start, self.backend
+        )
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         current = self.state()
         self.epoch, self.consumed, self.excluded = current.epoch, current.samples_consumed, current.excluded
-        start = self.consumed // self.plan.clips_per_batch
-        stream = TrainStream(
-            self.cfg, self.shard_set, self.plan, self.rank, self.seed, self.epoch, start, self.backend
-        )
+        stream = self.stream()
         for batch in make_dataloader(stream, self.cfg.workers if self.backend.in_workers else 0):
             self.account(batch.pop("bad"), len(batch["key"]), self.cfg.batch_size)
             self.consumed += self.plan.clips_per_batch

@@ -7,11 +7,9 @@ test runs the real loader on decoded video end to end and checks it delivers exa
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import itertools
 import json
-import logging
 import shutil
 import subprocess
 import sys
@@ -25,7 +23,7 @@ import webdataset as wds
 
 from pipeline.config import from_dict
 from pipeline.data.config import DataConfig
-from pipeline.data.loader import LoaderState, TrainLoader, TrainStream, build_eval_loader, build_train_loader
+from pipeline.data.loader import LoaderState, TrainLoader, build_eval_loader, build_train_loader
 from pipeline.data.manifest import ManifestError, load_shard_set, sample_offsets
 from pipeline.data.plan import ShardSlice
 from pipeline.data.stream import ReadShardSlices
@@ -71,10 +69,8 @@ def planned_batches(loader: TrainLoader) -> list[list[str]]:
     logical worker (start + p) % K). `test_resume_in_a_new_process_continues_the_exact_sequence` checks
     this against the real loader's decoded batches.
     """
-    state = loader.state()
-    plan = dataclasses.replace(loader.full_plan, excluded=state.excluded)
-    start = state.samples_consumed // plan.clips_per_batch
-    stream = TrainStream(loader.cfg, loader.shard_set, plan, loader.rank, state.seed, state.epoch, start)
+    stream = loader.stream()
+    plan, start = stream.plan, stream.start_batch
     per_worker = []
     for physical in range(plan.workers):
         keys = [
@@ -258,20 +254,19 @@ def corrupt_copy(source: str, destination: Path) -> str:
 
 
 def test_corrupt_sample_is_replaced_counted_and_logged_once(
-    make_shards, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_shards, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     folder = tmp_path / "corrupt"
     bad_key = corrupt_copy(str(make_shards("ssv2", "train", max_samples=7)), folder)
     loader = build_train_loader(config([str(folder)], batch_size=4), rank=0, world_size=1, seed=0)
-    with caplog.at_level(logging.WARNING, logger="pipeline.data.loader"):
-        for _ in range(2):
-            batches = list(loader)
-            assert len(batches) == loader.steps_per_epoch == 4
-            keys = [k for b in batches for k in b["key"]]
-            assert bad_key not in keys and len(keys) == 16  # a stand-in takes its row
-            assert [len(b["key"]) for b in batches] == [4, 4, 4, 4]
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == loader.steps_per_epoch == 4
+        keys = [k for b in batches for k in b["key"]]
+        assert bad_key not in keys and len(keys) == 16  # a stand-in takes its row
+        assert [len(b["key"]) for b in batches] == [4, 4, 4, 4]
     assert loader.bad_samples == 2  # once per epoch
-    logged = [r.getMessage() for r in caplog.records if bad_key in r.getMessage()]
+    logged = [line for line in capsys.readouterr().err.splitlines() if bad_key in line]
     assert len(logged) == 1 and "DecodeError" in logged[0]
 
 
