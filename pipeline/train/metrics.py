@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipeline.console import note
 from pipeline.io import atomic_write_text
 
 
@@ -108,13 +108,12 @@ class MetricsProcessor:
         self._reset()
         if self.rank == 0:
             self.write(step, scalars, epoch=epoch)
-            print(
+            note(
+                "train",
                 f"step {step}/{self.total_steps} epoch {epoch} loss {loss:.4f} lr {lr:.2e} "
                 f"clips/s {scalars['train/clips_per_s']:.1f} data {scalars['train/data_wait_frac']:.0%} "
                 f"step {scalars['train/step_s']:.2f}s mem {scalars['mem/peak_gb']:.2f}GB "
                 f"eta {format_duration(eta)}",
-                file=sys.stderr,
-                flush=True,
             )
         return scalars
 
