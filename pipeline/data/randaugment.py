@@ -77,15 +77,20 @@ def _affine(clip: torch.Tensor, matrix: list[list[float]]) -> torch.Tensor:
     src_y = ((d * gx + e * gy + ty + 1) * h - 1) / 2
     x0, y0 = src_x.floor(), src_y.floor()
     fx, fy = (src_x - x0).float(), (src_y - y0).float()
+    # Integer tap coordinates, and the rows and columns inside the frame, once for the four taps: on a
+    # one-frame clip (an image) building each tap's index in float64 cost as much as the gather.
+    x0, y0 = x0.long(), y0.long()
+    top_left = y0 * w + x0  # the top-left tap's row in the pixel-major copy below
+    x_inside = [(x0 + dx >= 0) & (x0 + dx < w) for dx in (0, 1)]
+    y_inside = [(y0 + dy >= 0) & (y0 + dy < h) for dy in (0, 1)]
     pixels = torch.cat([clip.permute(2, 3, 0, 1).reshape(h * w, t * c), clip.new_full((1, t * c), FILL)])
     out = torch.zeros(h * w, t * c)
     taps = ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy))
     for dy, dx, weight in taps:
         if not weight.any():  # translations and shears sample whole rows or columns: two taps are unused
             continue
-        x, y = x0 + dx, y0 + dy
-        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-        index = torch.where(inside, y * w + x, h * w).long().flatten()  # outside: the fill row
+        inside = x_inside[dx] & y_inside[dy]
+        index = torch.where(inside, top_left + (dy * w + dx), h * w).flatten()  # outside: the fill row
         out.addcmul_(pixels.index_select(0, index), weight.view(h * w, 1))  # uint8 promotes: no float copy
     return _to_uint8(out).view(h, w, t, c).permute(2, 3, 0, 1).contiguous()
 
