@@ -1,6 +1,7 @@
 """Image loader throughput at ImageNet sizes, side by side on the same JPEGs, decoder and transforms.
 
-    python bench/image_loader.py [--images 256] [--height 374] [--workers 2] [--batch-size 32] [--quick]
+    python bench/image_loader.py [--images 256] [--height 374] [--workers 2] [--batch-size 32]
+        [--main-threads N] [--quick]
 
 Writes a synthetic ILSVRC-2012 train tree (`python -m shards synth imagenet`: JPEGs of ImageNet's
 typical 500x375-like size, quality 90), shards it as-is, then, with 224 crops and the DeiT recipe's
@@ -136,8 +137,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="passes over the images per loader")
+    parser.add_argument(
+        "--main-threads",
+        type=int,
+        default=0,
+        help="torch threads of the main process (0: torch's default; the trainer sets cores // ranks)",
+    )
     parser.add_argument("--quick", action="store_true", help="32 images of 128 px, one pass")
     args = parser.parse_args()
+    if args.main_threads > 0:
+        torch.set_num_threads(args.main_threads)
     if args.quick:
         args.images, args.height, args.repeats, args.batch_size = 32, 128, 1, 8
     print(
@@ -146,7 +155,7 @@ def main() -> None:
     )
     print(
         f"images: {args.images} at height {args.height}, workers: {args.workers}, batch: {args.batch_size}, "
-        f"passes: {args.repeats}",
+        f"passes: {args.repeats}, main-process torch threads: {torch.get_num_threads()}",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as name:

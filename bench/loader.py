@@ -1,12 +1,15 @@
 """Loader throughput at Kinetics sizes, side by side on the same clips, sampling, transforms and workers.
 
     python bench/loader.py [--clips 24] [--frames 300] [--fps 30] [--height 336] [--workers 2]
-                           [--batch-size 4] [--randaug 4] [--sampling dense segment] [--profile]
-                           [--digest-cost] [--gop-sweep 16 8 4 3 2] [--quick]
+                           [--batch-size 4] [--randaug 4] [--sampling dense segment]
+                           [--segment-sources ssv2|dense] [--profile] [--digest-cost]
+                           [--gop-sweep 16 8 4 3 2] [--quick]
 
 Builds a synthetic raw tree like downloaded Kinetics videos (H.264 at 30 fps, 10 s, short side 336,
 16:9, one keyframe per 300 frames), shards it twice (as-is, and re-encoded with a GOP of 16), then,
-for 16x4 dense and 16-segment sampling, 224 crops and the Kinetics recipe's training augmentation
+for 16x4 dense and 16-segment sampling (segments on SSv2-like clips by default: 4 s at 12 fps, 240 px
+high, one keyframe per clip, as the recipes that sample segments train on; `--segment-sources dense`
+takes the Kinetics-like clips), 224 crops and the Kinetics recipe's training augmentation
 (scale jitter, flip, RandAugment n4 m7 (`--randaug` ops), random erasing 0.25, mixup / cutmix; one
 view per clip so that every loader delivers one clip per decoded video), measures clips/s of:
   (a) this loader reading the shards (webdataset stream, sampling, decode, augmentation, batching),
@@ -71,6 +74,25 @@ from pipeline.randomness import Stream, make_rng
 from shards.__main__ import main as shards_main
 from shards.synth import encode_video
 from shards.video import EncodeOptions, count_decoded_frames, transcode
+
+
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """The raw clips a sampling is measured on."""
+
+    frames: int
+    fps: float
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.frames} frames at {self.fps:g} fps, short side {self.height}"
+
+
+# What the recipes that sample segments train on (configs/base_finetune.yaml: SSv2, Diving-48, FineGym;
+# the dense Kinetics recipe is the only one on 10 s clips). SSv2 clips are 2-6 s at about 12 fps and
+# 240 px high (/work/shared/DATASETS.md): 4 s is 48 frames. Diving-48's (2-5 s at ~30 fps) hold 1-3x
+# more frames per segment for its 32-frame recipe, no fewer.
+SSV2_SOURCES = Sources(frames=48, fps=12.0, height=240)
 
 
 def make_data(root: Path, clips: int, frames: int, height: int, fps: float) -> tuple[Path, Path, Path]:
@@ -372,11 +394,13 @@ def build_loaders(
     return loaders
 
 
-def print_rates(sampling: str, rates: dict[str, float], amp: dict[str, float], workers: int) -> None:
+def print_rates(
+    sampling: str, sources: Sources, rates: dict[str, float], amp: dict[str, float], workers: int
+) -> None:
     """The figures of one sampling: clips/s, per core, the ratios and the decode amplification."""
     cores = max(workers, 1)
     label = "16x4 dense" if sampling == "dense" else "16-segment"
-    print(f"[{label}]")
+    print(f"[{label}, sources: {sources}]")
     for name, text in (
         ("a as-is", "(a) this loader, as-is shards    "),
         ("a short-GOP", "(a) this loader, short-GOP shards"),
@@ -411,6 +435,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="passes over the clips per loader")
     parser.add_argument("--randaug", type=int, default=4, help="RandAugment ops per clip (the recipe's 4)")
     parser.add_argument("--sampling", nargs="+", choices=("dense", "segment"), default=["dense", "segment"])
+    parser.add_argument(
+        "--segment-sources",
+        choices=("ssv2", "dense"),
+        default="ssv2",
+        help="segment rows' raw clips: SSv2-like (48 frames at 12 fps, 240 px) or the dense rows' clips",
+    )
     parser.add_argument("--profile", action="store_true", help="also time each stage of a worker's work")
     parser.add_argument("--digest-cost", action="store_true", help="also measure the sha256 check's cost")
     parser.add_argument(
@@ -432,26 +462,36 @@ def main() -> None:
         f"RandAugment ops: {args.randaug}",
         flush=True,
     )
+    dense_sources = Sources(args.frames, args.fps, args.height)
+    sources = {"dense": dense_sources, "segment": dense_sources}
+    if args.segment_sources == "ssv2":
+        sources["segment"] = SSV2_SOURCES
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        raw, original, short_gop = make_data(tmp, args.clips, args.frames, args.height, args.fps)
-        folders = {"as-is": original, "short-GOP": short_gop}
+        made: dict[Sources, tuple[Path, Path, Path]] = {}
         for sampling in args.sampling:
+            source = sources[sampling]
+            if source not in made:
+                folder = tmp / f"{source.frames}x{source.height}"
+                made[source] = make_data(folder, args.clips, source.frames, source.height, source.fps)
+            raw, original, short_gop = made[source]
+            folders = {"as-is": original, "short-GOP": short_gop}
             cfg = data_config(original, sampling, args)
             if sampling == args.sampling[0]:
                 print(f"decoder for (a) and (c): {resolve_decoder_name(cfg.decoder)}")
                 print(f"config: {json.dumps(to_dict(cfg), sort_keys=True)}")
             rates = interleaved_rates(build_loaders(sampling, args, raw, folders, tmp), args.repeats)
             amp = {name: amplification(read_samples(folder), cfg) for name, folder in folders.items()}
-            print_rates(sampling, rates, amp, args.workers)
+            print_rates(sampling, source, rates, amp, args.workers)
             if args.profile:
                 for name, folder in folders.items():
                     print_profile(f"{sampling}, {name} shards", *profile_worker(folder, cfg))
+            if args.gop_sweep:
+                print_gop_sweep(args, sampling, raw)
             sys.stdout.flush()
         if args.digest_cost:
+            _, original, _ = made[sources[args.sampling[0]]]
             print_digest_cost(args, original, tmp)
-        if args.gop_sweep:
-            print_gop_sweep(args, raw)
 
 
 def print_digest_cost(args: argparse.Namespace, original: Path, tmp: Path) -> None:
@@ -475,32 +515,34 @@ def print_digest_cost(args: argparse.Namespace, original: Path, tmp: Path) -> No
     )
 
 
-def print_gop_sweep(args: argparse.Namespace, raw: Path) -> None:
+def print_gop_sweep(args: argparse.Namespace, sampling: str, raw: Path) -> None:
     """Re-encode the raw clips at each GOP of --gop-sweep with the sharder's settings: bytes, frames
-    decoded per frame delivered and PyAV decode time per clip, each against the first GOP, clips in turn."""
-    torch.set_num_threads(1)  # as in a DataLoader worker
+    decoded per frame delivered and PyAV decode time per clip of `sampling`, each against the first GOP,
+    clips in turn."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker; the next sampling's loaders get them back
     paths = sorted(raw.rglob("*.mp4"))
     videos = {gop: [transcode(path, EncodeOptions(gop=gop)) for path in paths] for gop in args.gop_sweep}
     first = args.gop_sweep[0]
     lengths = [count_decoded_frames(video) for video in videos[first]]
     PyAVDecoder().decode(videos[first][0], [0])  # PyAV's first decode in a process pays its set-up: not timed
-    for sampling in args.sampling:
-        decoded, seconds = dict.fromkeys(args.gop_sweep, 0), dict.fromkeys(args.gop_sweep, 0.0)
-        delivered = 0
-        for i in range(len(paths) * args.repeats):
-            indices = train_indices(sampling, lengths[i % len(paths)], 16, 4, make_rng(Stream.SAMPLE, 5, i))
-            delivered += len(indices)
-            for gop in args.gop_sweep:
-                decoder, started = PyAVDecoder(), time.perf_counter()
-                decoder.decode(videos[gop][i % len(paths)], indices)
-                seconds[gop] += time.perf_counter() - started
-                decoded[gop] += decoder.frames_decoded
+    decoded, seconds = dict.fromkeys(args.gop_sweep, 0), dict.fromkeys(args.gop_sweep, 0.0)
+    delivered = 0
+    for i in range(len(paths) * args.repeats):
+        indices = train_indices(sampling, lengths[i % len(paths)], 16, 4, make_rng(Stream.SAMPLE, 5, i))
+        delivered += len(indices)
         for gop in args.gop_sweep:
-            size = sum(map(len, videos[gop])) / sum(map(len, videos[first]))
-            print(
-                f"  {sampling} GOP {gop:3d}: bytes x{size:.2f}, {decoded[gop] / delivered:.2f} frames "
-                f"decoded per frame delivered, decode time x{seconds[gop] / seconds[first]:.2f}"
-            )
+            decoder, started = PyAVDecoder(), time.perf_counter()
+            decoder.decode(videos[gop][i % len(paths)], indices)
+            seconds[gop] += time.perf_counter() - started
+            decoded[gop] += decoder.frames_decoded
+    for gop in args.gop_sweep:
+        size = sum(map(len, videos[gop])) / sum(map(len, videos[first]))
+        print(
+            f"  {sampling} GOP {gop:3d}: bytes x{size:.2f}, {decoded[gop] / delivered:.2f} frames "
+            f"decoded per frame delivered, decode time x{seconds[gop] / seconds[first]:.2f}"
+        )
+    torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -77,31 +77,38 @@ def _affine(clip: torch.Tensor, matrix: list[list[float]]) -> torch.Tensor:
     src_y = ((d * gx + e * gy + ty + 1) * h - 1) / 2
     x0, y0 = src_x.floor(), src_y.floor()
     fx, fy = (src_x - x0).float(), (src_y - y0).float()
+    # Integer tap coordinates, and the rows and columns inside the frame, once for the four taps: on a
+    # one-frame clip (an image) building each tap's index in float64 cost as much as the gather.
+    x0, y0 = x0.long(), y0.long()
+    top_left = y0 * w + x0  # the top-left tap's row in the pixel-major copy below
+    x_inside = [(x0 + dx >= 0) & (x0 + dx < w) for dx in (0, 1)]
+    y_inside = [(y0 + dy >= 0) & (y0 + dy < h) for dy in (0, 1)]
     pixels = torch.cat([clip.permute(2, 3, 0, 1).reshape(h * w, t * c), clip.new_full((1, t * c), FILL)])
     out = torch.zeros(h * w, t * c)
     taps = ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy))
     for dy, dx, weight in taps:
         if not weight.any():  # translations and shears sample whole rows or columns: two taps are unused
             continue
-        x, y = x0 + dx, y0 + dy
-        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-        index = torch.where(inside, y * w + x, h * w).long().flatten()  # outside: the fill row
+        inside = x_inside[dx] & y_inside[dy]
+        index = torch.where(inside, top_left + (dy * w + dx), h * w).flatten()  # outside: the fill row
         out.addcmul_(pixels.index_select(0, index), weight.view(h * w, 1))  # uint8 promotes: no float copy
     return _to_uint8(out).view(h, w, t, c).permute(2, 3, 0, 1).contiguous()
 
 
-def auto_contrast(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
-    """Stretch each channel to [0, 255] using the clip's own range."""
+def _auto_contrast_table(clip: torch.Tensor, level: float, rng: np.random.Generator) -> np.ndarray:
     low = clip.amin(dim=(0, 2, 3)).numpy().astype(np.float64)
     high = clip.amax(dim=(0, 2, 3)).numpy().astype(np.float64)
     scale = np.where(high > low, 255.0 / np.maximum(high - low, 1e-3), 1.0)
     values = np.arange(256.0)
-    lut = np.clip(np.round((values[None] - low[:, None]) * scale[:, None]), 0, 255).astype(np.uint8)
-    return _apply_lut(clip, lut)
+    return np.clip(np.round((values[None] - low[:, None]) * scale[:, None]), 0, 255).astype(np.uint8)
 
 
-def equalize(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
-    """Histogram-equalise each channel with one histogram over the whole clip."""
+def auto_contrast(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
+    """Stretch each channel to [0, 255] using the clip's own range."""
+    return _apply_lut(clip, _auto_contrast_table(clip, level, rng))
+
+
+def _equalize_table(clip: torch.Tensor, level: float, rng: np.random.Generator) -> np.ndarray:
     pixels = clip.numpy()
     lut = np.empty((3, 256), dtype=np.uint8)
     for c in range(3):
@@ -111,7 +118,16 @@ def equalize(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torc
         span = cdf[-1] - cdf_min
         table = (cdf - cdf_min) / span * 255 if span > 0 else np.arange(256.0)
         lut[c] = np.clip(np.round(table), 0, 255)
-    return _apply_lut(clip, lut)
+    return lut
+
+
+def equalize(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
+    """Histogram-equalise each channel with one histogram over the whole clip."""
+    return _apply_lut(clip, _equalize_table(clip, level, rng))
+
+
+def _invert_table(clip: torch.Tensor, level: float, rng: np.random.Generator) -> np.ndarray:
+    return 255 - np.arange(256, dtype=np.uint8)
 
 
 def invert(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
@@ -151,24 +167,36 @@ def translate_y(clip: torch.Tensor, level: float, rng: np.random.Generator) -> t
     return _affine(clip, [[1.0, 0.0, 0.0], [0.0, 1.0, 2 * _signed(level / MAX_LEVEL * 0.45, rng)]])
 
 
+def _posterize_table(clip: torch.Tensor, level: float, rng: np.random.Generator) -> np.ndarray:
+    return np.arange(256, dtype=np.uint8) & (256 - 2 ** int(level / MAX_LEVEL * 4))
+
+
 def posterize(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Keep 8 down to 4 bits per channel as the level rises."""
     step = 2 ** int(level / MAX_LEVEL * 4)
     return clip & (256 - step)
 
 
-def solarize(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
-    """Invert pixels above a threshold that falls from 256 to 0 as the level rises."""
+def _solarize_table(clip: torch.Tensor, level: float, rng: np.random.Generator) -> np.ndarray:
     threshold = 256.0 - level / MAX_LEVEL * 256.0
     values = np.arange(256)
-    return _apply_lut(clip, np.where(values >= threshold, 255 - values, values).astype(np.uint8))
+    return np.where(values >= threshold, 255 - values, values).astype(np.uint8)
+
+
+def solarize(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
+    """Invert pixels above a threshold that falls from 256 to 0 as the level rises."""
+    return _apply_lut(clip, _solarize_table(clip, level, rng))
+
+
+def _solarize_add_table(clip: torch.Tensor, level: float, rng: np.random.Generator) -> np.ndarray:
+    values = np.arange(256.0)
+    table = np.where(values < 128, np.minimum(values + level / MAX_LEVEL * 110.0, 255), values)
+    return np.round(table).astype(np.uint8)
 
 
 def solarize_add(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Brighten dark pixels (below 128) by up to 110."""
-    values = np.arange(256.0)
-    table = np.where(values < 128, np.minimum(values + level / MAX_LEVEL * 110.0, 255), values)
-    return _apply_lut(clip, np.round(table).astype(np.uint8))
+    return _apply_lut(clip, _solarize_add_table(clip, level, rng))
 
 
 def color(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
@@ -176,21 +204,27 @@ def color(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.T
     return _blend(clip, _grey(clip), 1.0 + _signed(level / MAX_LEVEL * 0.9, rng))
 
 
-def contrast(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
-    """Change contrast around the clip's mean grey level."""
+def _contrast_table(clip: torch.Tensor, level: float, rng: np.random.Generator) -> np.ndarray:
     factor = 1.0 + _signed(level / MAX_LEVEL * 0.9, rng)
     # the mean luma is the luma of the channel means: integer sums, no float copy of the clip
     sums = clip.sum(dim=(0, 2, 3), dtype=torch.int64).tolist()
     mean = sum(w * total for w, total in zip(GREY_WEIGHTS, sums, strict=True)) / (clip.numel() // 3)
-    table = np.clip(np.round(mean + factor * (np.arange(256.0) - mean)), 0, 255).astype(np.uint8)
-    return _apply_lut(clip, table)
+    return np.clip(np.round(mean + factor * (np.arange(256.0) - mean)), 0, 255).astype(np.uint8)
+
+
+def contrast(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
+    """Change contrast around the clip's mean grey level."""
+    return _apply_lut(clip, _contrast_table(clip, level, rng))
+
+
+def _brightness_table(clip: torch.Tensor, level: float, rng: np.random.Generator) -> np.ndarray:
+    factor = 1.0 + _signed(level / MAX_LEVEL * 0.9, rng)
+    return np.clip(np.round(factor * np.arange(256.0)), 0, 255).astype(np.uint8)
 
 
 def brightness(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
     """Scale brightness by 1 +- 0.9 level / 10."""
-    factor = 1.0 + _signed(level / MAX_LEVEL * 0.9, rng)
-    table = np.clip(np.round(factor * np.arange(256.0)), 0, 255).astype(np.uint8)
-    return _apply_lut(clip, table)
+    return _apply_lut(clip, _brightness_table(clip, level, rng))
 
 
 def sharpness(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
@@ -229,6 +263,55 @@ RAND_AUGMENT_OPS: dict[str, ClipOp] = {
 }
 
 
+# Value ops as the table they apply to the clip they are given. Each maps uint8 to uint8, so a run of
+# them composes into one table exactly, and the clip is read and written once for the run.
+TableOp = Callable[[torch.Tensor, float, np.random.Generator], np.ndarray]
+VALUE_TABLES: dict[str, TableOp] = {
+    "AutoContrast": _auto_contrast_table,
+    "Equalize": _equalize_table,
+    "Invert": _invert_table,
+    "Posterize": _posterize_table,
+    "Solarize": _solarize_table,
+    "SolarizeAdd": _solarize_add_table,
+    "Contrast": _contrast_table,
+    "Brightness": _brightness_table,
+}
+# Tables that read clip statistics: the tables before them must be applied first.
+CLIP_STATISTIC_TABLES = frozenset({"AutoContrast", "Equalize", "Contrast"})
+# Ops that draw nothing and beat a table lookup alone (one integer op): applied as themselves when alone.
+INTEGER_OPS = frozenset({"Invert", "Posterize"})
+
+
+def _compose(first: np.ndarray, then: np.ndarray) -> np.ndarray:
+    """The table of `first` followed by `then` (each (256,), or (3, 256): one per channel)."""
+    if first.ndim == then.ndim == 1:
+        return then[first]
+    first, then = np.broadcast_to(first, (3, 256)), np.broadcast_to(then, (3, 256))
+    return np.take_along_axis(then, first.astype(np.intp), axis=1)
+
+
+class _PendingTables:
+    """Value ops drawn but not yet applied: their composed table, and the op itself while it is alone."""
+
+    def __init__(self) -> None:
+        self.table: np.ndarray | None = None
+        self.alone: tuple[str, float] | None = None  # (name, level) of a single integer op
+
+    def add(self, name: str, table: np.ndarray, level: float) -> None:
+        self.alone = (name, level) if self.table is None and name in INTEGER_OPS else None
+        self.table = table if self.table is None else _compose(self.table, table)
+
+    def apply(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """The clip with the pending ops applied; nothing pending afterwards."""
+        if self.alone is not None:
+            name, level = self.alone
+            clip = RAND_AUGMENT_OPS[name](clip, level, rng)  # an integer op: no draw from rng
+        elif self.table is not None:
+            clip = _apply_lut(clip, self.table)
+        self.table, self.alone = None, None
+        return clip
+
+
 def rand_augment(
     clip: torch.Tensor, num_ops: int, magnitude: float, magnitude_std: float, rng: np.random.Generator
 ) -> torch.Tensor:
@@ -236,15 +319,24 @@ def rand_augment(
 
     Returns a contiguous uint8 clip on the clip's device. The ops run on the host (NumPy tables, shared
     tap indices): a clip on an accelerator (the DALI image path's views) makes the round trip.
+    Consecutive value ops are applied as one composed table: the same clip, bit for bit, and the same
+    draws from `rng` in the same order as applying them one by one.
     """
     names = list(RAND_AUGMENT_OPS)
     device = clip.device
     # Lookup tables run several times faster on contiguous frames than on resize's channels-last output.
     clip = clip.cpu().contiguous()
+    pending = _PendingTables()
     for _ in range(num_ops):
-        op = RAND_AUGMENT_OPS[names[int(rng.integers(len(names)))]]
+        name = names[int(rng.integers(len(names)))]
         level = magnitude if magnitude_std <= 0 else float(rng.normal(magnitude, magnitude_std))
         level = min(max(level, 0.0), MAX_LEVEL)
-        if rng.random() < OP_PROB:
-            clip = op(clip, level, rng)
-    return clip.to(device)
+        if rng.random() >= OP_PROB:
+            continue
+        if name not in VALUE_TABLES:
+            clip = RAND_AUGMENT_OPS[name](pending.apply(clip, rng), level, rng)
+            continue
+        if name in CLIP_STATISTIC_TABLES:
+            clip = pending.apply(clip, rng)
+        pending.add(name, VALUE_TABLES[name](clip, level, rng), level)
+    return pending.apply(clip, rng).to(device)

@@ -9,7 +9,9 @@ every frame, so motion between frames is never distorted.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -79,14 +81,33 @@ def normalise(clip: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...
     return out.sub_(m).div_(s)
 
 
+# The main process finishes every batch (normalise, erase, mix) while the loader's workers keep the
+# cores busy, and its intra-op threads then wait on each other: a 32-image batch took 5-7 ms on one
+# thread and 40-52 ms on two (2 cores, 2 workers; bench/image_loader.py --main-threads). These passes
+# are memory-bound, so one thread loses little even on an idle machine.
+BATCH_FINISH_THREADS = 1
+
+
+@contextlib.contextmanager
+def _at_most_threads(count: int) -> Iterator[None]:
+    """Run the block on at most `count` torch intra-op threads, then restore the process's setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def normalise_batch(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """(B, T, 3, H, W) in [0, 255], uint8 or float -> float (B, C, T, H, W) normalised (as `normalise`)."""
     b, t, c, h, w = pixels.shape
     out = torch.empty((b, c, t, h, w), dtype=torch.float32, device=pixels.device)
-    out.copy_(pixels.permute(0, 2, 1, 3, 4))
     m = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1, 1) * 255.0
     s = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1, 1) * 255.0
-    return out.sub_(m).div_(s)
+    with _at_most_threads(BATCH_FINISH_THREADS):
+        out.copy_(pixels.permute(0, 2, 1, 3, 4))
+        return out.sub_(m).div_(s)
 
 
 # An erased box: (top, left, noise (C, 1, h, w)) in normalised units; None = no erasing.
@@ -224,22 +245,23 @@ def mix_batch(
         return video, targets
     use_cutmix = aug.cutmix > 0 and (aug.mixup <= 0 or rng.random() < aug.mixup_switch_prob)
     lam = float(rng.beta(aug.cutmix, aug.cutmix) if use_cutmix else rng.beta(aug.mixup, aug.mixup))
-    if use_cutmix:
-        height, width = video.shape[-2:]
-        cut = math.sqrt(1.0 - lam)
-        ch, cw = int(height * cut), int(width * cut)
-        cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
-        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, height)
-        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, width)
-        video[..., y0:y1, x0:x1] = video[..., y0:y1, x0:x1].flip(0)  # flip copies the box first
-        lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
-    else:
-        rows = video.shape[0]
-        for first in range(rows // 2):  # rows i and B-1-i mix with each other; a middle row with itself
-            last = rows - 1 - first
-            kept = video[first].clone()
-            video[first].mul_(lam).add_(video[last], alpha=1.0 - lam)
-            video[last].mul_(lam).add_(kept, alpha=1.0 - lam)
+    with _at_most_threads(BATCH_FINISH_THREADS):
+        if use_cutmix:
+            height, width = video.shape[-2:]
+            cut = math.sqrt(1.0 - lam)
+            ch, cw = int(height * cut), int(width * cut)
+            cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+            y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, height)
+            x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, width)
+            video[..., y0:y1, x0:x1] = video[..., y0:y1, x0:x1].flip(0)  # flip copies the box first
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+        else:
+            rows = video.shape[0]
+            for first in range(rows // 2):  # rows i and B-1-i mix with each other; a middle row with itself
+                last = rows - 1 - first
+                kept = video[first].clone()
+                video[first].mul_(lam).add_(video[last], alpha=1.0 - lam)
+                video[last].mul_(lam).add_(kept, alpha=1.0 - lam)
     return video, targets * lam + targets.flip(0) * (1.0 - lam)
 
 

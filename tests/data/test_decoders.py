@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import av
 import numpy as np
@@ -17,6 +18,7 @@ from pipeline.data.decoders import (
     build_decoder,
     resolve_decoder_name,
 )
+from shards.synth import encode_video, motion_clip
 from shards.video import EncodeOptions, transcode
 from tests.data.conftest import VIDEO_FRAMES, VIDEO_SIZE
 
@@ -50,6 +52,18 @@ def test_every_cpu_decoder_equals_pyav(encoded_videos: dict[str, bytes], name: s
     # limited range), so the frames are bit-identical, not merely close.
     assert frames.shape == reference.shape and frames.dtype == torch.uint8
     assert torch.equal(frames, reference)
+
+
+def test_one_pyav_decoder_converts_videos_of_different_sizes(
+    encoded_videos: dict[str, bytes], tmp_path: Path
+) -> None:
+    # The decoder keeps one rgb24 reformatter across calls: a new frame size must not reuse the old one's.
+    small = tmp_path / "small.mp4"
+    encode_video(motion_clip(1, 4, 12, 48, 80, np.random.default_rng(3)), small, "h264", 25.0, 4)
+    decoder = PyAVDecoder()
+    for data in (encoded_videos["h264"], small.read_bytes(), encoded_videos["vp9"]):
+        frames = decoder.decode(data, [0, 5, 9])
+        assert torch.equal(frames, torch.from_numpy(sequential_decode(data)[[0, 5, 9]]))
 
 
 def test_pyav_decodes_only_from_the_keyframe_before_each_index(encoded_videos: dict[str, bytes]) -> None:

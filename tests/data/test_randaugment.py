@@ -108,6 +108,27 @@ def test_rand_augment_is_deterministic_and_stays_uint8() -> None:
     assert torch.equal(a, b) and a.dtype == torch.uint8
 
 
+def ops_one_by_one(
+    clip: torch.Tensor, num_ops: int, magnitude: float, rng: np.random.Generator
+) -> torch.Tensor:
+    """RandAugment's policy with every drawn op applied as itself, in turn (no composed tables)."""
+    names = list(RAND_AUGMENT_OPS)
+    for _ in range(num_ops):
+        name = names[int(rng.integers(len(names)))]
+        level = min(max(float(rng.normal(magnitude, 0.5)), 0.0), MAX_LEVEL)
+        if rng.random() < 0.5:
+            clip = RAND_AUGMENT_OPS[name](clip, level, rng)
+    return clip
+
+
+def test_composed_value_ops_give_the_clip_of_the_ops_one_by_one() -> None:
+    # 8 ops per clip over 300 seeds: runs of value ops (with and without clip statistics) of every length
+    clip = natural_clip()
+    for seed in range(300):
+        expected = ops_one_by_one(clip, 8, 7.0, np.random.default_rng(seed))
+        assert torch.equal(rand_augment(clip, 8, 7.0, 0.5, np.random.default_rng(seed)), expected), seed
+
+
 @pytest.mark.parametrize("name", sorted(RAND_AUGMENT_OPS))
 def test_op_result_does_not_depend_on_memory_layout(name: str) -> None:
     """Ops take what the previous step left: channels-last (resize) or pixel-major (geometric ops)."""

@@ -16,6 +16,8 @@ from pipeline.data.transforms import (
     TrainTransform,
     erase_box,
     mix_batch,
+    normalise,
+    normalise_batch,
     random_resized_crop_box,
     should_flip,
 )
@@ -124,6 +126,23 @@ def test_mixup_in_place_blends_each_row_with_its_mirror() -> None:
     lam = targets[0, 0].item()
     assert 0 < lam < 1
     assert torch.allclose(mixed, video * lam + video.flip(0) * (1 - lam), atol=1e-6)
+
+
+def test_batch_finishing_leaves_the_process_thread_setting_as_it_was() -> None:
+    # normalise_batch and mix_batch run on one intra-op thread (the workers hold the cores) and restore
+    # the trainer's setting afterwards; the batch is the clips normalised one by one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pixels = torch.randint(0, 256, (4, 2, 3, 8, 8), dtype=torch.uint8)
+        mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+        video = normalise_batch(pixels, mean, std)
+        assert torch.get_num_threads() == 2
+        assert torch.equal(video, torch.stack([normalise(clip, mean, std) for clip in pixels]))
+        mix_batch(video, torch.arange(4), 4, AugConfig(mixup=0.8, cutmix=1.0), np.random.default_rng(0))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_mixup_prob_zero_leaves_video_alone_but_keeps_soft_labels() -> None:
