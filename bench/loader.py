@@ -90,7 +90,7 @@ class Sources:
 
 # What the recipes that sample segments train on (configs/base_finetune.yaml: SSv2, Diving-48, FineGym;
 # the dense Kinetics recipe is the only one on 10 s clips). SSv2 clips are 2-6 s at about 12 fps and
-# 240 px high (/work/shared/DATASETS.md): 4 s is 48 frames. Diving-48's (2-5 s at ~30 fps) hold 1-3x
+# 240 px high (the publisher's figures): 4 s is 48 frames. Diving-48's (2-5 s at ~30 fps) hold 1-3x
 # more frames per segment for its 32-frame recipe, no fewer.
 SSV2_SOURCES = Sources(frames=48, fps=12.0, height=240)
 
