@@ -12,5 +12,7 @@ if [ "${1:-}" = "--fast" ]; then
 fi
 EXTRAS=dev,dali source scripts/env.sh
 ruff check .
-python -m pytest -q ${SUBSET[@]+"${SUBSET[@]}"} "$@"
+# Two processes, each taking whole files (their module fixtures, e.g. one Slurm cluster, stay in one): the
+# multi-process jobs leave cores idle while they start, wait and save.
+python -m pytest -q -n 2 --dist loadfile ${SUBSET[@]+"${SUBSET[@]}"} "$@"
 echo "In a new shell, enter this environment first (from $PWD): source .venv/bin/activate"

@@ -10,6 +10,16 @@ import pytest
 from shards.__main__ import main as shards_main
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding long tests first (each file's tests stay together, in order): `scripts/test.sh`
+    spreads whole files over two processes (`-n 2 --dist loadfile`), and long files started first leave
+    the many short ones to fill the end instead of one long file running alone."""
+    long_files = {
+        item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("slurm")
+    }
+    items.sort(key=lambda item: item.path not in long_files)
+
+
 @pytest.fixture(scope="session")
 def make_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """A factory: `make_shards(dataset, split, ...)` -> the shard folder (with manifest.json).
