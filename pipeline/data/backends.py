@@ -18,6 +18,8 @@ fastest installed CPU decoder here, once, and evaluation of videos under `dali` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from operator import itemgetter
 from typing import Any
 
 from pipeline.data.config import DataConfig
@@ -65,14 +67,21 @@ class DaliBackend:
         """The loader's DALI decoder for runs of up to `max_views` views, made on first use (DALI is
         imported on this path only)."""
         if self._decoder is None:
+            from pipeline.data.dali import DaliDecoder, build_video_pipeline
+            from pipeline.data.dali_image import build_image_pipeline
+
+            size = cfg.crop_size
             if self.image:
-                from pipeline.data.dali_image import DaliImageDecoder
-
-                self._decoder = DaliImageDecoder(cfg.crop_size, max_views)
+                self._decoder = DaliDecoder(
+                    partial(build_image_pipeline, size), max_views, (1, 3, size, size)
+                )
             else:
-                from pipeline.data.dali import DaliVideoDecoder
-
-                self._decoder = DaliVideoDecoder(cfg, max_views)
+                self._decoder = DaliDecoder(
+                    partial(build_video_pipeline, size),
+                    max_views,
+                    (cfg.num_frames, 3, size, size),
+                    {"frames": itemgetter("frames")},
+                )
         return self._decoder
 
     def train_stages(

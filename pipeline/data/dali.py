@@ -26,11 +26,10 @@ import torch
 from pipeline.console import one_line
 from pipeline.data.config import DataConfig
 from pipeline.data.stream import (
-    SAMPLE_ERRORS,
     ClipSampler,
     Item,
     bad_entry,
-    error_reason,
+    each_sample,
     failed,
     read_label,
     video_member,
@@ -40,7 +39,7 @@ from pipeline.randomness import Stream, make_rng
 
 # A view's box: (top, left, height, width) in pixels of the stored frames (fractional for evaluation).
 Box = tuple[float, float, float, float]
-DaliDecoder = Callable[[list[Item]], torch.Tensor]  # planned items -> (items, views, T, 3, S, S) uint8
+DecodeRun = Callable[[list[Item]], torch.Tensor]  # planned items -> (items, views, T, 3, S, S) uint8
 
 
 def device_id() -> int | None:
@@ -119,21 +118,29 @@ def build_video_pipeline(crop_size: int, max_views: int, device: int | None) -> 
     return pipe
 
 
-class DaliVideoDecoder:
-    """Planned video samples -> their views' pixels (samples, views, T, 3, S, S) uint8 on DALI's device;
-    the pipeline is built on first use, for at most `max_views` views per run."""
+class DaliDecoder:
+    """Planned samples -> their views' pixels (samples, views, T, 3, S, S) uint8 on DALI's device.
 
-    def __init__(self, cfg: DataConfig, max_views: int) -> None:
-        self.cfg, self.max_views = cfg, max_views
+    `build(max_views, device)` makes the DALI graph on first use; each view is fed its encoded bytes, box
+    and flip, plus the `extra` inputs (a function of the view's sample each).
+    """
+
+    def __init__(
+        self,
+        build: Callable[[int, int | None], Any],
+        max_views: int,
+        row_shape: tuple[int, ...],
+        extra: dict[str, Callable[[Item], np.ndarray]] | None = None,
+    ) -> None:
+        self.build, self.max_views, self.row_shape, self.extra = build, max_views, row_shape, extra or {}
         self._pipe: Any = None
 
     def __call__(self, items: list[Item]) -> torch.Tensor:
         if self._pipe is None:
-            self._pipe = build_video_pipeline(self.cfg.crop_size, self.max_views, device_id())
-        feed_views(self._pipe, items, {"frames": lambda item: item["frames"]})
+            self._pipe = self.build(self.max_views, device_id())
+        feed_views(self._pipe, items, self.extra)
         (pixels,) = self._pipe.run()
-        size = self.cfg.crop_size
-        return dali_to_torch(pixels, torch.uint8).view(len(items), -1, self.cfg.num_frames, 3, size, size)
+        return dali_to_torch(pixels, torch.uint8).view(len(items), -1, *self.row_shape)
 
 
 class PlanClips:
@@ -146,14 +153,7 @@ class PlanClips:
         self.sampler = ClipSampler(cfg.sampling, cfg.num_frames, cfg.frame_stride, seed_parts)
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
-        for item in items:
-            if "__error__" in item:
-                yield item
-                continue
-            try:
-                yield self.plan(item)
-            except SAMPLE_ERRORS as err:  # a broken json or no video: the sample fails (and is replaced)
-                yield failed(item, error_reason(err))
+        return each_sample(items, self.plan)
 
     def plan(self, item: Item) -> Item:
         """The DALI inputs of one raw sample."""
@@ -188,7 +188,7 @@ def plan_views(
     return {"boxes": boxes, "rng": rng}
 
 
-def run_isolating_failures(run: DaliDecoder, items: list[Item]) -> tuple[list[Item], torch.Tensor | None]:
+def run_isolating_failures(run: DecodeRun, items: list[Item]) -> tuple[list[Item], torch.Tensor | None]:
     """`run` (a DALI pipeline run: one output row per item) on `items`; if DALI raises, run them one by
     one so that only the items it cannot decode are dropped, each marked with its `__error__` and `__bad__`.
     Returns the items kept and their rows (None when none is left)."""
@@ -214,7 +214,7 @@ class DecodeViews:
     becomes an error item. `to_host` brings the pixels to the CPU (evaluation: its padding rows are
     host tensors)."""
 
-    def __init__(self, decoder: DaliDecoder, group: int, to_host: bool = False) -> None:
+    def __init__(self, decoder: DecodeRun, group: int, to_host: bool = False) -> None:
         self.decoder, self.group, self.to_host = decoder, group, to_host
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:

@@ -21,20 +21,16 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-import torch
 
 from pipeline.data.config import DataConfig
 from pipeline.data.dali import (
     Box,
     box_inputs,
     crop_resize_flip,
-    dali_to_torch,
-    device_id,
-    feed_views,
     plan_views,
 )
 from pipeline.data.sampling import eval_crop_boxes, eval_resized_shape
-from pipeline.data.stream import IMAGE_EXT, SAMPLE_ERRORS, Item, error_reason, failed, read_label
+from pipeline.data.stream import IMAGE_EXT, Item, each_sample, read_label
 
 
 def build_image_pipeline(crop_size: int, max_views: int, device: int | None) -> Any:
@@ -55,23 +51,6 @@ def build_image_pipeline(crop_size: int, max_views: int, device: int | None) -> 
     return pipe
 
 
-class DaliImageDecoder:
-    """Planned image samples -> their views' pixels (samples, views, 1, 3, S, S) uint8 on DALI's device;
-    the pipeline is built on first use, for at most `max_views` views per run."""
-
-    def __init__(self, crop_size: int, max_views: int) -> None:
-        self.crop_size, self.max_views = crop_size, max_views
-        self._pipe: Any = None
-
-    def __call__(self, items: list[Item]) -> torch.Tensor:
-        if self._pipe is None:
-            self._pipe = build_image_pipeline(self.crop_size, self.max_views, device_id())
-        feed_views(self._pipe, items, {})
-        (pixels,) = self._pipe.run()
-        size = self.crop_size
-        return dali_to_torch(pixels, torch.uint8).view(len(items), -1, 1, 3, size, size)
-
-
 class PlanImageViews:
     """Raw image samples -> `encoded` JPEG bytes, `label` and `boxes`: each view's (box, flip).
 
@@ -85,14 +64,7 @@ class PlanImageViews:
         self.cfg, self.num_classes, self.flip, self.seed_parts = cfg, num_classes, flip, seed_parts
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
-        for item in items:
-            if "__error__" in item or item.get("__pad__"):
-                yield item
-                continue
-            try:
-                yield self.plan(item)
-            except SAMPLE_ERRORS as err:  # a broken json or no image: the sample fails (and is replaced)
-                yield failed(item, error_reason(err))
+        return each_sample(items, self.plan)
 
     def plan(self, item: Item) -> Item:
         """The DALI inputs of one raw sample."""

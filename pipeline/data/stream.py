@@ -75,6 +75,20 @@ def error_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {one_line(err)}"
 
 
+def each_sample(items: Iterable[Item], prepare: Callable[[Item], Item]) -> Iterator[Item]:
+    """`prepare` on every sample in turn: error and padding items pass in their place, and a sample that
+    raises one of SAMPLE_ERRORS becomes an error item naming why (any other exception is a bug and
+    propagates)."""
+    for item in items:
+        if "__error__" in item or item.get("__pad__"):
+            yield item
+            continue
+        try:
+            yield prepare(item)
+        except SAMPLE_ERRORS as err:
+            yield failed(item, error_reason(err))
+
+
 class SliceSource:
     """The first stage: the fixed list of shard slices a worker reads."""
 
@@ -196,14 +210,7 @@ class DecodeClips:
         self._decoder: FrameDecoder | None = None
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
-        for item in items:
-            if "__error__" in item or item.get("__pad__"):
-                yield item
-                continue
-            try:
-                yield self.decode(item)
-            except SAMPLE_ERRORS as err:  # a broken sample fails alone; a bug still propagates
-                yield failed(item, error_reason(err))
+        return each_sample(items, self.decode)
 
     def decode(self, item: Item) -> Item:
         """Decode one raw sample; raises on anything wrong with it."""
