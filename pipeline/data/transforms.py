@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data.config import AugConfig, DataConfig
+from pipeline.data.memory import empty_batch
 from pipeline.data.randaugment import rand_augment
 from pipeline.data.sampling import eval_crop_boxes, eval_resized_shape
 
@@ -102,7 +103,10 @@ def _at_most_threads(count: int) -> Iterator[None]:
 def normalise_batch(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """(B, T, 3, H, W) in [0, 255], uint8 or float -> float (B, C, T, H, W) normalised (as `normalise`)."""
     b, t, c, h, w = pixels.shape
-    out = torch.empty((b, c, t, h, w), dtype=torch.float32, device=pixels.device)
+    if pixels.device.type == "cpu":
+        out = empty_batch((b, c, t, h, w))  # larger than glibc's mmap threshold: reuse freed batches
+    else:
+        out = torch.empty((b, c, t, h, w), dtype=torch.float32, device=pixels.device)
     m = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1, 1) * 255.0
     s = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1, 1) * 255.0
     with _at_most_threads(BATCH_FINISH_THREADS):

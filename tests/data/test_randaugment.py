@@ -79,6 +79,9 @@ def reference(name: str, clip: torch.Tensor, level: float, sign: float) -> torch
     return formulas[name]().round().clamp(0, 255)
 
 
+GEOMETRIC_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})
+
+
 def natural_clip() -> torch.Tensor:
     """A smooth random uint8 clip (T, 3, H, W) of a non-square size, with a narrow value range."""
     coarse = torch.from_numpy(np.random.default_rng(0).uniform(40, 200, (4, 3, 6, 9)).astype(np.float32))
@@ -98,7 +101,9 @@ def test_uint8_op_matches_its_float_formula(name: str, level: float) -> None:
     sign = 1.0 if np.random.default_rng(5).random() < 0.5 else -1.0
     expected = reference(name, clip.float(), level, sign)
     diff = (out.float() - expected).abs()
-    assert diff.max() <= 1.0, f"{name}: max difference {diff.max()}"  # rounding of the float formula
+    # The rounding of the float formula; OpenCV 4 warps with 1/32-pixel fixed-point taps (OpenCV 5: exact).
+    tolerance = 2.0 if name in GEOMETRIC_OPS else 1.0
+    assert diff.max() <= tolerance, f"{name}: max difference {diff.max()}"
 
 
 def test_rand_augment_is_deterministic_and_stays_uint8() -> None:
