@@ -83,7 +83,8 @@ def decode_rates(args: argparse.Namespace) -> None:
             workers = 0 if decoder == "dali" else cfg.workers  # DALI decodes in its own threads
             named = from_dict(type(cfg), {**to_dict(cfg), "decoder": decoder, "workers": workers})
             loaders[decoder] = build_train_loader(named, rank=0, world_size=1, seed=0)
-        rates = loader_bench.interleaved_rates(loaders, args.repeats)
+        throughput = loader_bench.interleaved_rates(loaders, args.repeats, warm_batches=cfg.workers)
+        rates = {name: measured.rate for name, measured in throughput.items()}
     print(
         f"[decode] {args.clips} clips of {args.height}p 30 fps short-GOP H.264, 16x4 dense, 224 crops, "
         f"batch {args.batch}"

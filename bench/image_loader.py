@@ -161,14 +161,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         raw, shards = make_data(Path(name), args.images, args.height)
         print(f"config: {json.dumps(to_dict(data_config(shards, args)), sort_keys=True)}")
-        rates = interleaved_rates(build_loaders(args, raw, shards), args.repeats)
+        throughput = interleaved_rates(
+            build_loaders(args, raw, shards), args.repeats, warm_batches=args.workers
+        )
     cores = max(args.workers, 1)
     for key, text in (
         ("a", "(a) this loader, shards         "),
         ("b", "(b) folder of JPEGs, same decoder"),
         ("c", "(c) decode only                  "),
     ):
-        print(f"  {text} {rates[key]:8.1f} images/s  {rates[key] / cores:7.1f} images/s per core")
+        rate, startup = throughput[key]
+        print(
+            f"  {text} {rate:8.1f} images/s  {rate / cores:7.1f} images/s per core  "
+            f"(start-up {startup * 1e3:.0f} ms per pass)"
+        )
+    rates = {key: measured.rate for key, measured in throughput.items()}
     print(f"  a/b = {rates['a'] / rates['b']:.2f}   a/c = {rates['a'] / rates['c']:.2f}")
 
 

@@ -7,8 +7,8 @@
 
 Builds a synthetic raw tree like downloaded Kinetics videos (H.264 at 30 fps, 10 s, short side 336,
 16:9, one keyframe per 300 frames), shards it twice (as-is, and re-encoded with a GOP of 16), then,
-for 16x4 dense and 16-segment sampling (segments on SSv2-like clips by default: 4 s at 12 fps, 240 px
-high, one keyframe per clip, as the recipes that sample segments train on; `--segment-sources dense`
+for 16x4 dense and 16-segment sampling (segments on 96 SSv2-like clips by default: 4 s at 12 fps, 240
+px high, one keyframe per clip, as the recipes that sample segments train on; `--segment-sources dense`
 takes the Kinetics-like clips), 224 crops and the Kinetics recipe's training augmentation
 (scale jitter, flip, RandAugment n4 m7 (`--randaug` ops), random erasing 0.25, mixup / cutmix; one
 view per clip so that every loader delivers one clip per decoded video), measures clips/s of:
@@ -30,7 +30,9 @@ members (the loader then skips the check, as for shards from before digests), an
 sample is timed on its own: the cost of the integrity check, side by side.
 With --gop-sweep, the raw clips are re-encoded at each GOP given (the sharder's x264 settings) and
 compared with the first: bytes, frames decoded per frame delivered and decode time per clip.
---quick is CI's smoke run (8 small clips, dense sampling, one pass). Hardware, versions and the
+Rates are steady rates: each pass's first batch per worker (worker start-up, paid once per epoch of
+thousands of clips in training) is timed apart and printed as start-up.
+--quick is CI's smoke run (16 small clips, dense sampling, one pass). Hardware, versions and the
 resolved config are printed with the results.
 """
 
@@ -52,6 +54,7 @@ import time
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler  # torch adds its shared-memory tensor reductions
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -80,19 +83,21 @@ from shards.video import EncodeOptions, count_decoded_frames, transcode
 class Sources:
     """The raw clips a sampling is measured on."""
 
+    clips: int
     frames: int
     fps: float
     height: int
 
     def __str__(self) -> str:
-        return f"{self.frames} frames at {self.fps:g} fps, short side {self.height}"
+        return f"{self.clips} clips of {self.frames} frames at {self.fps:g} fps, short side {self.height}"
 
 
 # What the recipes that sample segments train on (configs/base_finetune.yaml: SSv2, Diving-48, FineGym;
 # the dense Kinetics recipe is the only one on 10 s clips). SSv2 clips are 2-6 s at about 12 fps and
 # 240 px high (the publisher's figures): 4 s is 48 frames. Diving-48's (2-5 s at ~30 fps) hold 1-3x
 # more frames per segment for its 32-frame recipe, no fewer.
-SSV2_SOURCES = Sources(frames=48, fps=12.0, height=240)
+# They decode 6x faster than the Kinetics-like clips, so 4x more of them make a pass as long.
+SSV2_SOURCES = Sources(clips=96, frames=48, fps=12.0, height=240)
 
 
 def make_data(root: Path, clips: int, frames: int, height: int, fps: float) -> tuple[Path, Path, Path]:
@@ -205,25 +210,41 @@ class DecodeOnly(Dataset):
         return self.decoder.decode(data, indices)
 
 
-def timed_pass(loader) -> tuple[int, float]:
-    """(clips, seconds) of one pass over a loader, worker start-up included as in training."""
-    clips, started = 0, time.perf_counter()
-    for batch in loader:
+class Throughput(NamedTuple):
+    """A loader's clips/s once every worker is running, and its start-up per pass (epoch)."""
+
+    rate: float
+    startup_s: float
+
+
+def timed_pass(loader, warm_batches: int) -> tuple[int, float, float]:
+    """One pass over a loader: (clips, seconds) after its first `warm_batches` batches, and the seconds
+    those took (worker start-up and each worker's first batch: paid once per epoch, which in training
+    holds thousands of clips, not the few dozen a pass here holds)."""
+    clips, started, warm_s = 0, time.perf_counter(), 0.0
+    for index, batch in enumerate(loader):
+        if index < warm_batches:
+            warm_s = time.perf_counter() - started
+            continue
         video = batch["video"] if isinstance(batch, dict) else batch[0] if isinstance(batch, list) else batch
         clips += video.shape[0]
-    return clips, time.perf_counter() - started
+    return clips, time.perf_counter() - started - warm_s, warm_s
 
 
-def interleaved_rates(loaders: dict[str, object], repeats: int) -> dict[str, float]:
-    """Clips/s of each loader, passes taken in turn (a, b, c, a, b, c, ...) so that load from other
-    processes on a shared machine falls on all of them alike."""
-    totals = {name: [0, 0.0] for name in loaders}
+def interleaved_rates(
+    loaders: dict[str, object], repeats: int, warm_batches: int = 0
+) -> dict[str, Throughput]:
+    """Throughput of each loader, passes taken in turn (a, b, c, a, b, c, ...) so that load from other
+    processes on a shared machine falls on all of them alike. `warm_batches`: batches of each pass
+    left out of the rate (one per worker: the steady rate), timed as start-up."""
+    totals = {name: np.zeros(3) for name in loaders}  # clips, steady seconds, start-up seconds
     for _ in range(repeats):
         for name, loader in loaders.items():
-            clips, seconds = timed_pass(loader)
-            totals[name][0] += clips
-            totals[name][1] += seconds
-    return {name: clips / seconds for name, (clips, seconds) in totals.items()}
+            totals[name] += timed_pass(loader, warm_batches)
+    return {
+        name: Throughput(clips / seconds, startup / repeats)
+        for name, (clips, seconds, startup) in totals.items()
+    }
 
 
 def amplification(samples: list[dict], cfg: DataConfig) -> float:
@@ -395,10 +416,11 @@ def build_loaders(
 
 
 def print_rates(
-    sampling: str, sources: Sources, rates: dict[str, float], amp: dict[str, float], workers: int
+    sampling: str, sources: Sources, throughput: dict[str, Throughput], amp: dict[str, float], workers: int
 ) -> None:
     """The figures of one sampling: clips/s, per core, the ratios and the decode amplification."""
     cores = max(workers, 1)
+    rates = {name: measured.rate for name, measured in throughput.items()}
     label = "16x4 dense" if sampling == "dense" else "16-segment"
     print(f"[{label}, sources: {sources}]")
     for name, text in (
@@ -408,7 +430,10 @@ def print_rates(
         ("c as-is", "(c) decode only, as-is shards    "),
         ("c short-GOP", "(c) decode only, short-GOP shards"),
     ):
-        print(f"  {text} {rates[name]:8.2f} clips/s  {rates[name] / cores:6.2f} clips/s per core")
+        print(
+            f"  {text} {rates[name]:8.2f} clips/s  {rates[name] / cores:6.2f} clips/s per core  "
+            f"(start-up {throughput[name].startup_s * 1e3:.0f} ms per pass)"
+        )
     print(
         f"  a/b = {rates['a as-is'] / rates['b']:.2f} as-is, "
         f"{rates['a short-GOP'] / rates['b']:.2f} short-GOP   (goal >= 1.5 short-GOP)"
@@ -451,7 +476,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.quick:
-        args.clips, args.frames, args.height, args.repeats, args.sampling = 8, 64, 128, 1, ["dense"]
+        args.clips, args.frames, args.height, args.repeats, args.sampling = 16, 64, 128, 1, ["dense"]
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
         f"torch {torch.__version__}, av {av.__version__}"
@@ -462,7 +487,7 @@ def main() -> None:
         f"RandAugment ops: {args.randaug}",
         flush=True,
     )
-    dense_sources = Sources(args.frames, args.fps, args.height)
+    dense_sources = Sources(args.clips, args.frames, args.fps, args.height)
     sources = {"dense": dense_sources, "segment": dense_sources}
     if args.segment_sources == "ssv2":
         sources["segment"] = SSV2_SOURCES
@@ -473,16 +498,17 @@ def main() -> None:
             source = sources[sampling]
             if source not in made:
                 folder = tmp / f"{source.frames}x{source.height}"
-                made[source] = make_data(folder, args.clips, source.frames, source.height, source.fps)
+                made[source] = make_data(folder, source.clips, source.frames, source.height, source.fps)
             raw, original, short_gop = made[source]
             folders = {"as-is": original, "short-GOP": short_gop}
             cfg = data_config(original, sampling, args)
             if sampling == args.sampling[0]:
                 print(f"decoder for (a) and (c): {resolve_decoder_name(cfg.decoder)}")
                 print(f"config: {json.dumps(to_dict(cfg), sort_keys=True)}")
-            rates = interleaved_rates(build_loaders(sampling, args, raw, folders, tmp), args.repeats)
+            loaders = build_loaders(sampling, args, raw, folders, tmp)
+            throughput = interleaved_rates(loaders, args.repeats, warm_batches=args.workers)
             amp = {name: amplification(read_samples(folder), cfg) for name, folder in folders.items()}
-            print_rates(sampling, source, rates, amp, args.workers)
+            print_rates(sampling, source, throughput, amp, args.workers)
             if args.profile:
                 for name, folder in folders.items():
                     print_profile(f"{sampling}, {name} shards", *profile_worker(folder, cfg))
@@ -505,7 +531,10 @@ def print_digest_cost(args: argparse.Namespace, original: Path, tmp: Path) -> No
             data_config(unchecked, args.sampling[0], args), rank=0, world_size=1, seed=0
         ),
     }
-    rates = interleaved_rates(loaders, args.repeats)
+    rates = {
+        name: measured.rate
+        for name, measured in interleaved_rates(loaders, args.repeats, args.workers).items()
+    }
     hashing = digest_seconds(samples) / len(samples)
     per_clip = max(args.workers, 1) / rates["with"]  # CPU seconds per clip
     print(
