@@ -11,7 +11,8 @@ index; evaluation: the clip x crop view index, -1 on padding rows). Workers send
 loader normalises (and erases, mixes) them in the main process as it yields each batch.
 
 The TrainLoader advances itself: iterating it yields the rest of the current epoch, and once an
-epoch is complete the next iteration starts the next epoch (`set_epoch` jumps explicitly).
+epoch is complete the next iteration starts the next epoch (`set_epoch` jumps explicitly). Its
+DataLoader workers persist from one pass to the next; each pass starts where `PassStart` says.
 `state()` is what has been consumed up to the last batch yielded; a loader built with that state
 yields exactly the batches the uninterrupted loader would have yielded next.
 
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -119,9 +121,33 @@ class ResampledShards:
             yield ShardSlice(shard.path, 0, shard.num_samples)
 
 
+class PassStart:
+    """Where the next pass over a TrainStream starts: (epoch, first batch of the rank's epoch).
+
+    Shared memory: the main process sets it before each pass, and persistent DataLoader workers, which
+    hold the copy of the stream made when they started, read it as the pass begins.
+    """
+
+    def __init__(self, epoch: int = 0, start_batch: int = 0) -> None:
+        self._values = torch.tensor([epoch, start_batch], dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int, start_batch: int) -> None:
+        """Start the next pass at batch `start_batch` of `epoch`."""
+        self._values.copy_(torch.tensor([epoch, start_batch]))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._values[0])
+
+    @property
+    def start_batch(self) -> int:
+        return int(self._values[1])
+
+
 class TrainStream(IterableDataset):
-    """One epoch of one rank from batch `start_batch` on. In DataLoader workers, each runs the stages of
-    one logical worker; in the main process (a back end that decodes there), it interleaves them all."""
+    """One epoch of one rank from batch `start_batch` on, as `start` says when a pass begins. In DataLoader
+    workers, each runs the stages of one logical worker; in the main process (a back end that decodes
+    there), it interleaves them all."""
 
     def __init__(
         self,
@@ -130,14 +156,21 @@ class TrainStream(IterableDataset):
         plan: TrainPlan,
         rank: int,
         seed: int,
-        epoch: int,
-        start_batch: int,
+        start: PassStart,
         backend: DecodeBackend,
     ) -> None:
         super().__init__()
         self.cfg, self.shard_set, self.plan, self.backend = cfg, shard_set, plan, backend
-        self.rank, self.seed, self.epoch, self.start_batch = rank, seed, epoch, start_batch
+        self.rank, self.seed, self.start = rank, seed, start
         self.flip = all(should_flip(cfg.aug, name) for name in shard_set.datasets)
+
+    @property
+    def epoch(self) -> int:
+        return self.start.epoch
+
+    @property
+    def start_batch(self) -> int:
+        return self.start.start_batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -258,10 +291,16 @@ class BadSampleLog:
         return ", ".join(f"{shard} ({n})" for shard, n in self.per_shard.most_common(count))
 
 
-def make_dataloader(dataset: IterableDataset, workers: int) -> DataLoader:
-    """A DataLoader over a stream that batches inside its workers (in-order round-robin over workers)."""
+def make_dataloader(dataset: IterableDataset, workers: int, persistent: bool = False) -> DataLoader:
+    """A DataLoader over a stream that batches inside its workers (in-order round-robin over workers);
+    `persistent`: the workers stay for the next pass."""
     return DataLoader(
-        dataset, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None, in_order=True
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=persistent and workers > 0,
+        in_order=True,
     )
 
 
@@ -289,6 +328,12 @@ class TrainLoader:
                 f"(world size {world_size} x {cfg.clips_per_batch} clips per batch)"
             )
         self.epoch, self.consumed = 0, 0
+        # One DataLoader whose workers persist from epoch to epoch: starting them (fork, the first batch of
+        # each) took 0.4-0.8 s per epoch (bench/loader.py "start-up"), a tenth of an epoch of a small
+        # dataset on many ranks. Rebuilt when the plan or seed changes (the epoch after an elastic resume).
+        self.pass_start = PassStart()
+        self._batches: DataLoader | None = None
+        self._batches_for: tuple[TrainPlan, int] | None = None
         self._bad = BadSampleLog(run_dir, rank)
         # Failures one epoch of this rank may have (its whole epoch's share) before the run stops.
         self.bad_limit = max(MIN_BAD_SAMPLES, int(cfg.max_bad_fraction * self.plan.samples_per_rank))
@@ -366,16 +411,29 @@ class TrainLoader:
         """The stream of the rest of the current epoch: the batches iterating yields next."""
         state = self.state()
         plan = dataclasses.replace(self.full_plan, excluded=state.excluded)
-        start = state.samples_consumed // plan.clips_per_batch
-        return TrainStream(
-            self.cfg, self.shard_set, plan, self.rank, state.seed, state.epoch, start, self.backend
-        )
+        start = PassStart(state.epoch, state.samples_consumed // plan.clips_per_batch)
+        return TrainStream(self.cfg, self.shard_set, plan, self.rank, state.seed, start, self.backend)
+
+    def batches(self) -> DataLoader:
+        """The DataLoader of the rest of the current epoch (its workers kept from the last epoch's when
+        the plan and seed are the same)."""
+        plan = self.plan
+        if self._batches is None or self._batches_for != (plan, self.seed):
+            stream = TrainStream(
+                self.cfg, self.shard_set, plan, self.rank, self.seed, self.pass_start, self.backend
+            )
+            workers = self.cfg.workers if self.backend.in_workers else 0
+            self._batches, self._batches_for = (
+                make_dataloader(stream, workers, persistent=True),
+                (plan, self.seed),
+            )
+        self.pass_start.set(self.epoch, self.consumed // plan.clips_per_batch)
+        return self._batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         current = self.state()
         self.epoch, self.consumed, self.excluded = current.epoch, current.samples_consumed, current.excluded
-        stream = self.stream()
-        for batch in make_dataloader(stream, self.cfg.workers if self.backend.in_workers else 0):
+        for batch in self.batches():
             self.account(batch.pop("bad"), len(batch["key"]), self.cfg.batch_size)
             self.consumed += self.plan.clips_per_batch
             yield finish_train_batch(batch, self.cfg.aug, self.num_classes, self.cfg.modality == "image")

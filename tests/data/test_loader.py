@@ -212,6 +212,31 @@ def test_resume_in_a_new_process_continues_the_exact_sequence(uneven_shards: lis
     assert resumed == reference[k:]  # and the same augmentation and mixing, bit for bit
 
 
+def test_workers_persist_across_epochs_and_a_pass_left_early_resumes_where_it_stopped(
+    uneven_shards: list[str],
+) -> None:
+    """The DataLoader (and its workers) is kept from epoch to epoch; a pass left after 3 batches and
+    iterated again continues with batch 3 (the workers drop what they had prefetched), and the next
+    epoch follows, with the keys the plan says."""
+    cfg = config(uneven_shards, sampling="dense", num_frames=2, frame_stride=1, crop_size=16)
+    loader = build_train_loader(cfg, rank=0, world_size=2, seed=5)
+    planned = planned_batches(loader)
+    loader.set_epoch(1)
+    planned += planned_batches(loader)
+    loader.set_epoch(0)
+    first_pass = loader.batches()
+    assert first_pass.persistent_workers
+    keys = []
+    for step, batch in enumerate(loader, start=1):
+        keys.append(batch["key"])
+        if step == 3:
+            break
+    keys += [batch["key"] for batch in loader]  # the rest of epoch 0
+    keys += [batch["key"] for batch in loader]  # epoch 1
+    assert keys == planned
+    assert loader.batches() is first_pass  # the same workers served both epochs
+
+
 def test_resampled_mode_keeps_equal_steps_and_is_seeded(uneven_shards: list[str]) -> None:
     cfg = config(uneven_shards, resampled=True)
     runs = []
