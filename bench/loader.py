@@ -3,6 +3,7 @@
     python bench/loader.py [--clips 24] [--frames 300] [--fps 30] [--height 336] [--workers 2]
                            [--batch-size 4] [--randaug 4] [--sampling dense segment]
                            [--segment-sources ssv2|dense] [--profile] [--digest-cost]
+                           [--worker-startup GIB]
                            [--gop-sweep 16 8 4 3 2] [--quick]
 
 Builds a synthetic raw tree like downloaded Kinetics videos (H.264 at 30 fps, 10 s, short side 336,
@@ -28,6 +29,10 @@ back) and the main process's normalise / erase / mixup.
 With --digest-cost, (a) also runs on a copy of the as-is shards without their per-sample sha256
 members (the loader then skips the check, as for shards from before digests), and the sha256 of every
 sample is timed on its own: the cost of the integrity check, side by side.
+With --worker-startup GIB, the time to the first batch of a pass of (a) on the short-GOP shards with
+its workers kept from the last pass (as training does from epoch to epoch) vs new workers forked for
+the pass, passes in turn, in this process as it is and holding GIB GiB more resident memory (forking
+copies the page tables of a training process's host memory).
 With --gop-sweep, the raw clips are re-encoded at each GOP given (the sharder's x264 settings) and
 compared with the first: bytes, frames decoded per frame delivered and decode time per clip.
 Rates are steady rates: each pass's first batch per worker (worker start-up, paid once per epoch of
@@ -67,7 +72,7 @@ from pipeline.config import from_dict, to_dict
 from pipeline.data.config import DataConfig
 from pipeline.data.decoders import PyAVDecoder, build_decoder, resolve_decoder_name
 from pipeline.data.digest import DIGEST_MEMBER, sample_digest
-from pipeline.data.loader import build_train_loader
+from pipeline.data.loader import build_train_loader, make_dataloader
 from pipeline.data.manifest import MANIFEST_NAME, Manifest, load_shard_set
 from pipeline.data.plan import ShardSlice
 from pipeline.data.sampling import train_indices
@@ -469,6 +474,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also time each stage of a worker's work")
     parser.add_argument("--digest-cost", action="store_true", help="also measure the sha256 check's cost")
     parser.add_argument(
+        "--worker-startup",
+        type=float,
+        metavar="GIB",
+        help="also time a pass's first batch with kept vs new workers, then with GIB GiB more resident",
+    )
+    parser.add_argument(
         "--gop-sweep", type=int, nargs="+", default=[], help="also compare re-encoding GOPs (e.g. 16 8 4 3 2)"
     )
     parser.add_argument(
@@ -515,9 +526,46 @@ def main() -> None:
             if args.gop_sweep:
                 print_gop_sweep(args, sampling, raw)
             sys.stdout.flush()
+        if args.worker_startup is not None:
+            _, _, short_gop = made[sources[args.sampling[0]]]
+            print_worker_startup(args, short_gop)
         if args.digest_cost:
             _, original, _ = made[sources[args.sampling[0]]]
             print_digest_cost(args, original, tmp)
+
+
+def print_worker_startup(args: argparse.Namespace, folder: Path) -> None:
+    """Time to the first batch of a pass: (a)'s workers kept from the last pass vs new workers per pass
+    (the DataLoader built anew, as before workers persisted), passes in turn; then again with
+    `args.worker_startup` GiB more resident memory in this process."""
+    cfg = data_config(folder, args.sampling[0], args)
+    kept, renewed = (build_train_loader(cfg, rank=0, world_size=1, seed=0) for _ in range(2))
+
+    def first_batch_s(batches: Iterator[dict]) -> float:
+        started = time.perf_counter()
+        next(batches)
+        seconds = time.perf_counter() - started
+        for _ in batches:  # finish the pass, as an epoch does
+            pass
+        return seconds
+
+    def passes() -> tuple[float, float]:
+        kept_s = renewed_s = 0.0
+        for _ in range(args.repeats + 1):
+            kept_s += first_batch_s(iter(kept))
+            batches = make_dataloader(renewed.stream(), cfg.workers)
+            renewed_s += first_batch_s(finish_train_batch(b, cfg.aug, renewed.num_classes) for b in batches)
+        return kept_s / (args.repeats + 1), renewed_s / (args.repeats + 1)
+
+    passes()  # both loaders' first passes fork their workers: not timed
+    for label, ballast in (("as it is", None), (f"+{args.worker_startup:g} GiB", args.worker_startup)):
+        held = torch.ones(int(ballast * 2**28)) if ballast else None  # float32: 2**28 per GiB, touched
+        kept_s, renewed_s = passes()
+        print(
+            f"first batch of a pass ({label}): workers kept {kept_s * 1e3:.0f} ms, "
+            f"new workers {renewed_s * 1e3:.0f} ms"
+        )
+        del held
 
 
 def print_digest_cost(args: argparse.Namespace, original: Path, tmp: Path) -> None:

@@ -328,9 +328,10 @@ class TrainLoader:
                 f"(world size {world_size} x {cfg.clips_per_batch} clips per batch)"
             )
         self.epoch, self.consumed = 0, 0
-        # One DataLoader whose workers persist from epoch to epoch: starting them (fork, the first batch of
-        # each) took 0.4-0.8 s per epoch (bench/loader.py "start-up"), a tenth of an epoch of a small
-        # dataset on many ranks. Rebuilt when the plan or seed changes (the epoch after an elastic resume).
+        # One DataLoader whose workers persist from epoch to epoch: forking new ones copies the page tables
+        # of the whole process, so the first batch of an epoch came 0.1 s later with 2 workers, 0.3 s
+        # later once the process held 8 GiB (bench/loader.py --worker-startup), growing with the workers
+        # and the memory of a GPU rank. Rebuilt when the plan or seed changes (after an elastic resume).
         self.pass_start = PassStart()
         self._batches: DataLoader | None = None
         self._batches_for: tuple[TrainPlan, int] | None = None
