@@ -7,11 +7,11 @@ so the clip stays temporally consistent: motion is never altered differently fro
 next. Ops, magnitudes (0..10) and the per-op probability of 0.5 follow timm's `rand-m{M}-n{N}-mstd{S}`
 policy.
 
-Why uint8 and OpenCV (measured by bench/loader.py --profile): the ops ran on
-float clips in torch, which cost 4x the memory traffic and made the views float through worker IPC.
-Here value ops that are a function of the pixel value alone are integer ops or one lookup table per
-channel (`cv2.LUT`), and the geometric ops and the sharpness filter are OpenCV's, plane by plane:
-3-10x faster per op than the same maps in torch.
+Why uint8 and OpenCV (measured by bench/loader.py --profile): the ops ran on float clips in torch,
+which cost 4x the memory traffic and made the views float through worker IPC. Here value ops that are
+a function of the pixel value alone are integer ops or one lookup table per channel (`cv2.LUT`), and
+the geometric ops and the sharpness filter are OpenCV's, plane by plane: 3-14x faster per op than the
+same maps in torch, 3.5x per clip for the n4 m7 policy.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _affine(clip: torch.Tensor, matrix: list[list[float]]) -> torch.Tensor:
     """Apply a 2x3 affine map given in normalised [-1, 1] coordinates (output -> input), grey fill.
 
     Bilinear like `grid_sample(align_corners=False)`; a tap outside the frame reads the grey fill, so
-    border pixels blend towards grey. OpenCV warps each (H, W) plane of the contiguous clip (3-13x
+    border pixels blend towards grey. OpenCV warps each (H, W) plane of the contiguous clip (3-14x
     faster than gathering the four taps in torch), within 1 grey level of the float formula with
     OpenCV 5 and 2 with OpenCV 4's fixed-point taps (tests/data/test_randaugment.py).
     """
