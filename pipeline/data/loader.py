@@ -334,7 +334,6 @@ class TrainLoader:
         # and the memory of a GPU rank. Rebuilt when the plan or seed changes (after an elastic resume).
         self.pass_start = PassStart()
         self._batches: DataLoader | None = None
-        self._batches_for: tuple[TrainPlan, int] | None = None
         self._bad = BadSampleLog(run_dir, rank)
         # Failures one epoch of this rank may have (its whole epoch's share) before the run stops.
         self.bad_limit = max(MIN_BAD_SAMPLES, int(cfg.max_bad_fraction * self.plan.samples_per_rank))
@@ -408,27 +407,23 @@ class TrainLoader:
             return LoaderState(self.epoch + 1, 0, self.seed)
         return LoaderState(self.epoch, self.consumed, self.seed, self.excluded)
 
-    def stream(self) -> TrainStream:
-        """The stream of the rest of the current epoch: the batches iterating yields next."""
+    def stream(self, start: PassStart | None = None) -> TrainStream:
+        """The stream of the rest of the current epoch: the batches iterating yields next. `start`: the
+        shared PassStart it reads each pass's start from instead (a persistent DataLoader's stream)."""
         state = self.state()
         plan = dataclasses.replace(self.full_plan, excluded=state.excluded)
-        start = PassStart(state.epoch, state.samples_consumed // plan.clips_per_batch)
+        if start is None:
+            start = PassStart(state.epoch, state.samples_consumed // plan.clips_per_batch)
         return TrainStream(self.cfg, self.shard_set, plan, self.rank, state.seed, start, self.backend)
 
     def batches(self) -> DataLoader:
         """The DataLoader of the rest of the current epoch (its workers kept from the last epoch's when
         the plan and seed are the same)."""
-        plan = self.plan
-        if self._batches is None or self._batches_for != (plan, self.seed):
-            stream = TrainStream(
-                self.cfg, self.shard_set, plan, self.rank, self.seed, self.pass_start, self.backend
-            )
+        kept = None if self._batches is None else self._batches.dataset
+        if kept is None or (kept.plan, kept.seed) != (self.plan, self.seed):
             workers = self.cfg.workers if self.backend.in_workers else 0
-            self._batches, self._batches_for = (
-                make_dataloader(stream, workers, persistent=True),
-                (plan, self.seed),
-            )
-        self.pass_start.set(self.epoch, self.consumed // plan.clips_per_batch)
+            self._batches = make_dataloader(self.stream(self.pass_start), workers, persistent=True)
+        self.pass_start.set(self.epoch, self.consumed // self.plan.clips_per_batch)
         return self._batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -240,11 +240,6 @@ def sharpness(clip: torch.Tensor, level: float, rng: np.random.Generator) -> tor
     return torch.from_numpy(out.reshape(t, c, h, w))
 
 
-def identity(clip: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
-    """No change."""
-    return clip
-
-
 ClipOp = Callable[[torch.Tensor, float, np.random.Generator], torch.Tensor]
 RAND_AUGMENT_OPS: dict[str, ClipOp] = {
     "AutoContrast": auto_contrast,

@@ -56,19 +56,22 @@ def test_dali_cpu_decoder_gives_pyavs_frames_on_vp9(encoded_videos: dict[str, by
         assert int(np.abs(every - frame).mean(axis=(1, 2, 3)).argmin()) == index
 
 
-@pytest.mark.slow
-def test_dali_loader_matches_the_cpu_loader_on_vp9_shards(make_shards) -> None:
-    folder = str(make_shards("ssv2", "train", max_samples=7))
-    base = {
+def segment_clips(folder: str) -> dict:
+    """The training config both video loaders are compared on: 4 segments of 32 px crops, 2 workers."""
+    return {
         "train": [folder],
         "num_frames": 4,
         "sampling": "segment",
         "crop_size": 32,
         "batch_size": 4,
         "workers": 2,
-        "shuffle_buffer": 4,
-        "aug": {"scale": [0.3, 1.0], "flip": True},
     }
+
+
+@pytest.mark.slow
+def test_dali_loader_matches_the_cpu_loader_on_vp9_shards(make_shards) -> None:
+    folder = str(make_shards("ssv2", "train", max_samples=7))
+    base = {**segment_clips(folder), "shuffle_buffer": 4, "aug": {"scale": [0.3, 1.0], "flip": True}}
     cpu = list(
         build_train_loader(from_dict(DataConfig, {**base, "decoder": "pyav"}), rank=1, world_size=2, seed=2)
     )
@@ -89,12 +92,7 @@ def test_dali_loader_matches_the_cpu_loader_on_vp9_shards(make_shards) -> None:
 def test_dali_video_takes_randaugment_and_repeated_views_like_the_cpu_path(make_shards) -> None:
     folder = str(make_shards("ssv2", "train", max_samples=7))
     base = {
-        "train": [folder],
-        "num_frames": 4,
-        "sampling": "segment",
-        "crop_size": 32,
-        "batch_size": 4,
-        "workers": 2,
+        **segment_clips(folder),
         "aug": {"randaug_n": 2, "randaug_m": 9, "repeated_aug": 2, "erasing_prob": 0.5},
     }
     loaders = {
