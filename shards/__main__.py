@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.console import OneLineParser, one_line
 from shards import synth
-from shards.datasets import READERS, DatasetReader
+from shards.datasets import READERS, DatasetReader, Reader, read_split
 from shards.merge import MergeError, merge_parts
 from shards.records import AnnotationError
 from shards.verify import verify_shards
@@ -114,9 +114,12 @@ def recorded_options(args: argparse.Namespace) -> dict[str, Any]:
     return recorded
 
 
-def run_dataset(reader: DatasetReader, args: argparse.Namespace) -> int:
+def run_dataset(reader: DatasetReader | type[Reader], args: argparse.Namespace) -> int:
     """Read the raw split, write its shards and manifest, print the summary line."""
-    index = reader.read(args.root, args.split, args)
+    if isinstance(reader, type):
+        index = read_split(reader.from_args(args), args.root, args.split)
+    else:
+        index = reader.read(args.root, args.split, args)
     encode = EncodeOptions(short_side=args.short_side, gop=args.gop, crf=args.crf, preset=args.preset)
     context = SampleContext(index.dataset, index.split, index.root, args.reencode, encode, reader.modality)
     options = WriteOptions(

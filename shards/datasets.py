@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from pipeline.console import one_line
-from shards.records import AnnotationError, DatasetIndex
+from shards.records import AnnotationError, DatasetIndex, Record, Reject
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
@@ -33,10 +34,10 @@ class DatasetReader:
     modality: str = "video"
 
 
-READERS: dict[str, DatasetReader] = {}
+READERS: dict[str, Any] = {}  # name -> DatasetReader, or a Reader subclass (the reader core below)
 
 
-def register(reader: DatasetReader) -> DatasetReader:
+def register(reader: Any) -> Any:
     """Add `reader` to `READERS` (a name registered twice is a programming error)."""
     if reader.name in READERS:
         raise ValueError(f"dataset reader {reader.name!r} registered twice")
@@ -122,6 +123,113 @@ def index_videos(folder: Path, recursive: bool = False) -> dict[str, Path]:
 def path_option(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
     """Add a path-valued override flag defaulting to None (None: use the publisher's default place)."""
     parser.add_argument(flag, type=Path, default=None, help=help_text)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reader core: a reader says where its files are and yields rows; `read_split` owns the row loop
+# (ids made key-safe, duplicates, missing files, rejects, records) for every dataset alike.
+
+Modality = Literal["video", "frames", "image"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One annotation row as a reader found it: the record it names, or (path None) that its file is missing.
+
+    id: the dataset's own id (made key-safe by the core). origin: where the row is (`file:line`,
+    `file[index]`), named by rejects and duplicates. path: the media: a video or image file, a folder of
+    frames, or the file that holds `content`. content: the media's bytes when one file holds many samples
+    (CIFAR's pickled batches, SVHN's .mat), already in the stored format (PNG for raw pixels).
+    """
+
+    id: str
+    origin: str
+    label: int = -1
+    label_name: str = ""
+    path: Path | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    content: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a reader found for one split: its label map (index -> name) and its rows in annotation order,
+    each a Row or a Reject (a row that cannot be parsed: malformed, unknown label, ...)."""
+
+    label_map: dict[int, str]
+    rows: Iterable[Row | Reject]
+
+
+def option(help_text: str, *, default: Any = None, **argparse_kwargs: Any) -> Any:
+    """A field of a reader's options dataclass that is also its command-line flag `--field-name`
+    (argparse keywords, e.g. `type=Path`, `choices=...`, `action="store_true"`, go through)."""
+    return field(default=default, metadata={"help": help_text, **argparse_kwargs})
+
+
+def path_option_field(help_text: str) -> Any:
+    """A path-valued reader option defaulting to None (None: the publisher's default place)."""
+    return option(help_text, type=Path)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A reader without flags of its own."""
+
+
+class Reader(ABC):
+    """How the sharder reads one dataset: its name, what its samples are, its flags (the `Options`
+    dataclass, see `option`) and `list_split`, which maps the split's annotations to rows. A reader never
+    decodes media and never builds the index itself: `read_split` does that."""
+
+    name: ClassVar[str]
+    modality: ClassVar[Modality] = "video"
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def list_split(self, root: Path, split: str) -> Listing:
+        """The split's label map and rows; raises AnnotationError (one line) when an annotation file cannot
+        be read at all."""
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one flag per field of `Options`."""
+        for spec in fields(cls.Options):
+            flag = "--" + spec.name.replace("_", "-")
+            parser.add_argument(flag, dest=spec.name, default=spec.default, **spec.metadata)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Reader:
+        """The reader with the options the command line gave."""
+        return cls(cls.Options(**{spec.name: getattr(args, spec.name) for spec in fields(cls.Options)}))
+
+
+def read_split(reader: Reader, root: Path, split: str) -> DatasetIndex:
+    """The index of one split: every row of `reader.list_split` becomes a record, a missing id or a reject
+    (a second row with an id already seen is a reject naming the first)."""
+    listing = reader.list_split(root, split)
+    index = DatasetIndex(reader.name, split, [], dict(listing.label_map), root=root)
+    first_seen: dict[str, str] = {}
+    for row in listing.rows:
+        if isinstance(row, Reject):
+            index.rejects.append(row)
+            continue
+        record_id = safe_id(row.id)
+        if record_id in first_seen:
+            index.rejects.append(Reject(record_id, row.origin, f"duplicate id (first at {first_seen[record_id]})"))
+            continue
+        first_seen[record_id] = row.origin
+        if row.path is None:
+            index.missing.append(record_id)
+            continue
+        index.records.append(
+            Record(record_id, row.label, row.label_name, row.path, row.start_s, row.end_s, row.extras, row.content)
+        )
+    return index
 
 
 # Importing the reader modules registers them; they import the helpers above, so this comes last.

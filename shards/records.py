@@ -30,6 +30,8 @@ class Record:
     start_s / end_s: the window to cut from `source` in seconds (None: the whole file).
     extras: dataset-specific fields copied into the sample's json (SSv2 template/placeholders,
       FineGym event/stages, Kinetics times).
+    content: the media's bytes when `source` holds many samples (CIFAR batches, SVHN .mat); None: read
+      `source` itself.
     """
 
     id: str
@@ -39,6 +41,7 @@ class Record:
     start_s: float | None = None
     end_s: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    content: bytes | None = None
 
     @property
     def needs_trim(self) -> bool:

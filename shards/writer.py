@@ -187,7 +187,7 @@ def build_image_sample(context: SampleContext, record: Record) -> VideoSample | 
     """
     source = _relative_source(record.source, context.root)
     try:
-        data = record.source.read_bytes()
+        data = record.content if record.content is not None else record.source.read_bytes()
         image, info, converted = prepare_image(data, context.encode.short_side, context.reencode)
     except ImageError as err:
         return Reject(record.id, source, str(err))
