@@ -220,14 +220,25 @@ def read_split(reader: Reader, root: Path, split: str) -> DatasetIndex:
             continue
         record_id = safe_id(row.id)
         if record_id in first_seen:
-            index.rejects.append(Reject(record_id, row.origin, f"duplicate id (first at {first_seen[record_id]})"))
+            index.rejects.append(
+                Reject(record_id, row.origin, f"duplicate id (first at {first_seen[record_id]})")
+            )
             continue
         first_seen[record_id] = row.origin
         if row.path is None:
             index.missing.append(record_id)
             continue
         index.records.append(
-            Record(record_id, row.label, row.label_name, row.path, row.start_s, row.end_s, row.extras, row.content)
+            Record(
+                record_id,
+                row.label,
+                row.label_name,
+                row.path,
+                row.start_s,
+                row.end_s,
+                row.extras,
+                row.content,
+            )
         )
     return index
 
