@@ -297,6 +297,10 @@ def _transcode(
         for frame in container.decode(stream):
             if frame.pts is None:
                 continue
+            if encoder is None and window is None:
+                # A whole file starts at its first frame: MPEG-4 Part 2 AVIs with B-frames (UCF-101,
+                # HMDB-51) show their first frame at pts 1, which would repeat it into slot 0.
+                origin = frame.pts
             slot = math.floor(((frame.pts - origin) * time_base - start) * fps + Fraction(1, 2))
             if slot < next_slot:
                 continue  # before the window, or a second frame for the same slot
