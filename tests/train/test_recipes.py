@@ -67,11 +67,21 @@ RECIPES = {  # config stem -> (dataset, size)
 
 # Spec section 4, "ImageNet-1K stage": the DeiT recipe, drop path S 0.1 / B 0.3.
 IMAGENET = {"imagenet_structvit_s_4_1": ("s", 0.1), "imagenet_structvit_b_4_1": ("b", 0.3)}
+# UCF-101 / HMDB-51 (not in the paper's table): StructViT-S-4-1, 16 frames dense at VideoMAE's strides and
+# test views (UCF-101 16x4, 5 clips x 3 crops; HMDB-51 16x2, 10 x 3), the Kinetics augmentation with flip;
+# from scratch (the small-data regime: 300 epochs, 20 warm-up, drop path 0.2) or from the K400 model
+# (30 epochs, 3 warm-up). Stem -> (frame stride, test clips, from Kinetics-400).
+SMALL_VIDEO = {
+    "ucf101_s16_scratch": (4, 5, False),
+    "ucf101_s16_k400": (4, 5, True),
+    "hmdb51_s16_scratch": (2, 10, False),
+    "hmdb51_s16_k400": (2, 10, True),
+}
 
 
 def test_every_recipe_in_configs_is_pinned() -> None:
     stems = {p.stem for p in (REPO / "configs").glob("*.yaml") if not p.stem.startswith("base")}
-    assert stems - {"demo", "demo_imagenet"} == set(RECIPES) | set(IMAGENET)
+    assert stems - {"demo", "demo_imagenet"} == set(RECIPES) | set(IMAGENET) | set(SMALL_VIDEO)
 
 
 @pytest.mark.parametrize("stem", sorted(IMAGENET))
@@ -122,3 +132,36 @@ def test_recipe_follows_the_paper(stem: str) -> None:
     area = [224**2 / (side * side * 4 / 3) for side in (320, 256)]
     assert aug.scale == pytest.approx(area, abs=0.001) and tuple(aug.ratio) == (1.0, 1.0)
     assert cfg.eval.mean_class_accuracy is (dataset == "finegym")
+
+
+@pytest.mark.parametrize("stem", sorted(SMALL_VIDEO))
+def test_ucf_hmdb_recipes(stem: str) -> None:
+    stride, test_clips, from_kinetics = SMALL_VIDEO[stem]
+    cfg = load_config(Config, REPO / "configs" / f"{stem}.yaml")
+    data, aug, optim = cfg.data, cfg.data.aug, cfg.optim
+    assert (cfg.model.name, data.num_frames, data.sampling, data.frame_stride) == (
+        "structvit_s_4_1",
+        16,
+        "dense",
+        stride,
+    )
+    assert (data.test_clips, data.test_crops, data.crop_size, data.short_clips) == (
+        test_clips,
+        3,
+        224,
+        "repeat",
+    )
+    global_batch = data.batch_size * cfg.engine.grad_accum_steps * RANKS
+    assert global_batch == 64 and scaled_lr(optim, global_batch) == pytest.approx(2e-4)
+    assert aug.flip is True
+    for key, value in KINETICS["aug"].items():
+        assert getattr(aug, key) == value, key
+    assert optim.label_smoothing == 0.1 and not cfg.eval.mean_class_accuracy
+    assert data.train == [f"data/shards/{stem.split('_')[0]}/train"]
+    assert data.val == [f"data/shards/{stem.split('_')[0]}/test"]
+    if from_kinetics:
+        assert cfg.init.pretrained == "runs/kinetics400_s16x4/export/model.pt"
+        assert (optim.epochs, optim.warmup_epochs, cfg.model.drop_path_rate) == (30, 3, 0.1)
+    else:
+        assert cfg.init.pretrained is None  # no ImageNet, no Kinetics weights
+        assert (optim.epochs, optim.warmup_epochs, cfg.model.drop_path_rate) == (300, 20, 0.2)
