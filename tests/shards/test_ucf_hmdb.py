@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -294,3 +295,71 @@ def test_avi_decoders_disagree_and_reencoded_frames_do_not(avi_bytes: bytes, tmp
     assert errors.max() < 0.5 < shifted.min()
     for name in ["pyav", *others]:
         assert np.array_equal(build_decoder(name).decode(reencoded, indices).numpy(), frames[indices]), name
+
+
+VOP_START = b"\x00\x00\x01\xb6"
+
+
+def packed_avi(frames: np.ndarray, path: Path, fps: int = 25) -> None:
+    """An AVI in DivX 5's packed bitstream, as many HMDB-51 / UCF-101 files are: each P-frame and the
+    B-frame after it share one chunk, the next chunk is an N-VOP (a not-coded placeholder), and the user
+    data `DivX503b1393p` ('p': packed) tells the decoder so. FFmpeg can only unpack this, so the chunks
+    are repacked from its mpeg4 encoder's packets (one B-frame between anchors)."""
+    encoder = av.CodecContext.create("mpeg4", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    encoder.time_base, encoder.gop_size, encoder.max_b_frames = Fraction(1, fps), 12, 1
+    encoder.flags |= av.codec.context.Flags.bitexact
+    packets = []
+    for index, image in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = index
+        packets += [bytes(packet) for packet in encoder.encode(frame)]
+    packets += [bytes(packet) for packet in encoder.encode(None)]
+    kinds = ["IPBS"[data[data.find(VOP_START) + 4] >> 6] for data in packets]
+    increment_bits = (fps - 1).bit_length()  # vop_time_increment's width for a resolution of fps
+    chunks, position = [], 0
+    while position < len(packets):
+        if kinds[position] == "P" and kinds[position + 1 : position + 2] == ["B"]:
+            # vop_coding_type P, modulo_time_base 0, marker, vop_time_increment, marker, vop_coded 0
+            bits = f"0101{position % fps:0{increment_bits}b}10"
+            bits += "0" + "1" * (-(len(bits) + 1) % 8)  # stuffing to the byte boundary
+            chunks += [
+                packets[position] + packets[position + 1],
+                VOP_START + int(bits, 2).to_bytes(len(bits) // 8),
+            ]
+            position += 2
+        else:
+            chunks.append(packets[position])
+            position += 1
+    first_vop = chunks[0].find(VOP_START)
+    chunks[0] = chunks[0][:first_vop] + b"\x00\x00\x01\xb2DivX503b1393p" + chunks[0][first_vop:]
+    with av.open(str(path), mode="w", format="avi", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.codec_context.codec_tag = encoder.width, encoder.height, "DX50"
+        for number, data in enumerate(chunks):
+            packet = av.Packet(data)
+            packet.pts = packet.dts = number
+            packet.time_base, packet.stream = Fraction(1, fps), stream
+            packet.is_keyframe = data[data.find(VOP_START) + 4] >> 6 == 0
+            container.mux(packet)
+
+
+def test_packed_bitstream_avi_is_reencoded_in_decode_order(tmp_path: Path) -> None:
+    """DivX's packed B-frames: no seeking decoder gives the sequential frames (PyAV's neither: the pts
+    FFmpeg derives for them are swapped in pairs), and re-encoding keeps the sequential decoder's order."""
+    source = tmp_path / "Yes!_We_Can't_Stop_sit_f_nm_np1_fr_med_0.avi"
+    packed_avi(motion_clip(2, 4, 40, 48, 64, np.random.default_rng(1)), source)
+    data = source.read_bytes()
+    truth = sequential_decode(data)
+    assert len(truth) == 40
+    indices = [0, 5, 13, 14, 27, 39]
+    exact = []
+    for name in available_decoders():
+        try:
+            exact.append(np.array_equal(build_decoder(name).decode(data, indices).numpy(), truth[indices]))
+        except RuntimeError:
+            exact.append(False)
+    assert not any(exact)
+    frames = sequential_decode(transcode(source, EncodeOptions(crf=0, preset="ultrafast")))
+    assert len(frames) == len(truth)
+    assert np.abs(frames.astype(int) - truth.astype(int)).mean(axis=(1, 2, 3)).max() < 0.5
