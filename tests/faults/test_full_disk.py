@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.train.checkpoint import complete_tags, find_resume_checkpoint, read_trainer_state, tag_for_step
 from shards.__main__ import main as shards_main
+from tests.train.conftest import job_overrides, run_local, synth_split
 
 
 class Tmpfs:
@@ -97,3 +99,61 @@ def test_sharding_to_a_read_only_output_is_one_line(raw_ssv2: Path, tmpfs, capsy
     assert errors == [
         f"error: cannot write to the output folder {disk.path / 'train'}: Read-only file system"
     ]
+
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """32 train and 16 val tiny clips (as tests/train's small_shards)."""
+    root = tmp_path_factory.mktemp("full-disk-shards")
+    return synth_split(root, "train", 32, 2, seed=1), synth_split(root, "val", 16, 2, seed=2)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_at_the_second_save_stops_every_rank_with_one_line_and_resumes_after_room(
+    train_shards, tmpfs
+) -> None:
+    # A demo checkpoint takes ~6.9 MB: a 10 MB disk holds the first (step 2), not the second (step 4).
+    disk = tmpfs("10m")
+    run = job_overrides(train_shards, disk.path, "run", "optim.epochs=1", "checkpoint.every_steps=2")
+    run.append("eval.every_epochs=0")
+    folder = disk.path / "run" / "checkpoints"
+    result = run_local(run)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[
+        -3000:
+    ]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith(
+        f"error: cannot save checkpoint {tag_for_step(4)} in {folder}: the file system is full "
+        "(the save needs about "
+    ), errors[0]
+    assert " bytes, " in errors[0] and f"{tag_for_step(2)} is intact" in errors[0]
+    # The warning came first: the last save's size no longer fitted the free space.
+    assert f"[checkpoint] warning: {folder} has " in result.stderr
+    assert not (folder / tag_for_step(4)).exists()
+    assert [p.name for p in complete_tags(folder)] == [tag_for_step(2)]
+    assert find_resume_checkpoint(folder, "auto") == folder / tag_for_step(2)  # verifies its digests
+
+    disk.remount("size=40m")
+    again = run_local(run)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming {folder / tag_for_step(2)}" in again.stderr
+    assert read_trainer_state(find_resume_checkpoint(folder, "auto")).step == 4
+
+
+@pytest.mark.slow
+def test_a_read_only_run_folder_is_one_line_before_training(train_shards, tmpfs) -> None:
+    disk = tmpfs("1m")
+    (disk.path / "run").mkdir()
+    disk.remount("ro")
+    result = run_local(job_overrides(train_shards, disk.path, "run", "optim.epochs=1"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert error_lines(result.stderr) == [
+        f"error: cannot write to the run folder {disk.path / 'run'}: the file system is read-only"
+    ]
+    assert "[train]" not in result.stderr  # no rank started
