@@ -21,7 +21,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,18 @@ def save_refusal(err: BaseException, folder: Path, needed: int) -> str | None:
         return "permission denied"
     if free_bytes(where) < needed:
         return "the file system is full"
+    return None
+
+
+def refused_write(write: Callable[[], object], refused: Callable[[BaseException], str | None]) -> str | None:
+    """Run `write()`; the reason the storage refused it (`refused(err)`, see `save_refusal`), or None when
+    it was written. Any other error is raised."""
+    try:
+        write()
+    except (OSError, RuntimeError) as err:
+        if (reason := refused(err)) is None:
+            raise
+        return reason
     return None
 
 

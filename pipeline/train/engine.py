@@ -25,6 +25,7 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 from torch import nn
 
 from pipeline.train.buffers import restore_rank_buffers
+from pipeline.train.checkpoint import refused_write
 from pipeline.train.config import EngineConfig
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -224,16 +225,9 @@ def save_checkpoint(
     reasons: list[str] = []
 
     def guarded(write: Callable[..., Any]) -> Callable[..., Any]:
-        def attempt(*args: Any, **kwargs: Any) -> Any:
-            if reasons:
-                return None
-            try:
-                return write(*args, **kwargs)
-            except (OSError, RuntimeError) as err:
-                if (reason := refused(err)) is None:
-                    raise
+        def attempt(*args: Any, **kwargs: Any) -> None:
+            if not reasons and (reason := refused_write(lambda: write(*args, **kwargs), refused)):
                 reasons.append(reason)
-                return None
 
         return attempt
 

@@ -39,6 +39,7 @@ from pipeline.train.checkpoint import (
     checkpoint_folder,
     find_resume_checkpoint,
     gather_digests,
+    refused_write,
     save_refusal,
     tag_for_step,
 )
@@ -128,17 +129,6 @@ def train(cfg: Config) -> TrainResult:
     finally:
         lock.release()
         signals.uninstall()
-
-
-def guarded_write(write: Any, refused: Any) -> str | None:
-    """Run `write()`; the reason the storage refused it (see `save_refusal`), or None when it was written."""
-    try:
-        write()
-    except (OSError, RuntimeError) as err:
-        if (reason := refused(err)) is None:
-            raise
-        return reason
-    return None
 
 
 class Trainer:
@@ -349,12 +339,12 @@ class Trainer:
                 self.micro_batch,
                 self.accum,
             )
-            refusal = guarded_write(lambda: self.checkpoints.write_state(tag, state), refused)
+            refusal = refused_write(lambda: self.checkpoints.write_state(tag, state), refused)
         # Every rank's files are on disk (or refused): stop together, or digest them (shared out).
         self.stop_unless_written(refusal, tag, needed)
         files = gather_digests(tag_dir, on_rank0(lambda: checkpoint_files(tag_dir)))
         if self.rank == 0:
-            refusal = guarded_write(
+            refusal = refused_write(
                 lambda: self.checkpoints.finalize(tag, self.step, self.world, files), refused
             )
         self.stop_unless_written(refusal, tag, needed)
