@@ -234,3 +234,21 @@ def test_crop_and_autoaugment_settings_are_checked() -> None:
         from_dict(DataConfig, {"aug": {"autoaugment": "cifar100"}})
     with pytest.raises(ValueError, match=r"not supported by data\.decoder=dali"):
         from_dict(DataConfig, {"decoder": "dali", "aug": {"crop": "padded"}})
+
+
+def test_small_image_recipe_mixes_half_the_batches_half_of_them_by_cutmix() -> None:
+    """mixup = cutmix = 1 (Beta(1, 1)), mixup_prob 0.5, switch 0.5: the SPT + LSA paper's mixing."""
+    aug = AugConfig(mixup=1.0, cutmix=1.0, mixup_prob=0.5, mixup_switch_prob=0.5)
+    rng, kinds = np.random.default_rng(0), {"none": 0, "mixup": 0, "cutmix": 0}
+    for _ in range(800):
+        video = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 3, 1, 8, 8).contiguous()  # row i: all i
+        mixed, _ = mix_batch(video, torch.arange(4), 4, aug, rng)
+        values = mixed[0].unique()
+        if torch.equal(values, torch.tensor([0.0])):
+            kinds["none"] += 1
+        elif values.numel() == 1:  # one blend of rows 0 and 3 everywhere
+            kinds["mixup"] += 1
+        else:  # row 3's box pasted into row 0
+            kinds["cutmix"] += 1
+    assert abs(kinds["none"] / 800 - 0.5) < 0.06
+    assert abs(kinds["cutmix"] / (kinds["mixup"] + kinds["cutmix"]) - 0.5) < 0.08
