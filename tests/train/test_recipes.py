@@ -1,8 +1,9 @@
-"""Every paper recipe in configs/ holds the values of the StructViT paper's training table.
+"""Every paper recipe in configs/ holds the values of its paper's training table.
 
 The expected values are written from the model spec (../shared/STRUCTSA.md, section 4 "Training
-recipes to offer as configs", and section 2 for the sizes), not copied from the configs: a config
-that drifts from the paper fails here naming the setting.
+recipes to offer as configs", and section 2 for the sizes) and, for the small-image recipes, from the
+SPT + LSA paper's training setting, not copied from the configs: a config that drifts from the paper
+fails here naming the setting.
 """
 
 from __future__ import annotations
@@ -79,9 +80,60 @@ SMALL_VIDEO = {
 }
 
 
+# The SPT + LSA paper (Lee, Lee & Song 2021): dataset -> (evaluation split, image size, AutoAugment
+# policy, the code's normalisation mean); the plain ViT and ViT + SPT + LSA on each.
+SMALL_IMAGES = {
+    "cifar10": ("test", 32, "cifar10", (0.4914, 0.4822, 0.4465)),
+    "cifar100": ("test", 32, "cifar10", (0.5070, 0.4865, 0.4409)),  # its code: the CIFAR policy for both
+    "svhn": ("test", 32, "svhn", (0.4377, 0.4438, 0.4728)),
+    "tinyimagenet": ("val", 64, "imagenet", (0.4802, 0.4481, 0.3975)),
+}
+SMALL_MODELS = ("vit_tiny", "vit_tiny_spt_lsa")
+SMALL_RECIPES = {f"{dataset}_{model}": (dataset, model) for dataset in SMALL_IMAGES for model in SMALL_MODELS}
+
+
 def test_every_recipe_in_configs_is_pinned() -> None:
     stems = {p.stem for p in (REPO / "configs").glob("*.yaml") if not p.stem.startswith("base")}
-    assert stems - {"demo", "demo_imagenet"} == set(RECIPES) | set(IMAGENET) | set(SMALL_VIDEO)
+    pinned = set(RECIPES) | set(IMAGENET) | set(SMALL_VIDEO) | set(SMALL_RECIPES)
+    assert stems - {"demo", "demo_imagenet"} == pinned
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_config_resolves(path: Path) -> None:
+    cfg = load_config(Config, path)
+    for folder in [*cfg.data.train, *cfg.data.val]:
+        assert folder.startswith("data/shards/"), folder
+
+
+@pytest.mark.parametrize("stem", sorted(SMALL_RECIPES))
+def test_small_image_recipe_follows_the_spt_lsa_paper(stem: str) -> None:
+    dataset, model = SMALL_RECIPES[stem]
+    split, size, policy, mean = SMALL_IMAGES[dataset]
+    cfg = load_config(Config, REPO / "configs" / f"{stem}.yaml")
+    data, aug, optim = cfg.data, cfg.data.aug, cfg.optim
+    assert (cfg.name, cfg.model.name, cfg.model.drop_path_rate) == (stem, model, 0.1)
+    assert (data.train, data.val) == ([f"data/shards/{dataset}/train"], [f"data/shards/{dataset}/{split}"])
+    assert (data.modality, data.crop_size, data.eval_short_side, data.test_crops) == ("image", size, size, 1)
+    # 100 epochs, 10 warm-up, AdamW lr 1e-3 at its batch of 128 (here 129 rows: 43 images x 3 views,
+    # the repeated views sharing the batch), wd 0.05, cosine, label smoothing 0.1; one rank
+    assert (optim.epochs, optim.warmup_epochs, optim.weight_decay, optim.label_smoothing) == (
+        100,
+        10,
+        0.05,
+        0.1,
+    )
+    assert (
+        data.batch_size == 129
+        and data.batch_size % aug.repeated_aug == 0
+        and cfg.engine.grad_accum_steps == 1
+    )
+    assert scaled_lr(optim, data.batch_size) == pytest.approx(1e-3)
+    # random crop with 4 px padding + flip, AutoAugment, mixup / cutmix alpha 1 on half the batches,
+    # repeated augmentation 3, random erasing 0.25
+    assert (aug.crop, aug.padding, aug.flip, aug.autoaugment, aug.randaug_n) == ("padded", 4, True, policy, 0)
+    assert (aug.mixup, aug.cutmix, aug.mixup_prob, aug.mixup_switch_prob) == (1.0, 1.0, 0.5, 0.5)
+    assert (aug.repeated_aug, aug.erasing_prob) == (3, 0.25)
+    assert tuple(aug.mean) == mean
 
 
 @pytest.mark.parametrize("stem", sorted(IMAGENET))
