@@ -244,4 +244,4 @@ def read_split(reader: Reader, root: Path, split: str) -> DatasetIndex:
 
 
 # Importing the reader modules registers them; they import the helpers above, so this comes last.
-from shards import diving48, finegym, imagenet, kinetics, ssv2  # noqa: E402, F401
+from shards import diving48, finegym, imagenet, kinetics, ssv1, ssv2  # noqa: E402, F401

@@ -62,13 +62,13 @@ def output_size(width: int, height: int, short_side: int | None) -> tuple[int, i
     return max(short_side, round(width * scale)), max(short_side, round(height * scale))
 
 
-def encode_jpeg(image: Image.Image, size: tuple[int, int]) -> bytes:
-    """`image` as an RGB JPEG of `size` (Pillow's antialiased bicubic when resizing)."""
+def encode_jpeg(image: Image.Image, size: tuple[int, int], quality: int = JPEG_QUALITY) -> bytes:
+    """`image` as an RGB JPEG of `size` (Pillow's antialiased bicubic when resizing), baseline, 4:2:0."""
     rgb = image.convert("RGB")
     if rgb.size != size:
         rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
     out = io.BytesIO()
-    rgb.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0", optimize=False)
+    rgb.save(out, format="JPEG", quality=quality, subsampling="4:2:0", optimize=False)
     return out.getvalue()
 
 
