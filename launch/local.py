@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launch.preflight import interpreter_problem
 from pipeline.config import ConfigError
+from pipeline.io import folder_problem
 from pipeline.train.config import load_train_config
 from pipeline.train.run_lock import RunLock
 
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_train_config(args.config, args.overrides, world_size=args.nproc)
+        if problem := folder_problem(cfg.run_dir):  # a read-only run folder: before any process starts
+            raise ConfigError(f"cannot write to the run folder {cfg.run_dir}: {problem}")
         if cfg.run_dir.is_dir():  # refused here once, rather than by rank 0 after every rank started
             lock = RunLock(cfg.run_dir)
             lock.acquire()

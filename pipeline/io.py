@@ -6,8 +6,10 @@ goes through here: write to a temporary name in the same folder, fsync, then ren
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +17,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 TMP_SUFFIX = ".tmp"
+# Writes the storage refuses, whatever the program does: a restart on the same disk meets them again.
+STORAGE_ERRORS = {
+    errno.ENOSPC: "the file system is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -55,3 +64,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented, key-sorted JSON to `path` atomically (stable bytes for equal objects)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def storage_problem(err: BaseException) -> str | None:
+    """Why the storage refused a write (full, over quota, read-only, not permitted), or None for any
+    other error."""
+    return STORAGE_ERRORS.get(getattr(err, "errno", None))  # type: ignore[arg-type]
+
+
+def nearest_folder(path: str | os.PathLike) -> Path:
+    """`path` itself if it exists, else its nearest existing parent (where it would be created)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes free on the file system that holds (or would hold) `path`."""
+    return shutil.disk_usage(nearest_folder(path)).free
+
+
+def folder_problem(path: str | os.PathLike) -> str | None:
+    """Why files cannot be created in folder `path` (or where it would be made): a read-only file
+    system or no permission, found by creating and dropping a temporary file; None when they can."""
+    try:
+        with tempfile.TemporaryFile(dir=nearest_folder(path)):
+            pass
+    except OSError as err:
+        return storage_problem(err) or err.strerror or str(err)
+    return None

@@ -68,8 +68,11 @@ def part_spec(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def add_write_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by every dataset subcommand: inputs, output, encoding, shard sizes, parallelism."""
+def add_write_arguments(parser: argparse.ArgumentParser, reencode_by_default: bool = False) -> None:
+    """Flags shared by every dataset subcommand: inputs, output, encoding, shard sizes, parallelism.
+
+    `reencode_by_default`: the dataset's sources cannot be stored as-is, so --reencode is always on.
+    """
     parser.add_argument("--root", type=Path, required=True, help="raw dataset root (publisher layout)")
     parser.add_argument("--split", required=True, help="split to shard, e.g. train / val / test")
     parser.add_argument("--out", type=Path, required=True, help="folder for the shards and manifest.json")
@@ -79,7 +82,12 @@ def add_write_arguments(parser: argparse.ArgumentParser) -> None:
         help="remove the shards, manifests and progress of another dataset, split or options found in --out",
     )
     encode = parser.add_argument_group("re-encoding (H.264 yuv420p, constant frame rate, no audio)")
-    encode.add_argument("--reencode", action="store_true", help="re-encode every clip (default: store as-is)")
+    if reencode_by_default:
+        parser.set_defaults(reencode=True)
+        reencode_help = "re-encode every clip (always on: no decoder reads these sources frame-exactly)"
+    else:
+        reencode_help = "re-encode every clip (default: store as-is)"
+    encode.add_argument("--reencode", action="store_true", help=reencode_help)
     encode.add_argument("--short-side", type=positive_int, default=None, help="scale the short side to N px")
     encode.add_argument("--gop", type=positive_int, default=16, help="frames per GOP (default 16)")
     encode.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (default 23)")
@@ -126,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, reader in sorted(READERS.items()):
         sub = commands.add_parser(name, help=f"shard {name}")
-        add_write_arguments(sub)
+        add_write_arguments(sub, getattr(reader, "reencode_by_default", False))
         if reader.modality != "image":
             add_store_arguments(sub, reader.modality)
         reader.add_arguments(sub)

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -93,6 +93,13 @@ def read_text_lines(path: Path, what: str) -> list[str]:
         return path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise AnnotationError(f"{path}: cannot read {what}: {one_line(err)}") from None
+
+
+def numbered_lines(path: Path, what: str) -> Iterator[tuple[str, list[str]]]:
+    """(`file:line`, whitespace-separated fields) of each non-blank line (CRLF and trailing spaces go)."""
+    for number, line in enumerate(read_text_lines(path, what), start=1):
+        if line.strip():
+            yield f"{path}:{number}", line.split()
 
 
 def index_videos(folder: Path, recursive: bool = False) -> dict[str, Path]:
@@ -186,6 +193,9 @@ class Reader(ABC):
     name: ClassVar[str]
     modality: ClassVar[Modality] = "video"
     Options: ClassVar[type] = NoOptions
+    # True for sources no training decoder reads frame-exactly (UCF-101's and HMDB-51's MPEG-4 Part 2
+    # AVIs): the CLI then re-encodes by default, as `--reencode` does.
+    reencode_by_default: ClassVar[bool] = False
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -206,6 +216,35 @@ class Reader(ABC):
     def from_args(cls, args: argparse.Namespace) -> Reader:
         """The reader with the options the command line gave."""
         return cls(cls.Options(**{spec.name: getattr(args, spec.name) for spec in fields(cls.Options)}))
+
+
+class ClassFolders:
+    """The files one level below a folder of class folders (`<class>/<file>`), found by the relative
+    path an annotation lists: exactly, else ignoring case (UCF-101's lists spell a folder's files
+    `v_HandStandPushups_*` inside `HandstandPushups/`; other copies of a dataset differ the other way).
+
+    The tree is listed once with os.scandir, in sorted order (the first of two names equal but for case
+    wins, the same on every run); a missing folder finds nothing: every row then counts as missing.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.exact: dict[str, Path] = {}
+        self.folded: dict[str, Path] = {}
+        if not folder.is_dir():
+            return
+        with os.scandir(folder) as classes:
+            class_entries = sorted((entry for entry in classes if entry.is_dir()), key=lambda e: e.name)
+        for class_entry in class_entries:
+            with os.scandir(class_entry.path) as listing:
+                files = sorted((entry for entry in listing if entry.is_file()), key=lambda e: e.name)
+            for entry in files:
+                relative = f"{class_entry.name}/{entry.name}"
+                self.exact[relative] = Path(entry.path)
+                self.folded.setdefault(relative.casefold(), Path(entry.path))
+
+    def find(self, relative: str) -> Path | None:
+        """The file listed as `relative` (`<class>/<file>`), or None when there is none."""
+        return self.exact.get(relative) or self.folded.get(relative.casefold())
 
 
 def read_split(reader: Reader, root: Path, split: str) -> DatasetIndex:
@@ -244,4 +283,4 @@ def read_split(reader: Reader, root: Path, split: str) -> DatasetIndex:
 
 
 # Importing the reader modules registers them; they import the helpers above, so this comes last.
-from shards import diving48, finegym, imagenet, kinetics, ssv1, ssv2  # noqa: E402, F401
+from shards import diving48, finegym, hmdb51, imagenet, kinetics, ssv1, ssv2, ucf101  # noqa: E402, F401

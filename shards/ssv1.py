@@ -56,9 +56,9 @@ class SSv1Options:
     """Where the SSv1 files are (None: the publisher's places under RAW or RAW/labels) and the frame rate."""
 
     # path_option_field returns a dataclasses.field (default None): nothing mutable is shared.
-    labels: Path | None = path_option_field(LABELS_HELP)  # noqa: RUF009
-    annotations: Path | None = path_option_field(SPLIT_HELP)  # noqa: RUF009
-    frames: Path | None = path_option_field(FRAMES_HELP)  # noqa: RUF009
+    labels: Path | None = path_option_field(LABELS_HELP)
+    annotations: Path | None = path_option_field(SPLIT_HELP)
+    frames: Path | None = path_option_field(FRAMES_HELP)
     fps: float = option(f"frame rate of the frames (default {FPS:g})", type=positive_float, default=FPS)
 
 

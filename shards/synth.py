@@ -28,9 +28,12 @@ from shards.image import encode_jpeg
 from shards.synth_imagenet import write_imagenet
 
 # Container format per file suffix, and the encoder behind each codec name.
-CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".webm": "webm"}
-ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9"}
+CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
+ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9", "mpeg4": "mpeg4"}
 WEBM_CODECS = {"vp9"}
+AVI_CODECS = {"mpeg4"}
+# What XviD and DivX 5 write by default, as in UCF-101's and HMDB-51's AVIs: two B-frames between anchors.
+MPEG4_B_FRAMES = 2
 
 # Fraction of the short side the shape travels over a whole clip: 8 frames sampled across the clip
 # then see steps of ~9% of the short side (~5 px at 64x48), plenty to learn the direction from.
@@ -39,12 +42,19 @@ SHAPE_RADIUS_FRACTION = 0.18
 
 
 def encode_video(
-    frames: np.ndarray, path: Path, codec: str = "h264", fps: float = 25.0, gop: int | None = None
+    frames: np.ndarray,
+    path: Path,
+    codec: str = "h264",
+    fps: float = 25.0,
+    gop: int | None = None,
+    fourcc: str | None = None,
 ) -> None:
-    """Encode RGB `frames` (T, H, W, 3) uint8 to `path` (.mp4 / .mkv / .webm), atomically.
+    """Encode RGB `frames` (T, H, W, 3) uint8 to `path` (.mp4 / .mkv / .webm / .avi), atomically.
 
-    h264 is libx264 and vp9 is libvpx-vp9, both yuv420p at constant frame rate, no audio. One encoder
-    thread and bit-exact muxing make equal inputs give equal bytes.
+    h264 is libx264, vp9 is libvpx-vp9 and mpeg4 FFmpeg's MPEG-4 Part 2 encoder (the codec of XviD and
+    DivX, with their two B-frames; .avi only, tagged `fourcc`, e.g. XVID or DX50), all yuv420p at
+    constant frame rate, no audio. One encoder thread and bit-exact muxing make equal inputs give equal
+    bytes.
     """
     path = Path(path)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -59,6 +69,8 @@ def encode_video(
         raise ValueError(f"{path}: unsupported codec {codec!r}, expected one of {sorted(ENCODERS)}")
     if fmt == "webm" and codec not in WEBM_CODECS:
         raise ValueError(f"{path}: codec {codec!r} cannot be stored in .webm (use vp9)")
+    if (fmt == "avi") != (codec in AVI_CODECS):
+        raise ValueError(f"{path}: .avi holds mpeg4 here, and mpeg4 goes in .avi (got {codec!r})")
 
     rate = Fraction(fps).limit_denominator(1001)
     options = {"threads": "1"}
@@ -68,7 +80,7 @@ def encode_video(
         # cpu-independent: the same bytes whatever SIMD the CPU has (AVX-512 paths differ otherwise).
         params = "scenecut=0:rc-lookahead=0:cpu-independent=1"
         options.update({"preset": "veryfast", "crf": "23", "x264-params": params})
-    else:
+    elif codec == "vp9":
         options.update({"deadline": "good", "cpu-used": "8", "row-mt": "0", "crf": "32", "b": "0"})
     # bitexact keeps the muxers from writing random segment ids and creation dates.
     with (
@@ -80,6 +92,10 @@ def encode_video(
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         if gop is not None:
             stream.codec_context.gop_size = gop
+        if codec == "mpeg4":
+            stream.codec_context.max_b_frames = MPEG4_B_FRAMES
+            if fourcc is not None:
+                stream.codec_context.codec_tag = fourcc
         for image in frames:
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             container.mux(stream.encode(frame))
@@ -136,9 +152,12 @@ PUBLISHER_SPLITS = {
     "diving48": ("train", "test"),
     "finegym": ("train", "val"),
     "imagenet": ("train", "val"),
+    "ucf101": ("train", "test"),
+    "hmdb51": ("train", "test"),
 }
-DEFAULT_FPS = {"ssv1": 12.0, "ssv2": 12.0, "finegym": 10.0}  # others: 15 fps
-ASPECT = {"kinetics400": 4 / 3, "kinetics600": 4 / 3, "kinetics700": 4 / 3}  # others: 16:9
+DEFAULT_FPS = {"ssv1": 12.0, "ssv2": 12.0, "finegym": 10.0, "ucf101": 25.0, "hmdb51": 30.0}  # others: 15 fps
+# 4:3 (UCF-101 is 320x240, HMDB-51 240 px high, mostly 4:3); others: 16:9
+ASPECT = {"kinetics400": 4 / 3, "kinetics600": 4 / 3, "kinetics700": 4 / 3, "ucf101": 4 / 3, "hmdb51": 4 / 3}
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 # Class-name pools: the first entries carry the quirks (spaces, a comma, non-ASCII) so that even a
@@ -196,6 +215,47 @@ GYM_ELEMENTS = (
     "(VT) handspring forward on, salto forward piked off",
 )
 GYM_EVENTS = {"VT": 1, "FX": 2, "BB": 3, "UB": 4}
+# UCF-101: the folder HandstandPushups whose files say HandStandPushups; Hammering / HammerThrow and
+# JumpingJack / JumpRope, which classInd orders ignoring case.
+UCF_CLASSES = (
+    "HandstandPushups",
+    "Hammering",
+    "HammerThrow",
+    "ApplyEyeMakeup",
+    "JumpingJack",
+    "JumpRope",
+    "Basketball",
+    "BasketballDunk",
+    "YoYo",
+    "PlayingDaf",
+)
+UCF_FILE_CLASS = {"HandstandPushups": "HandStandPushups"}
+UCF_FOLD_GROUPS = 7  # fold k tests on groups 7(k-1)+1 .. 7k and trains on the others (of 25)
+UCF_GROUPS = 25
+HMDB_CLASSES = (
+    "brush_hair",
+    "draw_sword",
+    "sword",
+    "sword_exercise",
+    "sit",
+    "situp",
+    "climb_stairs",
+    "cartwheel",
+    "walk",
+    "shoot_bow",
+)
+# Film titles of HMDB-51's file names, with the characters the real ones hold.
+HMDB_SOURCES = (
+    "#122_Cleaning_Up_The_Beach_In_Chiba_Japan",
+    "AMADEUS",
+    "Veoh_Alpha_Dog_1",
+    "Tom_&_Jerry_(1940)",
+    "Yes!_We_Can't_Stop",
+    "Dance_Battle_[HD]",
+)
+HMDB_TAGS = ("f_nm_np1_fr_bad", "h_cm_np1_le_goo", "u_nm_np2_ri_med", "f_cm_np1_ba_med")
+HMDB_SPLIT_FOLDER = "testTrainMulti_7030_splits"
+SPLIT_CODES = {"train": 1, "test": 2}  # HMDB-51's split files; 0: unused in that fold
 
 
 def class_names(pool: tuple[str, ...], classes: int) -> list[str]:
@@ -227,9 +287,11 @@ class RawTree:
         """One labelled motion clip at the tree's size."""
         return motion_clip(label, self.classes, self.frames, self.height, self.width, rng)
 
-    def video(self, relative: str, frames: np.ndarray, codec: str = "h264") -> None:
+    def video(
+        self, relative: str, frames: np.ndarray, codec: str = "h264", fourcc: str | None = None
+    ) -> None:
         """Encode `frames` to OUT/`relative` with a short GOP."""
-        encode_video(frames, self.out / relative, codec=codec, fps=self.fps, gop=16)
+        encode_video(frames, self.out / relative, codec=codec, fps=self.fps, gop=16, fourcc=fourcc)
         self.videos_written += 1
 
 
@@ -450,6 +512,66 @@ def _finegym(tree: RawTree, splits: tuple[str, ...], count: int, missing: int) -
     atomic_write_json(tree.out / "annotations" / "finegym_annotation_info_v1.1.json", annotation)
 
 
+def _crlf(lines: list[str]) -> str:
+    """The publisher's list files: Windows line endings, and a blank line at the end."""
+    return "".join(f"{line}\r\n" for line in [*lines, ""])
+
+
+def _ucf101(tree: RawTree, splits: tuple[str, ...], count: int, missing: int) -> None:
+    """`UCF-101/<Class>/v_<Class>_gXX_cYY.avi` (MPEG-4 Part 2, XVID), classInd.txt and the three folds'
+    train / test lists. Fold 1 puts the test clips in groups 1-7 and the train clips in 8-25, so it
+    holds `count` + `missing` rows per split; folds 2 and 3 split the same clips by their own groups."""
+    names = sorted(class_names(UCF_CLASSES, tree.classes), key=str.casefold)
+    names = [name.replace(" ", "") for name in names]  # numbered extras: UCF names have no spaces
+    lists = tree.out / "ucfTrainTestlist"
+    atomic_write_text(lists / "classInd.txt", _crlf([f"{i + 1} {name}" for i, name in enumerate(names)]))
+    clips: list[tuple[str, int, int]] = []  # (listed path, label, group)
+    for split in splits:
+        rng = tree.rng(split)
+        first_group, groups = (1, UCF_FOLD_GROUPS) if split == "test" else (8, UCF_GROUPS - UCF_FOLD_GROUPS)
+        seen = [0] * tree.classes  # clips of each class so far: the next group, then the next clip
+        for row, label in enumerate(tree.labels(rng, count + missing)):
+            group, clip_number = first_group + seen[label] % groups, 1 + seen[label] // groups
+            seen[label] += 1
+            stem = UCF_FILE_CLASS.get(names[label], names[label])
+            relative = f"{names[label]}/v_{stem}_g{group:02d}_c{clip_number:02d}.avi"
+            clips.append((label, relative, group))
+            if row < count:
+                tree.video(f"UCF-101/{relative}", tree.clip(rng, label), codec="mpeg4", fourcc="XVID")
+    for fold in (1, 2, 3):
+        test_groups = range(UCF_FOLD_GROUPS * (fold - 1) + 1, UCF_FOLD_GROUPS * fold + 1)
+        # In classInd's order, as the publisher's lists are.
+        train = [f"{path} {label + 1}" for label, path, group in sorted(clips) if group not in test_groups]
+        test = [path for _, path, group in sorted(clips) if group in test_groups]
+        atomic_write_text(lists / f"trainlist{fold:02d}.txt", _crlf(train))
+        atomic_write_text(lists / f"testlist{fold:02d}.txt", _crlf(test))
+
+
+def _hmdb51(tree: RawTree, splits: tuple[str, ...], count: int, missing: int) -> None:
+    """`<class>/<name>.avi` (MPEG-4 Part 2, DX50) as the rar unpacks, and
+    `testTrainMulti_7030_splits/<class>_test_split{1,2,3}.txt` with `<name>.avi <0|1|2>` lines. Fold 1
+    marks the split's clips 1 (train) or 2 (test); folds 2 and 3 give every third clip 0 (unused) and
+    swap train and test on another third."""
+    names = sorted(class_names(HMDB_CLASSES, tree.classes))
+    names = [name.replace(" ", "_") for name in names]
+    codes: dict[str, list[tuple[str, list[int]]]] = {name: [] for name in names}  # name -> (file, folds)
+    for split in splits:
+        rng = tree.rng(split)
+        for row, label in enumerate(tree.labels(rng, count + missing)):
+            source = HMDB_SOURCES[row % len(HMDB_SOURCES)]
+            tag = HMDB_TAGS[int(rng.integers(len(HMDB_TAGS)))]
+            file_name = f"{source}_{names[label]}_{tag}_{len(codes[names[label]])}.avi"
+            own = SPLIT_CODES[split]
+            other = 3 - own
+            codes[names[label]].append((file_name, [own, [0, other, own][row % 3], [own, 0, other][row % 3]]))
+            if row < count:
+                tree.video(f"{names[label]}/{file_name}", tree.clip(rng, label), codec="mpeg4", fourcc="DX50")
+    for name, entries in codes.items():
+        for fold in (1, 2, 3):
+            lines = [f"{file_name} {folds[fold - 1]} " for file_name, folds in sorted(entries)]
+            atomic_write_text(tree.out / HMDB_SPLIT_FOLDER / f"{name}_test_split{fold}.txt", _crlf(lines))
+
+
 WRITERS = {
     "kinetics400": _kinetics,
     "kinetics600": _kinetics,
@@ -459,6 +581,8 @@ WRITERS = {
     "diving48": _diving48,
     "finegym": _finegym,
     "imagenet": write_imagenet,
+    "ucf101": _ucf101,
+    "hmdb51": _hmdb51,
 }
 
 

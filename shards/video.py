@@ -330,14 +330,23 @@ def _constant_rate_frames(
     origin = stream.start_time or 0
     start = Fraction(window[0]) if window else Fraction(0)
     num_slots = math.floor((Fraction(window[1]) - start) * fps + Fraction(1, 2)) if window else None
-    if start > 0:
+    # AVI stores no presentation times, one chunk per frame: the decoder's output order is the display
+    # order, and the pts it derives from chunk numbers can be wrong. MPEG-4 Part 2 with B-frames (UCF-101,
+    # HMDB-51) shows its first frame at pts 1, and DivX's packed B-frames come out with every other pair's
+    # pts swapped: timing these frames by pts would repeat one frame and swap others.
+    by_order = container.format.name == "avi"
+    if start > 0 and not by_order:
         # Seek to the keyframe before the window; frames before it are decoded and skipped.
         container.seek(origin + math.floor(start / time_base), stream=stream, backward=True)
     next_slot = 0
-    for frame in container.decode(stream):
-        if frame.pts is None:
+    for position, frame in enumerate(container.decode(stream)):
+        if by_order:
+            shown_at = position / fps
+        elif frame.pts is None:
             continue
-        slot = math.floor(((frame.pts - origin) * time_base - start) * fps + Fraction(1, 2))
+        else:
+            shown_at = (frame.pts - origin) * time_base
+        slot = math.floor((shown_at - start) * fps + Fraction(1, 2))
         if slot < next_slot:
             continue  # before the window, or a second frame for the same slot
         if num_slots is not None and slot >= num_slots:

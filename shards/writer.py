@@ -46,7 +46,7 @@ from pipeline.data.manifest import (
     ShardEntry,
     manifest_name,
 )
-from pipeline.io import atomic_open, atomic_write_json
+from pipeline.io import atomic_open, atomic_write_json, free_bytes, storage_problem
 from shards import __version__
 from shards.frames import FramesError, encode_frames, read_frame_folder
 from shards.image import IMAGE_EXT, JPEG_QUALITY, ImageError, prepare_image
@@ -379,6 +379,16 @@ def write_dataset(
             if shard is not None:
                 _finish_shard(shard, progress, progress_path)
                 shard = None
+        except OSError as err:
+            if (problem := storage_problem(err)) is None:
+                raise
+            pending = shard.size if shard is not None else 0
+            per_sample = (sum(s["bytes"] for s in progress.shards) + pending) / max(progress.consumed, 1)
+            if shard is not None:  # its temp file goes first: the free bytes are what a rerun finds
+                shard.discard()
+                shard = None
+            line = unwritable_line(out, problem, pending, len(ordered) - progress.consumed, per_sample)
+            raise OutputError(line) from None
         finally:
             if shard is not None:  # an error mid-shard: its temp file goes, the finished shards stay
                 shard.discard()
@@ -401,7 +411,12 @@ def write_dataset(
         part=options.part,
     )
     manifest_path = out / manifest_name(options.part)
-    manifest.save(manifest_path)
+    try:
+        manifest.save(manifest_path)
+    except OSError as err:
+        if (problem := storage_problem(err)) is None:
+            raise
+        raise OutputError(f"cannot write {manifest_path}: {problem} ({free_bytes(out)} bytes free)") from None
     progress_path.unlink(missing_ok=True)
     return RunSummary(
         written=manifest.total,
@@ -411,6 +426,17 @@ def write_dataset(
         bytes=sum(s["bytes"] for s in progress.shards),
         seconds=time.perf_counter() - started,
         manifest=manifest_path,
+    )
+
+
+def unwritable_line(out: Path, problem: str, pending: int, remaining: int, bytes_per_sample: float) -> str:
+    """The one line of a run whose output refused a write: the bytes it still needs (the unfinished
+    shard's, plus the samples left at the bytes per sample written so far) and those free."""
+    needed = pending + int(bytes_per_sample * remaining)
+    return (
+        f"cannot write shards to {out}: {problem} (about {needed} more bytes needed, "
+        f"{free_bytes(out)} free); "
+        "make room and run the same command: it continues after the last complete shard"
     )
 
 
@@ -508,6 +534,11 @@ class _ShardFile:
         self._tar = self._stack.enter_context(
             tarfile.TarFile(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
         )
+
+    @property
+    def size(self) -> int:
+        """Bytes written to the temp file so far."""
+        return self._hashing.size
 
     def fits(self, sample: VideoSample, options: WriteOptions) -> bool:
         """Whether `sample` keeps the finished tar within --max-bytes (an empty shard takes anything)."""

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from shards.__main__ import main as shards_main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -61,3 +63,18 @@ def test_gpu_bench_says_there_is_no_device_and_exits_cleanly() -> None:
     assert run_bench("gpu.py", "--quick").strip().splitlines() == [
         "no CUDA device: bench/gpu.py measures the GPU path only (nothing run)"
     ]
+
+
+def test_small_data_quick_trains_both_vits_on_an_image_shard_set(tmp_path: Path) -> None:
+    raw, shard_set = tmp_path / "raw", tmp_path / "shards"
+    assert shards_main(["synth", "imagenet", "--out", str(raw), "--num-videos", "24", "--classes", "3"]) == 0
+    for split in ("train", "val"):
+        assert (
+            shards_main(["imagenet", "--root", str(raw), "--split", split, "--out", str(shard_set / split)])
+            == 0
+        )
+    out = run_bench("small_data.py", "--shards", str(shard_set), "--quick", "--img-size", "32")
+    assert re.search(r"24 train / \d+ test, 3 classes, 32px, 1 epochs", out), out
+    for model in ("vit_tiny", "vit_tiny_spt_lsa"):
+        assert re.search(rf"^{model}\s+0\s+[\d.]+\s+[\d.]+\s+[\d.]+", out, re.M), out
+        assert re.search(rf"^{model}\s+[\d.]+\s+0\.0\s+[\d.]+\s+[\d.]+$", out, re.M), out  # one seed

@@ -12,18 +12,27 @@ from typing import Literal
 DecoderName = Literal["auto", "decord", "torchcodec", "pyav", "dali"]
 # Import name of each decoder's package (`auto` picks among the installed ones by itself).
 DECODER_PACKAGES = {"dali": "nvidia.dali", "decord": "decord", "torchcodec": "torchcodec", "pyav": "av"}
+# AutoAugment policies (pipeline.data.randaugment.AUTO_AUGMENT_POLICIES), "none" = off.
+AutoAugmentName = Literal["none", "cifar10", "svhn", "imagenet"]
 
 
 @dataclass
 class AugConfig:
     """Training augmentation (evaluation only resizes, crops and normalises).
 
+    crop: "resized" (random resized crop: a random box of the frame resized to crop_size, the scale
+      jitter) or "padded" (CIFAR style: zero-pad the frame by `padding` pixels on each side and cut
+      crop_size x crop_size at a random place; frames whose short side is not crop_size are first
+      resized to it, as evaluation does with short_side 0).
     scale: area fraction range of the random resized crop (the scale jitter), e.g. [0.08, 1.0].
     ratio: aspect-ratio (width / height) range of the random resized crop.
+    padding: zero pixels added on each side by the padded crop.
     flip: horizontal flip with probability 0.5; None = auto (on, except for Something-Something,
       whose labels name left and right).
     randaug_n: RandAugment operations per clip (0 = off); the same ops and magnitudes on every frame.
     randaug_m: RandAugment magnitude on timm's 0..10 scale; randaug_mstd: its per-op std (0 = fixed).
+    autoaugment: AutoAugment policy of Cubuk et al. ("cifar10", "svhn", "imagenet"; "none" = off): one
+      sub-policy drawn per view; an alternative to RandAugment (not both).
     mixup / cutmix: Beta(alpha, alpha) parameters (0 = off); when either is on, labels are soft (B, K).
     mixup_prob: probability that a batch is mixed at all; mixup_switch_prob: probability of cutmix
       instead of mixup when both are on.
@@ -32,12 +41,15 @@ class AugConfig:
     mean / std: normalisation per RGB channel, in [0, 1] pixel units.
     """
 
+    crop: Literal["resized", "padded"] = "resized"
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (0.75, 1.3333333)
+    padding: int = 4
     flip: bool | None = None
     randaug_n: int = 0
     randaug_m: float = 7.0
     randaug_mstd: float = 0.5
+    autoaugment: AutoAugmentName = "none"
     mixup: float = 0.0
     cutmix: float = 0.0
     mixup_prob: float = 1.0
@@ -52,6 +64,13 @@ class AugConfig:
             raise ValueError(f"aug.scale must satisfy 0 < min <= max <= 1, got {list(self.scale)}")
         if not 0.0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"aug.ratio must satisfy 0 < min <= max, got {list(self.ratio)}")
+        if self.padding < 0:
+            raise ValueError(f"aug.padding must be >= 0, got {self.padding}")
+        if self.autoaugment != "none" and self.randaug_n > 0:
+            raise ValueError(
+                f"aug.autoaugment={self.autoaugment} and aug.randaug_n={self.randaug_n}: choose one "
+                "(set aug.randaug_n=0 or aug.autoaugment=none)"
+            )
         if self.repeated_aug < 1:
             raise ValueError(f"aug.repeated_aug must be >= 1, got {self.repeated_aug}")
         if min(self.std) <= 0:
@@ -131,6 +150,9 @@ class DataConfig:
             )
         if self.test_crops not in (1, 3):
             raise ValueError(f"data.test_crops must be 1 or 3, got {self.test_crops}")
+        if self.decoder == "dali" and self.aug.crop == "padded":
+            # DALI resizes a box of the stored image; a box reaching into zero padding is not offered
+            raise ValueError("data.aug.crop=padded is not supported by data.decoder=dali (resized only)")
         if self.batch_size % self.aug.repeated_aug:
             raise ValueError(
                 f"data.batch_size ({self.batch_size}) must be divisible by data.aug.repeated_aug "

@@ -5,7 +5,7 @@ op of timm's image RandAugment. Every op is applied with the same parameters to 
 statistics (autocontrast range, equalisation histogram, contrast mean) are taken over the whole clip,
 so the clip stays temporally consistent: motion is never altered differently from one frame to the
 next. Ops, magnitudes (0..10) and the per-op probability of 0.5 follow timm's `rand-m{M}-n{N}-mstd{S}`
-policy.
+policy. AutoAugment (`auto_augment`: the CIFAR-10, SVHN and ImageNet policies) runs on the same ops.
 
 Why uint8 and OpenCV (measured by bench/loader.py --profile): the ops ran on float clips in torch,
 which cost 4x the memory traffic and made the views float through worker IPC. Here value ops that are
@@ -337,3 +337,130 @@ def rand_augment(
             clip = pending.apply(clip, rng)
         pending.add(name, VALUE_TABLES[name](clip, level, rng), level)
     return pending.apply(clip, rng).to(device)
+
+
+# AutoAugment (Cubuk et al. 2019): the published policies as (op, probability, magnitude bin) pairs, two
+# per sub-policy; None = an op without magnitude. Bins 0..9 split each op's range into 10 equal steps
+# (bin 9 = the op's maximum), as torchvision's AutoAugmentPolicy does.
+SubPolicy = tuple[tuple[str, float, int | None], tuple[str, float, int | None]]
+AUTO_AUGMENT_POLICIES: dict[str, tuple[SubPolicy, ...]] = {
+    "imagenet": (
+        (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
+        (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+        (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+        (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
+        (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+        (("Equalize", 0.4, None), ("Rotate", 0.8, 8)),
+        (("Solarize", 0.6, 3), ("Equalize", 0.6, None)),
+        (("Posterize", 0.8, 5), ("Equalize", 1.0, None)),
+        (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
+        (("Equalize", 0.6, None), ("Posterize", 0.4, 6)),
+        (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
+        (("Rotate", 0.4, 9), ("Equalize", 0.6, None)),
+        (("Equalize", 0.0, None), ("Equalize", 0.8, None)),
+        (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+        (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+        (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+        (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
+        (("Sharpness", 0.4, 7), ("Invert", 0.6, None)),
+        (("ShearX", 0.6, 5), ("Equalize", 1.0, None)),
+        (("Color", 0.4, 0), ("Equalize", 0.6, None)),
+        (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+        (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+        (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+        (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+        (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+    ),
+    "cifar10": (
+        (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
+        (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+        (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+        (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+        (("AutoContrast", 0.5, None), ("Equalize", 0.9, None)),
+        (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+        (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+        (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+        (("Equalize", 0.6, None), ("Equalize", 0.5, None)),
+        (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+        (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+        (("Equalize", 0.3, None), ("AutoContrast", 0.4, None)),
+        (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+        (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+        (("Solarize", 0.5, 2), ("Invert", 0.0, None)),
+        (("Equalize", 0.2, None), ("AutoContrast", 0.6, None)),
+        (("Equalize", 0.2, None), ("Equalize", 0.6, None)),
+        (("Color", 0.9, 9), ("Equalize", 0.6, None)),
+        (("AutoContrast", 0.8, None), ("Solarize", 0.2, 8)),
+        (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+        (("Solarize", 0.4, 5), ("AutoContrast", 0.9, None)),
+        (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+        (("AutoContrast", 0.9, None), ("Solarize", 0.8, 3)),
+        (("Equalize", 0.8, None), ("Invert", 0.1, None)),
+        (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
+    ),
+    "svhn": (
+        (("ShearX", 0.9, 4), ("Invert", 0.2, None)),
+        (("ShearY", 0.9, 8), ("Invert", 0.7, None)),
+        (("Equalize", 0.6, None), ("Solarize", 0.6, 6)),
+        (("Invert", 0.9, None), ("Equalize", 0.6, None)),
+        (("Equalize", 0.6, None), ("Rotate", 0.9, 3)),
+        (("ShearX", 0.9, 4), ("AutoContrast", 0.8, None)),
+        (("ShearY", 0.9, 8), ("Invert", 0.4, None)),
+        (("ShearY", 0.9, 5), ("Solarize", 0.2, 6)),
+        (("Invert", 0.9, None), ("AutoContrast", 0.8, None)),
+        (("Equalize", 0.6, None), ("Rotate", 0.9, 3)),
+        (("ShearX", 0.9, 4), ("Solarize", 0.3, 3)),
+        (("ShearY", 0.8, 8), ("Invert", 0.7, None)),
+        (("Equalize", 0.9, None), ("TranslateY", 0.6, 6)),
+        (("Invert", 0.9, None), ("Equalize", 0.6, None)),
+        (("Contrast", 0.3, 3), ("Rotate", 0.8, 4)),
+        (("Invert", 0.8, None), ("TranslateY", 0.0, 2)),
+        (("ShearY", 0.7, 6), ("Solarize", 0.4, 8)),
+        (("Invert", 0.6, None), ("Rotate", 0.8, 4)),
+        (("ShearY", 0.3, 7), ("TranslateX", 0.9, 3)),
+        (("ShearX", 0.1, 6), ("Invert", 0.6, None)),
+        (("Solarize", 0.7, 2), ("TranslateY", 0.6, 7)),
+        (("ShearY", 0.8, 4), ("Invert", 0.8, None)),
+        (("ShearX", 0.7, 9), ("TranslateY", 0.8, 3)),
+        (("ShearY", 0.8, 5), ("AutoContrast", 0.7, None)),
+        (("ShearX", 0.7, 2), ("Invert", 0.1, None)),
+    ),
+}
+AUTO_AUGMENT_BINS = 10
+# Translation at bin 9 is 150/331 of the side (the policies were searched on 331 px images, at most 150
+# px); the op table's translation reaches 0.45 at MAX_LEVEL.
+AUTO_AUGMENT_MAX_TRANSLATE = 150 / 331
+
+
+def auto_augment_level(name: str, magnitude_bin: int | None) -> float:
+    """The op table's level (0..MAX_LEVEL scale) that gives AutoAugment's magnitude of `magnitude_bin`.
+
+    Bin b of 10 is the fraction b / 9 of the op's range (shear 0.3, rotation 30 degrees, colour /
+    contrast / brightness / sharpness factor 1 +- 0.9, solarize threshold 256 down to 0: 256 (1 - b / 9);
+    torchvision's uint8 path uses 255 (1 - b / 9)); translation reaches 150/331 of the side; posterize
+    keeps 8 - round(4 b / 9) bits. Ops without magnitude take level 0.
+    """
+    if magnitude_bin is None:
+        return 0.0
+    fraction = magnitude_bin / (AUTO_AUGMENT_BINS - 1)
+    if name in ("TranslateX", "TranslateY"):
+        return fraction * AUTO_AUGMENT_MAX_TRANSLATE / 0.45 * MAX_LEVEL
+    if name == "Posterize":
+        return round(4 * fraction) * MAX_LEVEL / 4  # bits removed, as the op's int(level / MAX_LEVEL * 4)
+    return fraction * MAX_LEVEL
+
+
+def auto_augment(clip: torch.Tensor, policy: str, rng: np.random.Generator) -> torch.Tensor:
+    """AutoAugment a uint8 (T, 3, H, W) clip: one sub-policy of `policy` drawn from `rng`, each of its two
+    ops applied with its probability (the same parameters on every frame; a signed op draws its sign).
+
+    Draws from `rng`, in order: the sub-policy index, then per op its probability test and, when applied,
+    what the op itself draws. Returns a contiguous uint8 clip on the clip's device.
+    """
+    sub_policies = AUTO_AUGMENT_POLICIES[policy]
+    device = clip.device
+    clip = clip.cpu().contiguous()
+    for name, probability, magnitude_bin in sub_policies[int(rng.integers(len(sub_policies)))]:
+        if rng.random() < probability:
+            clip = RAND_AUGMENT_OPS[name](clip, auto_augment_level(name, magnitude_bin), rng)
+    return clip.contiguous().to(device)

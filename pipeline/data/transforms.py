@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from pipeline.data.config import AugConfig, DataConfig
 from pipeline.data.memory import empty_batch
-from pipeline.data.randaugment import rand_augment
+from pipeline.data.randaugment import auto_augment, rand_augment
 from pipeline.data.sampling import eval_crop_boxes, eval_resized_shape
 
 # Datasets whose labels name left and right: a horizontal flip would change the class.
@@ -58,6 +58,22 @@ def random_resized_crop_box(
     else:
         h, w = height, width
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+def padded_crop(clip: torch.Tensor, size: int, padding: int, rng: np.random.Generator) -> torch.Tensor:
+    """CIFAR's random crop of a (T, 3, H, W) clip: zero-pad by `padding` on each side, cut size x size.
+
+    A clip whose short side is not `size` is first resized to it (aspect kept), so the crop sees what
+    evaluation's short-side resize shows; the offset is drawn uniformly over the padded frame.
+    """
+    height, width = clip.shape[-2:]
+    if min(height, width) != size:
+        clip = resize(clip, *eval_resized_shape(height, width, size, size))
+        height, width = clip.shape[-2:]
+    top = int(rng.integers(0, height + 2 * padding - size + 1))
+    left = int(rng.integers(0, width + 2 * padding - size + 1))
+    padded = F.pad(clip, (padding, padding, padding, padding)) if padding else clip
+    return padded[:, :, top : top + size, left : left + size]
 
 
 def channels_first(frames: torch.Tensor) -> torch.Tensor:
@@ -154,9 +170,10 @@ def erase_box(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 class TrainTransform:
     """Decoded frames -> `repeated_aug` independently augmented, normalised views (C, T, S, S).
 
-    Per view: random resized crop (scale jitter) resized to crop_size, horizontal flip if enabled,
-    RandAugment, normalisation, random erasing. `pixel_views` stops before normalisation (the loader's
-    workers ship those 4x smaller uint8 views and the main process finishes them, bit-identically).
+    Per view: random resized crop (scale jitter) resized to crop_size, or the padded crop, horizontal
+    flip if enabled, RandAugment or AutoAugment, normalisation, random erasing. `pixel_views` stops
+    before normalisation (the loader's workers ship those 4x smaller uint8 views and the main process
+    finishes them, bit-identically).
     """
 
     def __init__(self, cfg: DataConfig, flip: bool) -> None:
@@ -181,21 +198,27 @@ class TrainTransform:
         _, _, height, width = clip.shape
         views = []
         for _ in range(aug.repeated_aug):
-            top, left, h, w = random_resized_crop_box(height, width, aug.scale, aug.ratio, rng)
-            view = resize(clip[:, :, top : top + h, left : left + w], self.size, self.size)
+            if aug.crop == "padded":
+                view = padded_crop(clip, self.size, aug.padding, rng)
+            else:
+                top, left, h, w = random_resized_crop_box(height, width, aug.scale, aug.ratio, rng)
+                view = resize(clip[:, :, top : top + h, left : left + w], self.size, self.size)
             if self.flip and rng.random() < 0.5:
                 view = view.flip(-1)
             views.append(self.augment_view(view, rng))
         return views
 
     def augment_view(self, view: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, EraseBox]:
-        """The steps after crop and flip on a (T, 3, S, S) view: RandAugment, then the erased box drawn.
+        """The steps after crop and flip on a (T, 3, S, S) view: RandAugment or AutoAugment, then the
+        erased box drawn.
 
         The DALI image path crops and flips in DALI and runs these in torch (`pipeline.data.dali_image`).
         """
         aug = self.aug
         if aug.randaug_n > 0:
             view = rand_augment(view, aug.randaug_n, aug.randaug_m, aug.randaug_mstd, rng)
+        elif aug.autoaugment != "none":
+            view = auto_augment(view, aug.autoaugment, rng)
         box = None
         if aug.erasing_prob > 0 and rng.random() < aug.erasing_prob:
             box = draw_erase_box(self.size, self.size, 3, rng)

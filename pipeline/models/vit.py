@@ -1,13 +1,18 @@
 """A small plain ViT as in the small-datasets paper (vit_tiny), optionally with SPT and LSA.
 
-Defaults: 9 blocks, width 192, 12 heads of 16, MLP ratio 2, class token, learned absolute
-position embedding, patch size img_size // 8 (an 8x8 token grid, the paper's setting for 32- and
-64-pixel images). Video: tubelets of tubelet_size frames, one position embedding per tubelet.
+Defaults: the paper's code (its `ViT(dim=192, depth=9, heads=12, dim_head=192 // 12, mlp_dim_ratio=2)`):
+9 blocks, width 192, 12 heads of 16, MLP ratio 2, class token, learned absolute position embedding,
+patch size img_size // 8 (4 at 32 px, 8 at 64 px: an 8x8 token grid), query/key/value projection
+without bias, and one stochastic-depth rate for every block (the code's single shared DropPath), not
+a rate rising with depth. Not taken from it: its Xavier-normal init and unit-variance position embedding
+(trunc-normal 0.02 here, as everywhere in this package). Video: tubelets of tubelet_size frames, one
+position embedding per tubelet.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -29,11 +34,18 @@ class TransformerBlock(nn.Module):
     """Pre-norm transformer block over (B, N, C) tokens."""
 
     def __init__(
-        self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float, drop_path: float, lsa: bool
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int,
+        mlp_ratio: float,
+        drop_path: float,
+        lsa: bool,
+        qkv_bias: bool,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, num_heads, head_dim=head_dim, lsa=lsa)
+        self.attn = MultiHeadAttention(dim, num_heads, head_dim=head_dim, qkv_bias=qkv_bias, lsa=lsa)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -45,7 +57,11 @@ class TransformerBlock(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """Plain ViT classifier for images (B, C, H, W) or clips (B, C, T, H, W)."""
+    """Plain ViT classifier for images (B, C, H, W) or clips (B, C, T, H, W).
+
+    drop_path_schedule: "uniform" (drop_path_rate in every block, the paper's code) or "linear" (rising
+    from 0 to drop_path_rate over the blocks, as in DeiT).
+    """
 
     def __init__(
         self,
@@ -62,6 +78,8 @@ class VisionTransformer(nn.Module):
         head_dim: int = 16,
         mlp_ratio: float = 2.0,
         drop_path_rate: float = 0.1,
+        drop_path_schedule: Literal["uniform", "linear"] = "uniform",
+        qkv_bias: bool = False,
         checkpoint_blocks: bool | Sequence[int] = False,
         spt: bool = False,
         lsa: bool = False,
@@ -87,9 +105,14 @@ class VisionTransformer(nn.Module):
         num_tokens = (img_size // patch) ** 2 * (num_frames // tubelet_size if video else 1)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_tokens, embed_dim))
-        (rates,) = drop_path_rates(self.depths, drop_path_rate)
+        if drop_path_schedule not in ("uniform", "linear"):
+            raise ValueError(f"drop_path_schedule must be 'uniform' or 'linear', got {drop_path_schedule!r}")
+        if drop_path_schedule == "linear":
+            (rates,) = drop_path_rates(self.depths, drop_path_rate)
+        else:
+            rates = [drop_path_rate] * depth
         self.blocks = nn.ModuleList(
-            TransformerBlock(embed_dim, num_heads, head_dim, mlp_ratio, rate, lsa) for rate in rates
+            TransformerBlock(embed_dim, num_heads, head_dim, mlp_ratio, rate, lsa, qkv_bias) for rate in rates
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from torch import nn
 from pipeline.config import ConfigError
 from pipeline.console import note
 from pipeline.data.loader import LoaderState
-from pipeline.io import atomic_open, atomic_write_json, atomic_write_text
+from pipeline.io import atomic_open, atomic_write_json, atomic_write_text, free_bytes, storage_problem
 from pipeline.train.buffers import rank_buffers, restore_rank_buffers
 from pipeline.train.config import CHECKPOINT_FOLDER
 
@@ -93,6 +94,44 @@ def gather_digests(tag_dir: Path, names: list[str]) -> dict[str, dict[str, Any]]
     parts: list[Any] = [None] * world
     torch.distributed.all_gather_object(parts, mine)
     return {name: value for part in parts for name, value in part.items()}
+
+
+def tag_bytes(tag_dir: Path) -> int:
+    """Bytes of the files of checkpoint `tag_dir`."""
+    return sum(p.stat().st_size for p in tag_dir.iterdir() if p.is_file())
+
+
+def save_refusal(err: BaseException, folder: Path, needed: int) -> str | None:
+    """Why the storage refused a checkpoint write into `folder` (full, over quota, read-only, not
+    permitted), or None when `err` is not the storage's doing.
+
+    An OSError carries its errno. torch.save's C++ writer loses it (`basic_ios::clear: iostream error`,
+    `unexpected pos`, a parent folder DeepSpeed could not make): then the disk itself is checked.
+    """
+    if isinstance(err, OSError):
+        return storage_problem(err)
+    if not isinstance(err, RuntimeError):
+        return None
+    where = folder if folder.exists() else folder.parent
+    if os.statvfs(where).f_flag & os.ST_RDONLY:
+        return "the file system is read-only"
+    if not os.access(where, os.W_OK):
+        return "permission denied"
+    if free_bytes(where) < needed:
+        return "the file system is full"
+    return None
+
+
+def refused_write(write: Callable[[], object], refused: Callable[[BaseException], str | None]) -> str | None:
+    """Run `write()`; the reason the storage refused it (`refused(err)`, see `save_refusal`), or None when
+    it was written. Any other error is raised."""
+    try:
+        write()
+    except (OSError, RuntimeError) as err:
+        if (reason := refused(err)) is None:
+            raise
+        return reason
+    return None
 
 
 def checkpoint_problem(tag_dir: Path) -> str | None:
@@ -272,6 +311,32 @@ class CheckpointManager:
         """Before the ranks write `tag`: drop a marker left by an earlier save of the same tag, so a
         save that dies half way can never look complete."""
         (self.folder / tag / MARKER).unlink(missing_ok=True)
+
+    def save_bytes(self, estimate: int) -> int:
+        """The bytes the next save needs: the newest complete one's, else `estimate` (no save yet)."""
+        tags = complete_tags(self.folder)
+        return tag_bytes(tags[-1]) if tags else estimate
+
+    def warn_if_short(self) -> None:
+        """One warning line when the newest complete save would no longer fit in the free space."""
+        tags = complete_tags(self.folder)
+        if tags and (last := tag_bytes(tags[-1])) > (free := free_bytes(self.folder)):
+            note(
+                "checkpoint",
+                f"warning: {self.folder} has {free} bytes free, the last checkpoint took {last}: "
+                "this save may not fit (make room, or lower checkpoint.keep)",
+            )
+
+    def discard(self, tag: str, reason: str, needed: int) -> ConfigError:
+        """Remove the partial `tag` of a save the storage refused; the one line that stops the run."""
+        shutil.rmtree(self.folder / tag, ignore_errors=True)
+        newest = complete_tags(self.folder)
+        kept = f"{newest[-1].name} is intact" if newest else "no checkpoint was saved before"
+        return ConfigError(
+            f"cannot save checkpoint {tag} in {self.folder}: {reason} (the save needs about {needed} bytes, "
+            f"{free_bytes(self.folder)} free); the partial {tag} was removed, {kept}: make room and run the "
+            "same command to resume"
+        )
 
     def write_state(self, tag: str, state: TrainerState) -> None:
         """Write the trainer state file of `tag`."""

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +25,7 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 from torch import nn
 
 from pipeline.train.buffers import restore_rank_buffers
+from pipeline.train.checkpoint import refused_write
 from pipeline.train.config import EngineConfig
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -211,9 +212,42 @@ def input_dtype(engine: Any) -> torch.dtype:
     return torch.float32
 
 
-def save_checkpoint(engine: Any, folder: Path, tag: str) -> None:
-    """Every rank writes its part of `folder/tag` (the caller writes completion marker and `latest`)."""
-    engine.save_checkpoint(str(folder), tag=tag, save_latest=False)
+def save_checkpoint(
+    engine: Any, folder: Path, tag: str, refused: Callable[[BaseException], str | None]
+) -> str | None:
+    """Every rank writes its part of `folder/tag` (the caller writes completion marker and `latest`).
+
+    A write the storage refuses (`refused(err)` names why: a full disk surfaces from torch.save's C++
+    writer as `RuntimeError: basic_ios::clear: iostream error` or `unexpected pos`) is not raised: the
+    rank writes nothing more but goes on through DeepSpeed's collectives with its peers, so that the
+    ranks can then agree to stop. Returns the first refusal's reason, or None when all was written.
+    """
+    reasons: list[str] = []
+
+    def guarded(write: Callable[..., Any]) -> Callable[..., Any]:
+        def attempt(*args: Any, **kwargs: Any) -> None:
+            if not reasons and (reason := refused_write(lambda: write(*args, **kwargs), refused)):
+                reasons.append(reason)
+
+        return attempt
+
+    writers = (engine.checkpoint_engine, "save"), (engine, "_copy_recovery_script")
+    for owner, name in writers:
+        setattr(owner, name, guarded(getattr(owner, name)))
+    try:
+        engine.save_checkpoint(str(folder), tag=tag, save_latest=False)
+    finally:
+        for owner, name in writers:
+            delattr(owner, name)  # the class's method again
+    return reasons[0] if reasons else None
+
+
+def checkpoint_bytes_estimate(engine: Any) -> int:
+    """About how many bytes one checkpoint of this engine takes over all ranks: the weights in their
+    dtype plus AdamW's fp32 master weights and two moments (12 bytes) per parameter."""
+    return sum(
+        getattr(p, "ds_numel", p.numel()) * (p.element_size() + 12) for p in engine.module.parameters()
+    )
 
 
 def load_checkpoint(engine: Any, folder: Path, tag: str) -> None:

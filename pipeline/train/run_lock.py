@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.config import ConfigError
+from pipeline.io import storage_problem
 
 LOCK_FILE = "LOCK"
 
@@ -45,8 +46,12 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock (without waiting) and write this process's description into it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = self.path.open("a+", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            file = self.path.open("a+", encoding="utf-8")
+        except OSError as err:  # a read-only or foreign folder: the run could never save
+            why = storage_problem(err) or err.strerror or str(err)
+            raise ConfigError(f"cannot write to the run folder {self.path.parent}: {why}") from None
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -39,6 +39,8 @@ from pipeline.train.checkpoint import (
     checkpoint_folder,
     find_resume_checkpoint,
     gather_digests,
+    refused_write,
+    save_refusal,
     tag_for_step,
 )
 from pipeline.train.config import Config
@@ -46,6 +48,7 @@ from pipeline.train.engine import (
     DistInfo,
     apply_activation_checkpointing,
     build_engine,
+    checkpoint_bytes_estimate,
     consolidated_state_dict,
     input_dtype,
     needs_universal_checkpoint,
@@ -311,14 +314,20 @@ class Trainer:
             )
         tag = tag_for_step(self.step)
         tag_dir = self.checkpoints.folder / tag
+        needed = self.checkpoints.save_bytes(checkpoint_bytes_estimate(self.engine))
+
+        def refused(err: BaseException) -> str | None:
+            return save_refusal(err, self.checkpoints.folder, needed)
+
         if self.rank == 0:
+            self.checkpoints.warn_if_short()
             self.checkpoints.prepare(tag)
         with buffers_averaged_over_ranks(self.engine.module):
-            save_checkpoint(self.engine, self.checkpoints.folder, tag)
+            refusal = save_checkpoint(self.engine, self.checkpoints.folder, tag, refused)
         mine = RankState.capture(self.loader.state(), self.frame_generator, self.engine.module)
         ranks: list[Any] = [None] * self.world
         dist.all_gather_object(ranks, mine)
-        if self.rank == 0:
+        if self.rank == 0 and refusal is None:
             state = TrainerState(
                 self.step,
                 self.epoch,
@@ -330,13 +339,31 @@ class Trainer:
                 self.micro_batch,
                 self.accum,
             )
-            self.checkpoints.write_state(tag, state)
-        dist.barrier()  # every rank's files are on disk: digest them (shared out over the ranks)
+            refusal = refused_write(lambda: self.checkpoints.write_state(tag, state), refused)
+        # Every rank's files are on disk (or refused): stop together, or digest them (shared out).
+        self.stop_unless_written(refusal, tag, needed)
         files = gather_digests(tag_dir, on_rank0(lambda: checkpoint_files(tag_dir)))
         if self.rank == 0:
-            self.checkpoints.finalize(tag, self.step, self.world, files)
+            refusal = refused_write(
+                lambda: self.checkpoints.finalize(tag, self.step, self.world, files), refused
+            )
+        self.stop_unless_written(refusal, tag, needed)
+        if self.rank == 0:
             note("train", f"saved checkpoint {tag_dir}")
-        dist.barrier()
+
+    def stop_unless_written(self, refusal: str | None, tag: str, needed: int) -> None:
+        """The ranks agree on whether the storage refused any of their writes of `tag`; if it did, rank 0
+        removes the partial tag and every rank raises the same one line (not requeued: a restart meets
+        the same disk)."""
+        refusals: list[Any] = [None] * self.world
+        dist.all_gather_object(refusals, refusal)
+        reason = next((r for r in refusals if r is not None), None)
+        if reason is not None:
+
+            def discard() -> None:
+                raise self.checkpoints.discard(tag, reason, needed)
+
+            on_rank0(discard)
 
     def diverged_hint(self) -> str:
         """What a user can do after a divergence."""

@@ -211,10 +211,14 @@ def test_dali_image_training_takes_the_cpu_paths_crops_flips_and_labels(image_fo
         assert_close_pixels(ours["video"], reference["video"])
 
 
-def test_dali_image_training_runs_the_torch_side_augmentation(image_folder: Path) -> None:
+@pytest.mark.parametrize(
+    "policy",
+    [{"randaug_n": 2, "randaug_m": 9.0}, {"autoaugment": "imagenet"}],
+    ids=["randaug", "autoaugment"],
+)
+def test_dali_image_training_runs_the_torch_side_augmentation(image_folder: Path, policy: dict) -> None:
     aug = {
-        "randaug_n": 2,
-        "randaug_m": 9.0,
+        **policy,
         "repeated_aug": 2,
         "erasing_prob": 0.5,
         "mixup": 0.8,

@@ -18,6 +18,7 @@ from pipeline.data.transforms import (
     mix_batch,
     normalise,
     normalise_batch,
+    padded_crop,
     random_resized_crop_box,
     should_flip,
 )
@@ -169,3 +170,85 @@ def test_bad_aug_settings_are_errors_naming_the_key() -> None:
         AugConfig(scale=(0.5, 0.2))
     with pytest.raises(Exception, match="repeated_aug"):
         from_dict(DataConfig, {"batch_size": 6, "aug": {"repeated_aug": 4}})
+
+
+def coordinate_clip(height: int, width: int) -> torch.Tensor:
+    """uint8 (1, 3, H, W): red = 4 x row + 1, green = 4 x column + 1, blue 255 (the padding is all zero)."""
+    rows = torch.arange(height).view(height, 1).expand(height, width) * 4 + 1
+    cols = torch.arange(width).view(1, width).expand(height, width) * 4 + 1
+    return torch.stack([rows, cols, torch.full_like(rows, 255)]).to(torch.uint8)[None]
+
+
+def test_padded_crop_is_the_frame_shifted_by_at_most_the_padding_with_zeros_entering() -> None:
+    clip, rng, shifts = coordinate_clip(32, 32), np.random.default_rng(0), set()
+    for _ in range(300):
+        view = padded_crop(clip, 32, 4, rng)
+        assert view.shape == (1, 3, 32, 32)
+        inside = view[0, 2] == 255
+        rows, cols = torch.nonzero(inside, as_tuple=True)
+        dy = (view[0, 0][inside].long() - 1) // 4 - rows  # source row - view row: the shift
+        dx = (view[0, 1][inside].long() - 1) // 4 - cols
+        assert dy.unique().numel() == 1 and dx.unique().numel() == 1  # one rigid shift
+        assert (view[:, :, ~inside] == 0).all()  # zeros where the shift uncovers the border
+        assert int((~inside).sum()) == 32 * 32 - (32 - abs(int(dy[0]))) * (32 - abs(int(dx[0])))
+        shifts.add((int(dy[0]), int(dx[0])))
+    assert {dy for dy, _ in shifts} == set(range(-4, 5)) == {dx for _, dx in shifts}
+
+
+def test_padded_crop_resizes_another_short_side_first_and_is_deterministic() -> None:
+    clip = synth_clip(2, 1).permute(0, 3, 1, 2)  # 64 x 64 frames
+    a = padded_crop(clip, 32, 4, np.random.default_rng(5))
+    assert a.shape == (8, 3, 32, 32)
+    assert torch.equal(a, padded_crop(clip, 32, 4, np.random.default_rng(5)))
+    assert padded_crop(coordinate_clip(40, 60), 32, 0, np.random.default_rng(0)).shape[-2:] == (32, 32)
+
+
+def test_cifar_recipe_views_pad_crop_flip_and_autoaugment_deterministically() -> None:
+    cfg = from_dict(
+        DataConfig,
+        {
+            "modality": "image",
+            "num_frames": 1,
+            "crop_size": 32,
+            "batch_size": 3,
+            "aug": {"crop": "padded", "padding": 4, "autoaugment": "cifar10", "repeated_aug": 3},
+        },
+    )
+    transform = TrainTransform(cfg, flip=True)
+    image = coordinate_clip(32, 32).permute(0, 2, 3, 1).contiguous()  # (1, H, W, 3) as decoded
+    a = transform.pixel_views(image, np.random.default_rng(3))
+    b = transform.pixel_views(image, np.random.default_rng(3))
+    assert [v.shape for v, _ in a] == [(1, 3, 32, 32)] * 3 and a[0][0].dtype == torch.uint8
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b, strict=True))
+    assert not torch.equal(a[0][0], a[1][0]) or not torch.equal(a[1][0], a[2][0])
+
+
+def test_crop_and_autoaugment_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"aug\.padding"):
+        AugConfig(crop="padded", padding=-1)
+    with pytest.raises(ValueError, match="choose one"):
+        AugConfig(autoaugment="cifar10", randaug_n=2)
+    with pytest.raises(Exception, match="crop"):
+        from_dict(DataConfig, {"aug": {"crop": "random"}})
+    with pytest.raises(Exception, match="autoaugment"):
+        from_dict(DataConfig, {"aug": {"autoaugment": "cifar100"}})
+    with pytest.raises(ValueError, match=r"not supported by data\.decoder=dali"):
+        from_dict(DataConfig, {"decoder": "dali", "aug": {"crop": "padded"}})
+
+
+def test_small_image_recipe_mixes_half_the_batches_half_of_them_by_cutmix() -> None:
+    """mixup = cutmix = 1 (Beta(1, 1)), mixup_prob 0.5, switch 0.5: the SPT + LSA paper's mixing."""
+    aug = AugConfig(mixup=1.0, cutmix=1.0, mixup_prob=0.5, mixup_switch_prob=0.5)
+    rng, kinds = np.random.default_rng(0), {"none": 0, "mixup": 0, "cutmix": 0}
+    for _ in range(800):
+        video = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 3, 1, 8, 8).contiguous()  # row i: all i
+        mixed, _ = mix_batch(video, torch.arange(4), 4, aug, rng)
+        values = mixed[0].unique()
+        if torch.equal(values, torch.tensor([0.0])):
+            kinds["none"] += 1
+        elif values.numel() == 1:  # one blend of rows 0 and 3 everywhere
+            kinds["mixup"] += 1
+        else:  # row 3's box pasted into row 0
+            kinds["cutmix"] += 1
+    assert abs(kinds["none"] / 800 - 0.5) < 0.06
+    assert abs(kinds["cutmix"] / (kinds["mixup"] + kinds["cutmix"]) - 0.5) < 0.08

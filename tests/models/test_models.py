@@ -252,3 +252,21 @@ def test_vit_tiny_is_the_small_datasets_size() -> None:
     assert 2.5e6 < count_parameters(model) < 3.1e6  # the paper's ViT: 2.8M on CIFAR-100
     assert model.patch_embed.kernel_size == (4, 4)  # 8x8 tokens
     assert isinstance(create_model("uniformer_tiny", 2).blocks3[0], AttentionBlock)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "vit_tiny_spt_lsa"])
+def test_vit_tiny_has_the_settings_of_the_small_datasets_papers_code(name: str) -> None:
+    """ViT(dim=192, depth=9, heads=12, dim_head=16, mlp_dim_ratio=2, stochastic_depth=0.1), patch 4 at
+    32 px and 8 at 64 px, qkv without bias, one drop-path rate for every block."""
+    model = create_model(name, 10, img_size=64)
+    assert len(model.blocks) == 9 and model.pos_embed.shape == (1, 1 + 8 * 8, 192)
+    for block in model.blocks:
+        attn = block.attn
+        assert (attn.num_heads, attn.head_dim, attn.qkv.bias) == (12, 16, None)
+        assert block.mlp.fc1.out_features == 384 and block.drop_path.rate == 0.1
+        if name.endswith("spt_lsa"):
+            assert torch.equal(attn.temperature.flatten(), torch.full((12,), 16**-0.5))
+    if name.endswith("spt_lsa"):
+        assert model.patch_embed.patch_size == 8 and model.patch_embed.patch_dim == 5 * 3 * 8 * 8
+    linear = create_model(name, 10, img_size=32, drop_path_schedule="linear")
+    assert [b.drop_path.rate for b in linear.blocks][::8] == [0.0, 0.1]

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, from_dict, to_dict
+from pipeline.config import ConfigError, from_dict, load_config, to_dict
 from pipeline.models import list_models
 from pipeline.train.config import Config, config_changes, load_train_config
 from pipeline.train.optim import scaled_lr
 from tests.train.conftest import DEMO_CONFIG, REPO, run_local
 
 RECIPES = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("base"))
+SMALL_IMAGE_DATASETS = ("cifar10_", "cifar100_", "svhn_", "tinyimagenet_")  # one-rank recipes, test_recipes
 
 
 def launch(*overrides: str) -> subprocess.CompletedProcess:
@@ -49,8 +50,10 @@ def test_bad_config_is_one_line_before_any_process(
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_recipe_loads(recipe: Path, small_shards, image_shards) -> None:
-    train, val = image_shards if "imagenet" in recipe.stem else small_shards
-    batch = ["data.batch_size=16"] if "imagenet" in recipe.stem else []  # 32 test images: one small batch
+    recipe_data = load_config(Config, recipe).data
+    train, val = image_shards if recipe_data.modality == "image" else small_shards
+    # 32 test images: one small batch of 4 images and their repeated views
+    batch = [f"data.batch_size={4 * recipe_data.aug.repeated_aug}"] if recipe_data.modality == "image" else []
     # The test shards are tiny (32 clips of 16 frames): one rank, and short clips allowed.
     overrides = [
         f"data.train=[{train}]",
@@ -65,7 +68,7 @@ def test_every_recipe_loads(recipe: Path, small_shards, image_shards) -> None:
     if recipe.stem.startswith("imagenet"):
         # DeiT's rule: 1e-3 at 1024 images per step, scaled linearly
         assert (cfg.optim.lr, cfg.optim.base_batch_size) == (1e-3, 1024)
-    elif not recipe.stem.startswith("demo"):
+    elif not recipe.stem.startswith(("demo", *SMALL_IMAGE_DATASETS)):
         # The paper's rule: 2e-4 at 64 clips per step; the recipes are laid out for 8 ranks.
         global_batch = cfg.data.batch_size * cfg.engine.grad_accum_steps * 8
         assert global_batch == 64 and scaled_lr(cfg.optim, global_batch) == pytest.approx(2e-4)
