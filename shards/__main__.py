@@ -115,13 +115,16 @@ def add_store_arguments(parser: argparse.ArgumentParser, modality: str) -> None:
         "--frame-quality",
         type=jpeg_quality,
         default=JPEG_QUALITY,
-        help=f"JPEG quality 1..100 of the frames of videos stored as --store frames (default {JPEG_QUALITY})",
+        help="JPEG quality 1..100 of the frames --store frames encodes: all frames of a video, the frames of "
+        f"a frame folder only where converted or shrunk by --short-side (default {JPEG_QUALITY})",
     )
 
 
-def check_store_arguments(args: argparse.Namespace) -> None:
-    """A bad combination of storage flags is one error line (argparse cannot say it per flag)."""
-    if getattr(args, "store", "video") == "frames" and args.reencode:
+def check_store_arguments(reader: DatasetReader | type[Reader], args: argparse.Namespace) -> None:
+    """A bad combination of storage flags is one error line (argparse cannot say it per flag). A dataset
+    that re-encodes by default (UCF-101's AVIs) has --reencode on without asking: that is no conflict."""
+    reencode_asked = args.reencode and not getattr(reader, "reencode_by_default", False)
+    if getattr(args, "store", "video") == "frames" and reencode_asked:
         raise OutputError(
             "--reencode re-encodes videos; with --store frames every frame is a JPEG "
             "(--frame-quality, --short-side set it)"
@@ -162,7 +165,7 @@ def recorded_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_dataset(reader: DatasetReader | type[Reader], args: argparse.Namespace) -> int:
     """Read the raw split, write its shards and manifest, print the summary line."""
-    check_store_arguments(args)
+    check_store_arguments(reader, args)
     if isinstance(reader, type):
         index = read_split(reader.from_args(args), args.root, args.split)
     else:

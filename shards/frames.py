@@ -24,7 +24,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from shards.image import ImageError, encode_jpeg, open_image, output_size, prepare_image
+from shards.image import JPEG_QUALITY, ImageError, encode_jpeg, open_image, output_size, prepare_image
 
 FRAMES_STORAGE = "frames"
 FRAMES_CODEC = "jpeg"
@@ -106,17 +106,19 @@ def frame_files(folder: Path) -> list[Path]:
     return [numbered[number] for number in expected]
 
 
-def read_frame_folder(folder: Path, short_side: int | None) -> FrameSequence:
+def read_frame_folder(folder: Path, short_side: int | None, quality: int = JPEG_QUALITY) -> FrameSequence:
     """Validate a folder of frames and return what to store: the JPEG bytes as they are, except frames
-    converted or shrunk by `prepare_image`. Raises FramesError naming the frame at fault, OSError when the
-    folder cannot be read."""
+    converted or shrunk by `prepare_image` (re-encoded at `quality`). Raises FramesError naming the frame
+    at fault, OSError when the folder cannot be read."""
     frames: list[bytes] = []
     converted: list[str] = []
     size: tuple[int, int] | None = None
     first = ""
     for path in frame_files(folder):
         try:
-            stored, info, source_kind = prepare_image(path.read_bytes(), short_side, reencode=False)
+            stored, info, source_kind = prepare_image(
+                path.read_bytes(), short_side, reencode=False, quality=quality
+            )
         except ImageError as err:
             raise FramesError(f"frame {path.name}: {err}") from None
         if size is None:

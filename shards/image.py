@@ -72,8 +72,11 @@ def encode_jpeg(image: Image.Image, size: tuple[int, int], quality: int = JPEG_Q
     return out.getvalue()
 
 
-def prepare_image(data: bytes, short_side: int | None, reencode: bool) -> tuple[bytes, ImageInfo, str | None]:
-    """The bytes to store for one image file, its info, and what it was converted from (None: not).
+def prepare_image(
+    data: bytes, short_side: int | None, reencode: bool, quality: int = JPEG_QUALITY
+) -> tuple[bytes, ImageInfo, str | None]:
+    """The bytes to store for one image file, its info, and what it was converted from (None: not); an
+    image converted or resized is re-encoded at JPEG `quality`.
 
     Raises ImageError when the file does not decode.
     """
@@ -83,5 +86,5 @@ def prepare_image(data: bytes, short_side: int | None, reencode: bool) -> tuple[
     converted = None if as_is else f"{image.format} {image.mode}"
     if as_is and not reencode and size == image.size:
         return data, ImageInfo(image.width, image.height, image.mode), None
-    stored = encode_jpeg(image, size)
+    stored = encode_jpeg(image, size, quality)
     return stored, ImageInfo(size[0], size[1], "RGB"), converted

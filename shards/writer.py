@@ -231,11 +231,8 @@ def build_sample_from_frames(context: SampleContext, record: Record) -> VideoSam
     key = f"{context.dataset}/{context.split}/{record.id}"
     fps = float(record.extras["fps"])
     try:
-        if "." in key:
-            raise FramesError("id contains '.', which would cut the webdataset key")
-        frames = read_frame_folder(
-            record.source, context.encode.short_side if context.store == "frames" else None
-        )
+        short_side = context.encode.short_side if context.store == "frames" else None
+        frames = read_frame_folder(record.source, short_side, context.frame_quality)
         if context.store == "frames":
             return finish_sample(context, record, source, key, tuple(frames.members()), frames.facts(fps))
         rate = Fraction(fps).limit_denominator(1001)
