@@ -24,6 +24,7 @@ from shards.datasets import READERS, read_split
 from shards.records import DatasetIndex
 from shards.synth import synth_dataset
 from shards.video import count_decoded_frames
+from tests.shards.test_synth import angle_error, motion_direction
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = "20bn-something-something-v1"
@@ -308,3 +309,28 @@ def test_store_options_are_checked(kinetics_raw: Path, tmp_path: Path, capsys) -
     assert "--store" in err and len(err.splitlines()) == 1
     assert main(["ssv1", *base, "--frame-quality", "101"]) == 2
     assert "expected a JPEG quality 1..100, got '101'" in capsys.readouterr().err
+
+
+def test_synth_ssv1_is_the_published_layout_and_moves_as_labelled(tmp_path: Path) -> None:
+    """`synth ssv1`: unsorted labels file, `;` lists, `00001.jpg` folders whose motion is the sorted index;
+    the same seed gives the same bytes."""
+    trees = [tmp_path / "a", tmp_path / "b"]
+    for tree in trees:
+        synth_dataset("ssv1", tree, num_videos=3, classes=3, seed=5, frames=8, height=32, missing=1)
+    digests = [{p.relative_to(t): p.read_bytes() for p in sorted(t.rglob("*")) if p.is_file()} for t in trees]
+    assert digests[0] == digests[1]
+    names = (trees[0] / f"{PREFIX}labels.csv").read_text(encoding="utf-8").splitlines()
+    assert len(names) == 3 and names != sorted(names)
+    for split in ("train", "val", "test"):
+        index = read(trees[0], split)
+        assert (len(index.records), len(index.missing), index.rejects) == (3, 1, [])
+        assert index.label_map == dict(enumerate(sorted(names)))
+        for record in index.records:
+            files = sorted(record.source.iterdir())
+            assert [p.name for p in files] == [f"{n:05d}.jpg" for n in range(1, 9)]
+            frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+            assert frames.shape[1] == 32
+            if split == "test":
+                assert record.label == -1
+            else:
+                assert angle_error(motion_direction(frames), record.label, 3) < 0.3, record
