@@ -334,3 +334,15 @@ def test_synth_ssv1_is_the_published_layout_and_moves_as_labelled(tmp_path: Path
                 assert record.label == -1
             else:
                 assert angle_error(motion_direction(frames), record.label, 3) < 0.3, record
+
+
+def test_frames_above_the_short_side_are_shrunk_at_the_frame_quality(raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "small"
+    assert shard(raw, "val", out, "--short-side", "16", "--frame-quality", "50") == 0
+    for members in samples_of(out).values():
+        meta = json.loads(members["json"])
+        assert (meta["width"], meta["height"], meta["num_frames"]) == (21, 16, 3)
+        for i in range(3):
+            image = Image.open(io.BytesIO(members[f"{i:06d}.jpg"]))
+            assert image.size == (21, 16) and image.quantization == quantization_at(50)
+    assert main(["verify", str(out)]) == 0
