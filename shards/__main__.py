@@ -22,6 +22,7 @@ from typing import Any
 from pipeline.console import OneLineParser, one_line
 from shards import synth
 from shards.datasets import READERS, DatasetReader, Reader, read_split
+from shards.image import JPEG_QUALITY
 from shards.merge import MergeError, merge_parts
 from shards.records import AnnotationError
 from shards.verify import verify_shards
@@ -50,6 +51,13 @@ def byte_size(text: str) -> int:
     if suffix not in SIZE_SUFFIXES or not number.isdigit() or int(number) < 1:
         raise argparse.ArgumentTypeError(f"expected a size like 1000000, 500M or 1G, got {text!r}")
     return int(number) * SIZE_SUFFIXES[suffix]
+
+
+def jpeg_quality(text: str) -> int:
+    """argparse type: a JPEG quality, 1..100."""
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"expected a JPEG quality 1..100, got {text!r}")
+    return int(text)
 
 
 def part_spec(text: str) -> tuple[int, int]:
@@ -92,6 +100,37 @@ def add_write_arguments(parser: argparse.ArgumentParser, reencode_by_default: bo
     layout.add_argument("--part", type=part_spec, default=None, help="write only part i of n (i/n, from 0)")
 
 
+def add_store_arguments(parser: argparse.ArgumentParser, modality: str) -> None:
+    """`--store video|frames` for clip datasets (default: the dataset's own form) and the JPEG settings of
+    frame samples."""
+    store = parser.add_argument_group("storage of clips")
+    store.add_argument(
+        "--store",
+        choices=("video", "frames"),
+        default="frames" if modality == "frames" else "video",
+        help="video: one video member (frame folders encoded as --reencode does); frames: one JPEG per frame "
+        f"(default: {'frames' if modality == 'frames' else 'video'}, as the dataset is distributed)",
+    )
+    store.add_argument(
+        "--frame-quality",
+        type=jpeg_quality,
+        default=JPEG_QUALITY,
+        help="JPEG quality 1..100 of the frames --store frames encodes: all frames of a video, the frames of "
+        f"a frame folder only where converted or shrunk by --short-side (default {JPEG_QUALITY})",
+    )
+
+
+def check_store_arguments(reader: DatasetReader | type[Reader], args: argparse.Namespace) -> None:
+    """A bad combination of storage flags is one error line (argparse cannot say it per flag). A dataset
+    that re-encodes by default (UCF-101's AVIs) has --reencode on without asking: that is no conflict."""
+    reencode_asked = args.reencode and not getattr(reader, "reencode_by_default", False)
+    if getattr(args, "store", "video") == "frames" and reencode_asked:
+        raise OutputError(
+            "--reencode re-encodes videos; with --store frames every frame is a JPEG "
+            "(--frame-quality, --short-side set it)"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: one subcommand per registered dataset, plus synth, verify and merge."""
     parser = OneLineParser(prog="python -m shards", description=__doc__.split("\n")[0])
@@ -99,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, reader in sorted(READERS.items()):
         sub = commands.add_parser(name, help=f"shard {name}")
         add_write_arguments(sub, getattr(reader, "reencode_by_default", False))
+        if reader.modality != "image":
+            add_store_arguments(sub, reader.modality)
         reader.add_arguments(sub)
         sub.set_defaults(handler=partial(run_dataset, reader))
     sub = commands.add_parser("synth", help="write a tiny raw dataset in a publisher's layout")
@@ -124,12 +165,22 @@ def recorded_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_dataset(reader: DatasetReader | type[Reader], args: argparse.Namespace) -> int:
     """Read the raw split, write its shards and manifest, print the summary line."""
+    check_store_arguments(reader, args)
     if isinstance(reader, type):
         index = read_split(reader.from_args(args), args.root, args.split)
     else:
         index = reader.read(args.root, args.split, args)
     encode = EncodeOptions(short_side=args.short_side, gop=args.gop, crf=args.crf, preset=args.preset)
-    context = SampleContext(index.dataset, index.split, index.root, args.reencode, encode, reader.modality)
+    context = SampleContext(
+        index.dataset,
+        index.split,
+        index.root,
+        args.reencode,
+        encode,
+        reader.modality,
+        store=getattr(args, "store", "video"),
+        frame_quality=getattr(args, "frame_quality", JPEG_QUALITY),
+    )
     options = WriteOptions(
         context=context,
         max_samples=args.max_samples,

@@ -62,18 +62,21 @@ def output_size(width: int, height: int, short_side: int | None) -> tuple[int, i
     return max(short_side, round(width * scale)), max(short_side, round(height * scale))
 
 
-def encode_jpeg(image: Image.Image, size: tuple[int, int]) -> bytes:
-    """`image` as an RGB JPEG of `size` (Pillow's antialiased bicubic when resizing)."""
+def encode_jpeg(image: Image.Image, size: tuple[int, int], quality: int = JPEG_QUALITY) -> bytes:
+    """`image` as an RGB JPEG of `size` (Pillow's antialiased bicubic when resizing), baseline, 4:2:0."""
     rgb = image.convert("RGB")
     if rgb.size != size:
         rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
     out = io.BytesIO()
-    rgb.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0", optimize=False)
+    rgb.save(out, format="JPEG", quality=quality, subsampling="4:2:0", optimize=False)
     return out.getvalue()
 
 
-def prepare_image(data: bytes, short_side: int | None, reencode: bool) -> tuple[bytes, ImageInfo, str | None]:
-    """The bytes to store for one image file, its info, and what it was converted from (None: not).
+def prepare_image(
+    data: bytes, short_side: int | None, reencode: bool, quality: int = JPEG_QUALITY
+) -> tuple[bytes, ImageInfo, str | None]:
+    """The bytes to store for one image file, its info, and what it was converted from (None: not); an
+    image converted or resized is re-encoded at JPEG `quality`.
 
     Raises ImageError when the file does not decode.
     """
@@ -83,5 +86,5 @@ def prepare_image(data: bytes, short_side: int | None, reencode: bool) -> tuple[
     converted = None if as_is else f"{image.format} {image.mode}"
     if as_is and not reencode and size == image.size:
         return data, ImageInfo(image.width, image.height, image.mode), None
-    stored = encode_jpeg(image, size)
+    stored = encode_jpeg(image, size, quality)
     return stored, ImageInfo(size[0], size[1], "RGB"), converted

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from pipeline.io import atomic_open, atomic_write_json, atomic_write_text
+from shards.image import encode_jpeg
 from shards.synth_imagenet import write_imagenet
 
 # Container format per file suffix, and the encoder behind each codec name.
@@ -145,6 +147,7 @@ PUBLISHER_SPLITS = {
     "kinetics400": ("train", "val", "test"),
     "kinetics600": ("train", "val", "test"),
     "kinetics700": ("train", "val", "test"),
+    "ssv1": ("train", "val", "test"),
     "ssv2": ("train", "val", "test"),
     "diving48": ("train", "test"),
     "finegym": ("train", "val"),
@@ -152,7 +155,7 @@ PUBLISHER_SPLITS = {
     "ucf101": ("train", "test"),
     "hmdb51": ("train", "test"),
 }
-DEFAULT_FPS = {"ssv2": 12.0, "finegym": 10.0, "ucf101": 25.0, "hmdb51": 30.0}  # others: 15 fps
+DEFAULT_FPS = {"ssv1": 12.0, "ssv2": 12.0, "finegym": 10.0, "ucf101": 25.0, "hmdb51": 30.0}  # others: 15 fps
 # 4:3 (UCF-101 is 320x240, HMDB-51 240 px high, mostly 4:3); others: 16:9
 ASPECT = {"kinetics400": 4 / 3, "kinetics600": 4 / 3, "kinetics700": 4 / 3, "ucf101": 4 / 3, "hmdb51": 4 / 3}
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -182,6 +185,17 @@ SSV2_TEMPLATES = (
     "Showing [something] behind [something]",
     "Spinning [something] that quickly stops spinning",
     "Pushing [something] from right to left",
+)
+# SSv1's class names as its labels file writes them (commas, an apostrophe), not in sorted order.
+SSV1_NAMES = (
+    "Putting something, something and something on the table",
+    "Pushing something so that it almost falls off but doesn't",
+    "Pretending to put something behind something",
+    "Moving something and something so they pass each other",
+    "Holding something",
+    "Tearing something just a little bit",
+    "Dropping something into something",
+    "Letting something roll along a flat surface",
 )
 SSV2_OBJECTS = ("potato", "vicks vaporub bottle", "crème brûlée", "pen", "a cup", "remote control")
 DIVING_PARTS = (
@@ -361,6 +375,33 @@ def _ssv2(tree: RawTree, splits: tuple[str, ...], count: int, missing: int) -> N
         atomic_write_json(tree.out / "labels" / f"{files[split]}.json", entries)
 
 
+def _ssv1(tree: RawTree, splits: tuple[str, ...], count: int, missing: int) -> None:
+    """The labels file (one class name per line, unsorted), `id;label` split lists (test: ids only) and a
+    folder of JPEG frames `00001.jpg ...` per video; every third video is 4:3 instead of 16:9, as SSv1's
+    sizes vary. The motion encodes the class index, i.e. the position of the name in sorted order."""
+    names = class_names(SSV1_NAMES, tree.classes)
+    atomic_write_text(tree.out / "something-something-v1-labels.csv", "".join(f"{name}\n" for name in names))
+    by_index = sorted(names)
+    files = {"train": "train", "val": "validation", "test": "test"}
+    for split in splits:
+        rng = tree.rng(split)
+        ids = [str(x) for x in rng.choice(np.arange(1, 108_500), size=count + missing, replace=False)]
+        lines = []
+        for row, (video_id, label) in enumerate(zip(ids, tree.labels(rng, count + missing), strict=True)):
+            lines.append(video_id if split == "test" else f"{video_id};{by_index[label]}")
+            if row >= count:
+                continue
+            width = tree.width if row % 3 else 2 * round(tree.height * 2 / 3)
+            clip = motion_clip(label, tree.classes, tree.frames, tree.height, width, rng)
+            for number, frame in enumerate(clip, start=1):
+                path = tree.out / "20bn-something-something-v1" / video_id / f"{number:05d}.jpg"
+                with atomic_open(path) as file:
+                    file.write(encode_jpeg(Image.fromarray(frame), (width, tree.height)))
+            tree.videos_written += 1
+        text = "".join(f"{line}\n" for line in lines)
+        atomic_write_text(tree.out / f"something-something-v1-{files[split]}.csv", text)
+
+
 def _diving48(tree: RawTree, splits: tuple[str, ...], count: int, missing: int) -> None:
     """Diving48_vocab.json, Diving48_V2_{train,test}.json, `rgb/{vid_name}.mp4` clips."""
     combos = list(itertools.product(*DIVING_PARTS))
@@ -535,6 +576,7 @@ WRITERS = {
     "kinetics400": _kinetics,
     "kinetics600": _kinetics,
     "kinetics700": _kinetics,
+    "ssv1": _ssv1,
     "ssv2": _ssv2,
     "diving48": _diving48,
     "finegym": _finegym,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -197,9 +197,51 @@ def transcode(source: Path, options: EncodeOptions, window: tuple[float, float] 
     """
     try:
         with av.open(str(source)) as container:
-            return _transcode(container, options, window)
+            fps = _frame_rate(_video_stream(container))
+            return encode_h264(_constant_rate_frames(container, window), fps, options)
     except av.FFmpegError as err:
         raise VideoError(f"cannot re-encode: {one_line(err)}") from None
+
+
+def decode_clip(
+    source: Path, window: tuple[float, float] | None = None
+) -> Iterator[tuple[Fraction, av.VideoFrame]]:
+    """The frames of `source` (or of its `window`) at constant frame rate, as `transcode` encodes them, each
+    with the clip's frame rate; raises VideoError when the source cannot be decoded or nothing lies in the
+    window."""
+    try:
+        with av.open(str(source)) as container:
+            fps = _frame_rate(_video_stream(container))
+            for frame in _constant_rate_frames(container, window):
+                yield fps, frame
+    except av.FFmpegError as err:
+        raise VideoError(f"cannot decode: {one_line(err)}") from None
+
+
+def encode_h264(frames: Iterable[av.VideoFrame], fps: Fraction, options: EncodeOptions) -> bytes:
+    """Encode `frames` (one per output frame, any pixel format) as the H.264 mp4 of `--reencode`: the
+    size of the first frame scaled by `options.short_side`, yuv420p, `fps` constant, fixed GOPs."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4", options={"fflags": "+bitexact"}) as output:
+        encoder = None
+        for index, frame in enumerate(frames):
+            if encoder is None:
+                width, height = output_size(frame.width, frame.height, options.short_side)
+                encoder = output.add_stream("libx264", rate=fps, options=options.x264_options())
+                encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+                encoder.codec_context.gop_size = options.gop
+                encoder.codec_context.thread_count = options.threads
+                encoder.codec_context.flags |= av.codec.context.Flags.bitexact
+            image = frame.reformat(encoder.width, encoder.height, "yuv420p", interpolation="BICUBIC")
+            # The source's picture types would force keyframes where its own GOPs start.
+            image.pict_type = av.video.frame.PictureType.NONE
+            image.pts = index
+            image.time_base = 1 / fps
+            output.mux(encoder.encode(image))
+        if encoder is None:
+            raise VideoError("no frames to encode")
+        output.mux(encoder.encode(None))
+    return buffer.getvalue()
 
 
 @contextmanager
@@ -277,9 +319,11 @@ def _probe(container: av.container.InputContainer) -> VideoInfo:
     )
 
 
-def _transcode(
-    container: av.container.InputContainer, options: EncodeOptions, window: tuple[float, float] | None
-) -> bytes:
+def _constant_rate_frames(
+    container: av.container.InputContainer, window: tuple[float, float] | None
+) -> Iterator[av.VideoFrame]:
+    """The decoded frame shown in each constant-rate slot of the stream (or of `window`): a frame goes to
+    the nearest slot, a gap repeats the previous frame (yielded again), extra frames are dropped."""
     stream = _video_stream(container)
     fps = _frame_rate(stream)
     time_base = stream.time_base
@@ -294,40 +338,22 @@ def _transcode(
     if start > 0 and not by_order:
         # Seek to the keyframe before the window; frames before it are decoded and skipped.
         container.seek(origin + math.floor(start / time_base), stream=stream, backward=True)
-
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4", options={"fflags": "+bitexact"}) as output:
-        encoder = None
-        next_slot = 0
-        for position, frame in enumerate(container.decode(stream)):
-            if by_order:
-                shown_at = position / fps
-            elif frame.pts is None:
-                continue
-            else:
-                shown_at = (frame.pts - origin) * time_base
-            slot = math.floor((shown_at - start) * fps + Fraction(1, 2))
-            if slot < next_slot:
-                continue  # before the window, or a second frame for the same slot
-            if num_slots is not None and slot >= num_slots:
-                break
-            if encoder is None:
-                width, height = output_size(frame.width, frame.height, options.short_side)
-                encoder = output.add_stream("libx264", rate=fps, options=options.x264_options())
-                encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
-                encoder.codec_context.gop_size = options.gop
-                encoder.codec_context.thread_count = options.threads
-                encoder.codec_context.flags |= av.codec.context.Flags.bitexact
-            image = frame.reformat(encoder.width, encoder.height, "yuv420p", interpolation="BICUBIC")
-            # The source's picture types would force keyframes where its own GOPs start.
-            image.pict_type = av.video.frame.PictureType.NONE
-            # Constant frame rate: this picture fills every slot up to its own.
-            while next_slot <= slot:
-                image.pts = next_slot
-                image.time_base = 1 / fps
-                output.mux(encoder.encode(image))
-                next_slot += 1
-        if encoder is None:
-            raise VideoError("no frame decodes inside the window")
-        output.mux(encoder.encode(None))
-    return buffer.getvalue()
+    next_slot = 0
+    for position, frame in enumerate(container.decode(stream)):
+        if by_order:
+            shown_at = position / fps
+        elif frame.pts is None:
+            continue
+        else:
+            shown_at = (frame.pts - origin) * time_base
+        slot = math.floor((shown_at - start) * fps + Fraction(1, 2))
+        if slot < next_slot:
+            continue  # before the window, or a second frame for the same slot
+        if num_slots is not None and slot >= num_slots:
+            break
+        # Constant frame rate: this picture fills every slot up to its own.
+        while next_slot <= slot:
+            yield frame
+            next_slot += 1
+    if next_slot == 0:
+        raise VideoError("no frame decodes inside the window")

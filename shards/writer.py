@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ from pipeline.data.manifest import (
 )
 from pipeline.io import atomic_open, atomic_write_json, free_bytes, storage_problem
 from shards import __version__
-from shards.image import IMAGE_EXT, ImageError, prepare_image
+from shards.frames import FramesError, encode_frames, read_frame_folder
+from shards.image import IMAGE_EXT, JPEG_QUALITY, ImageError, prepare_image
 from shards.records import DatasetIndex, Record, Reject
 from shards.verify import SHARD_FILE
 from shards.video import (
@@ -56,6 +58,8 @@ from shards.video import (
     EncodeOptions,
     VideoError,
     clip_window,
+    decode_clip,
+    encode_h264,
     probe_video,
     source_duration,
     transcode,
@@ -76,7 +80,12 @@ class SampleContext:
     root: Path
     reencode: bool = False
     encode: EncodeOptions = field(default_factory=EncodeOptions)
-    modality: str = "video"  # "image": records are image files (see build_image_sample)
+    # What the records are: "video" files, "frames" folders (SSv1) or "image" files (see build_image_sample).
+    modality: str = "video"
+    # How a clip is stored: "video" (one video member) or "frames" (one JPEG member per frame,
+    # shards.frames), the JPEGs of decoded video at frame_quality.
+    store: str = "video"
+    frame_quality: int = JPEG_QUALITY
 
 
 class OutputError(RuntimeError):
@@ -85,19 +94,18 @@ class OutputError(RuntimeError):
 
 @dataclass(frozen=True)
 class VideoSample:
-    """One validated sample: its key, the bytes of its video (or image: one frame), json and cls members,
-    its frame count."""
+    """One validated sample: its key, its media members ((suffix, bytes): one video or image, or one JPEG
+    per frame), json and cls members, its frame count."""
 
     key: str
-    video_ext: str
-    video: bytes
+    media: tuple[tuple[str, bytes], ...]
     meta: bytes
     cls: bytes
     num_frames: int
 
     def members(self) -> list[tuple[str, bytes]]:
         """(member name, bytes) in the order they are written to the tar; the digest of the others last."""
-        content = {self.video_ext: self.video, "json": self.meta, "cls": self.cls}
+        content = {**dict(self.media), "json": self.meta, "cls": self.cls}
         members = [(f"{self.key}.{ext}", data) for ext, data in content.items()]
         return [*members, (f"{self.key}.{DIGEST_MEMBER}", sample_digest(content).encode("ascii"))]
 
@@ -147,6 +155,8 @@ def build_sample(context: SampleContext, record: Record) -> VideoSample | Reject
     """
     if context.modality == "image":
         return build_image_sample(context, record)
+    if context.modality == "frames":
+        return build_sample_from_frames(context, record)
     source = _relative_source(record.source, context.root)
     key = f"{context.dataset}/{context.split}/{record.id}"
     try:
@@ -158,6 +168,8 @@ def build_sample(context: SampleContext, record: Record) -> VideoSample | Reject
         window = None
         if record.needs_trim:
             window = clip_window(source_duration(record.source), record.start_s, record.end_s)
+        if context.store == "frames":
+            return build_frames_sample(context, record, window)
         if window is not None or context.reencode:
             video, ext = transcode(record.source, context.encode, window), REENCODED_EXT
         else:
@@ -166,17 +178,71 @@ def build_sample(context: SampleContext, record: Record) -> VideoSample | Reject
                 stored = ", ".join(STORE_AS_IS_EXTS)
                 raise VideoError(f"cannot store .{ext} as-is (only {stored}); use --reencode")
         info = probe_video(video)
-        if window is not None and abs(info.num_frames / info.fps - (window[1] - window[0])) > 1.5 / info.fps:
-            seconds = info.num_frames / info.fps
-            raise VideoError(
-                f"the cut clip lasts {seconds:.3f} s of its {window[1] - window[0]:.3f} s window"
-            )
+        check_window_filled(info.num_frames, info.fps, window)
     except VideoError as err:
         return Reject(record.id, source, str(err))
     except OSError as err:
         return Reject(record.id, source, f"cannot read the video: {err.strerror or err}")
-    extra = {} if window is None else {"clip_start_s": window[0], "clip_end_s": window[1]}
-    return finish_sample(context, record, source, key, ext, video, {**asdict(info), **extra})
+    facts = {**asdict(info), **window_facts(window)}
+    return finish_sample(context, record, source, key, ((ext, video),), facts)
+
+
+def check_window_filled(num_frames: int, fps: float, window: tuple[float, float] | None) -> None:
+    """Raise VideoError when a clip cut to `window` is more than 1.5 frames shorter or longer than it."""
+    if window is not None and abs(num_frames / fps - (window[1] - window[0])) > 1.5 / fps:
+        seconds = num_frames / fps
+        raise VideoError(f"the cut clip lasts {seconds:.3f} s of its {window[1] - window[0]:.3f} s window")
+
+
+def window_facts(window: tuple[float, float] | None) -> dict[str, float]:
+    """The json fields of a clip cut from a longer video."""
+    return {} if window is None else {"clip_start_s": window[0], "clip_end_s": window[1]}
+
+
+def build_frames_sample(
+    context: SampleContext, record: Record, window: tuple[float, float] | None
+) -> VideoSample | Reject:
+    """`--store frames` for a video: its (cut) clip decoded at constant frame rate, as `--reencode` would
+    encode it, and stored as JPEG frames at `frame_quality` (`shards.frames`)."""
+    source = _relative_source(record.source, context.root)
+    try:
+        if window is None:
+            probe_video(record.source)  # the source's own checks: a truncated file is a reject
+        frames, fps = encode_frames(
+            decode_clip(record.source, window), context.encode.short_side, context.frame_quality
+        )
+        check_window_filled(len(frames.frames), float(fps), window)
+    except VideoError as err:
+        return Reject(record.id, source, str(err))
+    except OSError as err:
+        return Reject(record.id, source, f"cannot read the video: {err.strerror or err}")
+    key = f"{context.dataset}/{context.split}/{record.id}"
+    facts = {**frames.facts(float(fps)), **window_facts(window)}
+    return finish_sample(context, record, source, key, tuple(frames.members()), facts)
+
+
+def build_sample_from_frames(context: SampleContext, record: Record) -> VideoSample | Reject:
+    """A folder of frames (SSv1): validated and stored as its JPEGs (`shards.frames`), or with
+    `--store video` encoded as the short-GOP H.264 of `--reencode` (a video sample like any other).
+
+    The folder has no frame rate of its own: the reader gives it in `record.extras["fps"]`.
+    """
+    source = _relative_source(record.source, context.root)
+    key = f"{context.dataset}/{context.split}/{record.id}"
+    fps = float(record.extras["fps"])
+    try:
+        short_side = context.encode.short_side if context.store == "frames" else None
+        frames = read_frame_folder(record.source, short_side, context.frame_quality)
+        if context.store == "frames":
+            return finish_sample(context, record, source, key, tuple(frames.members()), frames.facts(fps))
+        rate = Fraction(fps).limit_denominator(1001)
+        video = encode_h264(frames.decoded(), rate, context.encode)
+        info = probe_video(video)
+    except (FramesError, VideoError) as err:
+        return Reject(record.id, source, str(err))
+    except OSError as err:
+        return Reject(record.id, source, f"cannot read the frames: {err.strerror or err}")
+    return finish_sample(context, record, source, key, ((REENCODED_EXT, video),), asdict(info))
 
 
 def build_image_sample(context: SampleContext, record: Record) -> VideoSample | Reject:
@@ -195,7 +261,7 @@ def build_image_sample(context: SampleContext, record: Record) -> VideoSample | 
         return Reject(record.id, source, f"cannot read the image: {err.strerror or err}")
     extra = {} if converted is None else {"converted_from": converted}
     key = f"{context.dataset}/{context.split}/{record.id}"
-    return finish_sample(context, record, source, key, IMAGE_EXT, image, {**asdict(info), **extra})
+    return finish_sample(context, record, source, key, ((IMAGE_EXT, image),), {**asdict(info), **extra})
 
 
 def finish_sample(
@@ -203,12 +269,11 @@ def finish_sample(
     record: Record,
     source: str,
     key: str,
-    ext: str,
-    data: bytes,
+    media: tuple[tuple[str, bytes], ...],
     facts: dict[str, Any],
 ) -> VideoSample:
-    """The sample of a validated clip or image: its bytes, its json (the record and `facts` about the
-    media: size, frames, ...) and its class member."""
+    """The sample of a validated clip or image: its media members, its json (the record and `facts` about
+    the media: size, frames, ...) and its class member."""
     meta = {
         **record.extras,
         "dataset": context.dataset,
@@ -220,7 +285,7 @@ def finish_sample(
         **facts,
     }
     meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
-    return VideoSample(key, ext, data, meta_bytes, str(record.label).encode("ascii"), facts["num_frames"])
+    return VideoSample(key, media, meta_bytes, str(record.label).encode("ascii"), facts["num_frames"])
 
 
 def _relative_source(path: Path, root: Path) -> str:
@@ -331,7 +396,8 @@ def write_dataset(
     manifest = Manifest(
         dataset=index.dataset,
         split=index.split,
-        modality=context.modality,
+        # Frame samples are clips too: the model sees video whichever way a clip is stored.
+        modality="image" if context.modality == "image" else "video",
         tool_version=__version__,
         options=recorded,
         label_map=dict(index.label_map),

@@ -23,7 +23,7 @@ from pipeline.data.randaugment import auto_augment, rand_augment
 from pipeline.data.sampling import eval_crop_boxes, eval_resized_shape
 
 # Datasets whose labels name left and right: a horizontal flip would change the class.
-NO_FLIP_DATASETS = frozenset({"ssv2"})
+NO_FLIP_DATASETS = frozenset({"ssv1", "ssv2"})
 
 
 def should_flip(aug: AugConfig, dataset: str) -> bool:

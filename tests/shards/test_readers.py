@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.datasets import READERS, DatasetReader, safe_id
+from shards.datasets import READERS, safe_id
 from shards.records import AnnotationError, DatasetIndex
 from shards.synth import encode_video, motion_clip, synth_dataset
 
@@ -58,11 +58,12 @@ def put(clip_bytes: dict[str, bytes]) -> Put:
 
 
 def test_registry_has_the_six_video_datasets_and_imagenet() -> None:
-    old_style = {name: reader for name, reader in READERS.items() if isinstance(reader, DatasetReader)}
+    old_style = {name: reader for name, reader in READERS.items() if hasattr(reader, "store_ext")}
     assert {name: reader.store_ext for name, reader in old_style.items()} == {
         "kinetics400": "mp4", "kinetics600": "mp4", "kinetics700": "mp4",
         "ssv2": "webm", "diving48": "mp4", "finegym": "mp4", "imagenet": "jpg",
     }  # fmt: skip
+    assert READERS["ssv1"].modality == "frames"  # a Reader class: folders of JPEG frames
     assert safe_id("a.b.c") == "a_b_c"
 
 

@@ -8,11 +8,13 @@ fails here naming the setting.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import load_config
+from pipeline.data.transforms import should_flip
 from pipeline.train.config import Config
 from pipeline.train.optim import scaled_lr
 
@@ -58,6 +60,7 @@ IMAGENET_WEIGHTS = {"s": "weights/uniformer_small_in1k.pth", "b": "weights/unifo
 RECIPES = {  # config stem -> (dataset, size)
     "kinetics400_s16x4": ("kinetics400", "s"),
     "kinetics400_b32x4": ("kinetics400", "b"),
+    "ssv1_s16": ("ssv1", "s"),  # the paper trains SSv1 as SSv2 (UniFormer's SSv1 recipe where it is silent)
     "ssv2_s16": ("ssv2", "s"),
     "ssv2_b32": ("ssv2", "b"),
     "diving48_b32": ("diving48", "b"),
@@ -217,3 +220,12 @@ def test_ucf_hmdb_recipes(stem: str) -> None:
     else:
         assert cfg.init.pretrained is None  # no ImageNet, no Kinetics weights
         assert (optim.epochs, optim.warmup_epochs, cfg.model.drop_path_rate) == (300, 20, 0.2)
+
+
+def test_ssv1_recipe_reads_its_frame_shards_and_never_flips() -> None:
+    cfg = load_config(Config, REPO / "configs" / "ssv1_s16.yaml")
+    data = cfg.data
+    assert (data.train, data.val) == (["data/shards/ssv1/train"], ["data/shards/ssv1/val"])
+    assert (data.num_frames, data.sampling, data.test_clips, data.test_crops) == (16, "segment", 1, 3)
+    # "left" / "right" are in SSv1's labels too: no flip, and none by default where a config says nothing
+    assert data.aug.flip is False and not should_flip(replace(data.aug, flip=None), "ssv1")
