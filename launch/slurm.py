@@ -44,6 +44,7 @@ from launch.preflight import interpreter_problem  # noqa: E402
 from launch.slurm_task import ShardCommandTask, TrainTask, no_requeue_marker  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
 from pipeline.console import OneLineParser  # noqa: E402
+from pipeline.train.config import load_train_config  # noqa: E402
 
 PING_TIMEOUT_S = 20  # scontrol's own retries take a minute when no controller answers
 SINFO_TIMEOUT_S = 60
@@ -308,8 +309,6 @@ def log_paths(job_dir: Path, job_id: str, num_tasks: int) -> str:
 
 def submit_training(args: argparse.Namespace) -> int:
     """Check the config, then submit one multi-task job (or print its script)."""
-    from pipeline.train.config import load_train_config
-
     args = resolve_resources(args, partition_resources(args.partition))
     ntasks = args.nodes * (args.gpus_per_node or args.tasks_per_node)
     cfg = load_train_config(args.config, args.overrides, world_size=ntasks)

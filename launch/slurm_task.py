@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError
+from pipeline.train import signals
+from pipeline.train.config import load_train_config
 
 # Ports for the rendezvous: one per job id, so that jobs sharing a node do not collide and a requeued
 # job (same id) finds the same one. The range stays below torchrun's default 29500 and below Linux's
@@ -108,7 +110,6 @@ class TrainTask:
         """Train from this run's newest checkpoint (or from scratch) until done or signalled."""
         import submitit
 
-        from pipeline.train import signals
         from pipeline.train.engine import leaving_process_group
 
         # Ours before anything slow: submitit's own USR2 handler would requeue the job a second time.
@@ -132,7 +133,6 @@ class TrainTask:
 
     def _train(self, job_env: Any) -> Any:
         """Join the job's process group from Slurm's variables and train (the config as of this start)."""
-        from pipeline.train.config import load_train_config
         from pipeline.train.trainer import train
 
         dist_env = torch_distributed_env(job_env)

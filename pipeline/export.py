@@ -4,31 +4,28 @@
 
 writes `model.pt` (a state dict: `create_model(**args).load_state_dict(torch.load(...))`) and `model.json`
 next to it (the `create_model` arguments, the checkpoint tag and step). No process group is needed.
-`load_exported` reads the pair back (`python -m pipeline.train.evaluate --weights` uses it).
+`pipeline.models.exported.load_exported` reads the pair back (`python -m pipeline.train.evaluate
+--weights` uses it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from pipeline.config import ConfigError
-
-if TYPE_CHECKING:
-    import torch.nn as nn
+from pipeline.io import atomic_open, atomic_write_json
+from pipeline.models.exported import exported_arguments_path
+from pipeline.train.checkpoint import checkpoint_folder, find_resume_checkpoint, read_trainer_state
+from pipeline.train.engine import consolidated_state_dict
 
 
 def export_checkpoint(run_dir: str | Path, tag: str | None = None, out: str | Path | None = None) -> Path:
     """Consolidate checkpoint `tag` (default: the one resume would pick) of `run_dir`; returns model.pt."""
-    import torch
-
-    from pipeline.io import atomic_open, atomic_write_json
-    from pipeline.train.checkpoint import checkpoint_folder, find_resume_checkpoint, read_trainer_state
-    from pipeline.train.engine import consolidated_state_dict
-
     run_dir = Path(run_dir)
     folder = checkpoint_folder(run_dir)
     tag_dir = find_resume_checkpoint(folder, str(folder / tag) if tag else "auto")
@@ -48,24 +45,8 @@ def export_checkpoint(run_dir: str | Path, tag: str | None = None, out: str | Pa
         "step": state.step,
         "run": str(run_dir),
     }
-    atomic_write_json(out.with_suffix(".json"), info)
+    atomic_write_json(exported_arguments_path(out), info)
     return out
-
-
-def load_exported(weights: str | Path) -> nn.Module:
-    """The model that `export_checkpoint` wrote to `weights` (model.pt, with model.json beside it), on
-    the CPU in eval mode; a missing file is a ConfigError naming both."""
-    import torch
-
-    from pipeline.models import create_model
-
-    weights_path = Path(weights)
-    arguments_path = weights_path.with_suffix(".json")
-    if not weights_path.is_file() or not arguments_path.is_file():
-        raise ConfigError(f"need '{weights_path}' and '{arguments_path}' (python -m pipeline.export RUN)")
-    model = create_model(**json.loads(arguments_path.read_text())["model"])
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 
 class Stream(IntEnum):
     """What a generator is for. A value is part of every seed of its stream: never reuse or renumber one
-    (that would change the draws of existing runs)."""
+    (that would change the draws of existing runs). 7 is retired (random erasing draws from AUGMENT)."""
 
     SAMPLE = 1  # a sample's frame positions (per sample position)
     BATCH = 2  # a batch's mixup / cutmix
@@ -24,7 +24,6 @@ class Stream(IntEnum):
     RESAMPLE = 4  # the shard draws of a resampled (endless) stream
     REPLACE = 5  # which sample stands in for a bad one
     AUGMENT = 6  # a sample's crop, flip and RandAugment
-    ERASE = 7  # a sample's random erasing, where it is drawn apart from the rest (DALI)
     SHARD_ORDER = 8  # an epoch's shard permutation
     FRAME_ORDER = 9  # the frame-shuffling control experiment (per rank)
     RANK_TORCH = 10  # a rank's torch generator (drop path) when no checkpoint holds it

@@ -2,9 +2,9 @@
 
 The sharder writes a `<key>.sha256` member holding `sample_digest` of the sample's other members; the
 loader recomputes it before decoding, so a sample whose bytes changed after sharding is never trained
-on. sha256 runs at ~1.6 GB/s with the CPU's SHA instructions (faster than blake2b there), a small share
-of decoding the clip. Shards written before digests existed have no such member: their samples load
-without the check.
+on. sha256 uses the CPU's SHA instructions (faster than blake2b there) and costs a small share of
+decoding the clip (the README has the figure, from bench/loader.py --digest-cost). Shards written
+before digests existed have no such member: their samples load without the check.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ index; evaluation: the clip x crop view index, -1 on padding rows). Workers send
 loader normalises (and erases, mixes) them in the main process as it yields each batch.
 
 The TrainLoader advances itself: iterating it yields the rest of the current epoch, and once an
-epoch is complete the next iteration starts the next epoch (`set_epoch` jumps explicitly). Its
+epoch is complete the next iteration starts the next epoch (`restore` jumps explicitly). Its
 DataLoader workers persist from one pass to the next; each pass starts where `PassStart` says.
 `state()` is what has been consumed up to the last batch yielded; a loader built with that state
 yields exactly the batches the uninterrupted loader would have yielded next.
@@ -395,11 +395,6 @@ class TrainLoader:
             seeds = f"the checkpoint's seed {state.seed} (not {self.seed})"
             note("data", f"warning: resuming the data stream with {seeds}")
         self.epoch, self.consumed, self.seed = state.epoch, state.samples_consumed, state.seed
-
-    def set_epoch(self, epoch: int) -> None:
-        """Jump to the start of `epoch` (no-op when already in it)."""
-        if epoch != self.epoch:
-            self.epoch, self.consumed, self.excluded = epoch, 0, ()
 
     def state(self) -> LoaderState:
         """What was consumed up to the last batch yielded (a finished epoch reads as the next one's start)."""

@@ -3,11 +3,11 @@
 glibc's malloc serves a block above its mmap threshold (which adapts, but never beyond 32 MiB) with a
 fresh mapping and unmaps it when it is freed. A finished batch is larger than that (4 float clips of
 16x224 are 38 MiB), so every batch was mapped afresh and page-faulted in, page by page: normalising a
-batch took 22-28 ms, 2 of them arithmetic. With the thresholds raised, freed batches stay in the heap
-and the next batch reuses them; the process keeps at most its peak. The batch is allocated by NumPy
+batch was mostly page faults, little arithmetic. With the thresholds raised, freed batches stay in the
+heap and the next batch reuses them; the process keeps at most its peak. The batch is allocated by NumPy
 (plain malloc) rather than torch, whose 64-byte-aligned requests do not always fit the block the last
-batch freed and then grow the heap instead: normalising a batch 5 ms, no page faults
-(tests/data/test_memory.py; bench/loader.py --profile, "main process").
+batch freed and then grow the heap instead: no page faults (tests/data/test_memory.py; the times are in
+the README, from bench/loader.py --profile, "main process").
 """
 
 from __future__ import annotations

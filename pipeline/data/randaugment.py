@@ -10,8 +10,8 @@ policy. AutoAugment (`auto_augment`: the CIFAR-10, SVHN and ImageNet policies) r
 Why uint8 and OpenCV (measured by bench/loader.py --profile): the ops ran on float clips in torch,
 which cost 4x the memory traffic and made the views float through worker IPC. Here value ops that are
 a function of the pixel value alone are integer ops or one lookup table per channel (`cv2.LUT`), and
-the geometric ops and the sharpness filter are OpenCV's, plane by plane: 3-14x faster per op than the
-same maps in torch, 3.5x per clip for the n4 m7 policy.
+the geometric ops and the sharpness filter are OpenCV's, plane by plane: several times faster per op
+than the same maps in torch (the times are in the README).
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def _affine(clip: torch.Tensor, matrix: list[list[float]]) -> torch.Tensor:
     """Apply a 2x3 affine map given in normalised [-1, 1] coordinates (output -> input), grey fill.
 
     Bilinear like `grid_sample(align_corners=False)`; a tap outside the frame reads the grey fill, so
-    border pixels blend towards grey. OpenCV warps each (H, W) plane of the contiguous clip (3-14x
-    faster than gathering the four taps in torch), within 1 grey level of the float formula with
+    border pixels blend towards grey. OpenCV warps each (H, W) plane of the contiguous clip (faster
+    than gathering the four taps in torch), within 1 grey level of the float formula with
     OpenCV 5 and 2 with OpenCV 4's fixed-point taps (tests/data/test_randaugment.py).
     """
     t, c, h, w = clip.shape

@@ -22,6 +22,7 @@ naming the first few; with strict=False they are logged and skipped instead.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -73,8 +74,6 @@ def unwrap_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tenso
 def read_weights(path: str) -> Mapping[str, object]:
     """torch.load a weights file safely (weights_only), allowing the argparse.Namespace that
     DeiT / timm style training scripts store next to the weights ({'model': ..., 'args': ...})."""
-    import argparse
-
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True)
 

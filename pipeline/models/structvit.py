@@ -10,12 +10,13 @@ Variants: `uniformer_{s,b,l}` (L with layer scale, as the only published UniForm
 uniformer_large_ls, has it), `structvit_{size}_{D}_{S}` and the paper's ablation forms of each:
 `..._dot` (dot-product correlation, U^K and U^V shared by all channels: the paper's basic form),
 `..._cwcorr` (channel-wise correlation, shared U^V), `..._elem` (channel-wise correlation,
-element-wise aggregation u^V) and `..._m5` (5x5(x5) structure kernels). Every name is one row of
-the tables at the end of this file.
+element-wise aggregation u^V) and `..._m5` (5x5(x5) structure kernels). The names are registered at
+the end of this file from the product of sizes, D, S and forms.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -300,187 +301,31 @@ _LARGE = {
 # CPU demos and tests: trains on 8x64x64 clips in well under a second per step at batch 8.
 _TINY = {"depths": (1, 1, 2, 1), "dims": (16, 32, 64, 128), "head_dim": 16, "drop_path_rate": 0.0}
 
-# The paper's ablation forms (appendix A.1 / its ablation table), name suffixes of every StructViT.
-_PAPER: dict[str, Any] = {}  # the full form: channel-wise correlation and aggregation (the defaults)
-_DOT = {"structure_correlation": "dot", "structure_aggregation": "shared"}
-_CWCORR = {"structure_aggregation": "shared"}
-_ELEM = {"structure_aggregation": "element"}
-_M5 = {"structure_kernel": 5}
-
-# One row per registered name. `uniformer_{size}` is the network with plain attention
-# (structure_dim 0); `structvit_{size}_{D}_{S}[_form]` has StructSA with structure_dim D,
-# structure_stride S and one of the forms above.
-_UNIFORMER_VARIANTS: dict[str, dict[str, Any]] = {
-    "uniformer_s": _SMALL,
-    "uniformer_b": _BASE,
-    "uniformer_l": _LARGE,
-    "uniformer_tiny": _TINY,
+# The paper's ablation forms (appendix A.1 / its ablation table): name suffix -> StructSA settings.
+# "" is the full form: channel-wise correlation and aggregation (the constructor's defaults).
+_FORMS: dict[str, dict[str, Any]] = {
+    "": {},
+    "_dot": {"structure_correlation": "dot", "structure_aggregation": "shared"},
+    "_cwcorr": {"structure_aggregation": "shared"},
+    "_elem": {"structure_aggregation": "element"},
+    "_m5": {"structure_kernel": 5},
 }
-# name: (size, structure_dim D, structure_stride S, form)
-_STRUCTVIT_VARIANTS: dict[str, tuple[dict[str, Any], int, int, dict[str, Any]]] = {
-    "structvit_s_1_1": (_SMALL, 1, 1, _PAPER),
-    "structvit_s_1_1_dot": (_SMALL, 1, 1, _DOT),
-    "structvit_s_1_1_cwcorr": (_SMALL, 1, 1, _CWCORR),
-    "structvit_s_1_1_elem": (_SMALL, 1, 1, _ELEM),
-    "structvit_s_1_1_m5": (_SMALL, 1, 1, _M5),
-    "structvit_s_1_2": (_SMALL, 1, 2, _PAPER),
-    "structvit_s_1_2_dot": (_SMALL, 1, 2, _DOT),
-    "structvit_s_1_2_cwcorr": (_SMALL, 1, 2, _CWCORR),
-    "structvit_s_1_2_elem": (_SMALL, 1, 2, _ELEM),
-    "structvit_s_1_2_m5": (_SMALL, 1, 2, _M5),
-    "structvit_s_2_1": (_SMALL, 2, 1, _PAPER),
-    "structvit_s_2_1_dot": (_SMALL, 2, 1, _DOT),
-    "structvit_s_2_1_cwcorr": (_SMALL, 2, 1, _CWCORR),
-    "structvit_s_2_1_elem": (_SMALL, 2, 1, _ELEM),
-    "structvit_s_2_1_m5": (_SMALL, 2, 1, _M5),
-    "structvit_s_2_2": (_SMALL, 2, 2, _PAPER),
-    "structvit_s_2_2_dot": (_SMALL, 2, 2, _DOT),
-    "structvit_s_2_2_cwcorr": (_SMALL, 2, 2, _CWCORR),
-    "structvit_s_2_2_elem": (_SMALL, 2, 2, _ELEM),
-    "structvit_s_2_2_m5": (_SMALL, 2, 2, _M5),
-    "structvit_s_4_1": (_SMALL, 4, 1, _PAPER),
-    "structvit_s_4_1_dot": (_SMALL, 4, 1, _DOT),
-    "structvit_s_4_1_cwcorr": (_SMALL, 4, 1, _CWCORR),
-    "structvit_s_4_1_elem": (_SMALL, 4, 1, _ELEM),
-    "structvit_s_4_1_m5": (_SMALL, 4, 1, _M5),
-    "structvit_s_4_2": (_SMALL, 4, 2, _PAPER),
-    "structvit_s_4_2_dot": (_SMALL, 4, 2, _DOT),
-    "structvit_s_4_2_cwcorr": (_SMALL, 4, 2, _CWCORR),
-    "structvit_s_4_2_elem": (_SMALL, 4, 2, _ELEM),
-    "structvit_s_4_2_m5": (_SMALL, 4, 2, _M5),
-    "structvit_s_8_1": (_SMALL, 8, 1, _PAPER),
-    "structvit_s_8_1_dot": (_SMALL, 8, 1, _DOT),
-    "structvit_s_8_1_cwcorr": (_SMALL, 8, 1, _CWCORR),
-    "structvit_s_8_1_elem": (_SMALL, 8, 1, _ELEM),
-    "structvit_s_8_1_m5": (_SMALL, 8, 1, _M5),
-    "structvit_s_8_2": (_SMALL, 8, 2, _PAPER),
-    "structvit_s_8_2_dot": (_SMALL, 8, 2, _DOT),
-    "structvit_s_8_2_cwcorr": (_SMALL, 8, 2, _CWCORR),
-    "structvit_s_8_2_elem": (_SMALL, 8, 2, _ELEM),
-    "structvit_s_8_2_m5": (_SMALL, 8, 2, _M5),
-    "structvit_b_1_1": (_BASE, 1, 1, _PAPER),
-    "structvit_b_1_1_dot": (_BASE, 1, 1, _DOT),
-    "structvit_b_1_1_cwcorr": (_BASE, 1, 1, _CWCORR),
-    "structvit_b_1_1_elem": (_BASE, 1, 1, _ELEM),
-    "structvit_b_1_1_m5": (_BASE, 1, 1, _M5),
-    "structvit_b_1_2": (_BASE, 1, 2, _PAPER),
-    "structvit_b_1_2_dot": (_BASE, 1, 2, _DOT),
-    "structvit_b_1_2_cwcorr": (_BASE, 1, 2, _CWCORR),
-    "structvit_b_1_2_elem": (_BASE, 1, 2, _ELEM),
-    "structvit_b_1_2_m5": (_BASE, 1, 2, _M5),
-    "structvit_b_2_1": (_BASE, 2, 1, _PAPER),
-    "structvit_b_2_1_dot": (_BASE, 2, 1, _DOT),
-    "structvit_b_2_1_cwcorr": (_BASE, 2, 1, _CWCORR),
-    "structvit_b_2_1_elem": (_BASE, 2, 1, _ELEM),
-    "structvit_b_2_1_m5": (_BASE, 2, 1, _M5),
-    "structvit_b_2_2": (_BASE, 2, 2, _PAPER),
-    "structvit_b_2_2_dot": (_BASE, 2, 2, _DOT),
-    "structvit_b_2_2_cwcorr": (_BASE, 2, 2, _CWCORR),
-    "structvit_b_2_2_elem": (_BASE, 2, 2, _ELEM),
-    "structvit_b_2_2_m5": (_BASE, 2, 2, _M5),
-    "structvit_b_4_1": (_BASE, 4, 1, _PAPER),
-    "structvit_b_4_1_dot": (_BASE, 4, 1, _DOT),
-    "structvit_b_4_1_cwcorr": (_BASE, 4, 1, _CWCORR),
-    "structvit_b_4_1_elem": (_BASE, 4, 1, _ELEM),
-    "structvit_b_4_1_m5": (_BASE, 4, 1, _M5),
-    "structvit_b_4_2": (_BASE, 4, 2, _PAPER),
-    "structvit_b_4_2_dot": (_BASE, 4, 2, _DOT),
-    "structvit_b_4_2_cwcorr": (_BASE, 4, 2, _CWCORR),
-    "structvit_b_4_2_elem": (_BASE, 4, 2, _ELEM),
-    "structvit_b_4_2_m5": (_BASE, 4, 2, _M5),
-    "structvit_b_8_1": (_BASE, 8, 1, _PAPER),
-    "structvit_b_8_1_dot": (_BASE, 8, 1, _DOT),
-    "structvit_b_8_1_cwcorr": (_BASE, 8, 1, _CWCORR),
-    "structvit_b_8_1_elem": (_BASE, 8, 1, _ELEM),
-    "structvit_b_8_1_m5": (_BASE, 8, 1, _M5),
-    "structvit_b_8_2": (_BASE, 8, 2, _PAPER),
-    "structvit_b_8_2_dot": (_BASE, 8, 2, _DOT),
-    "structvit_b_8_2_cwcorr": (_BASE, 8, 2, _CWCORR),
-    "structvit_b_8_2_elem": (_BASE, 8, 2, _ELEM),
-    "structvit_b_8_2_m5": (_BASE, 8, 2, _M5),
-    "structvit_l_1_1": (_LARGE, 1, 1, _PAPER),
-    "structvit_l_1_1_dot": (_LARGE, 1, 1, _DOT),
-    "structvit_l_1_1_cwcorr": (_LARGE, 1, 1, _CWCORR),
-    "structvit_l_1_1_elem": (_LARGE, 1, 1, _ELEM),
-    "structvit_l_1_1_m5": (_LARGE, 1, 1, _M5),
-    "structvit_l_1_2": (_LARGE, 1, 2, _PAPER),
-    "structvit_l_1_2_dot": (_LARGE, 1, 2, _DOT),
-    "structvit_l_1_2_cwcorr": (_LARGE, 1, 2, _CWCORR),
-    "structvit_l_1_2_elem": (_LARGE, 1, 2, _ELEM),
-    "structvit_l_1_2_m5": (_LARGE, 1, 2, _M5),
-    "structvit_l_2_1": (_LARGE, 2, 1, _PAPER),
-    "structvit_l_2_1_dot": (_LARGE, 2, 1, _DOT),
-    "structvit_l_2_1_cwcorr": (_LARGE, 2, 1, _CWCORR),
-    "structvit_l_2_1_elem": (_LARGE, 2, 1, _ELEM),
-    "structvit_l_2_1_m5": (_LARGE, 2, 1, _M5),
-    "structvit_l_2_2": (_LARGE, 2, 2, _PAPER),
-    "structvit_l_2_2_dot": (_LARGE, 2, 2, _DOT),
-    "structvit_l_2_2_cwcorr": (_LARGE, 2, 2, _CWCORR),
-    "structvit_l_2_2_elem": (_LARGE, 2, 2, _ELEM),
-    "structvit_l_2_2_m5": (_LARGE, 2, 2, _M5),
-    "structvit_l_4_1": (_LARGE, 4, 1, _PAPER),
-    "structvit_l_4_1_dot": (_LARGE, 4, 1, _DOT),
-    "structvit_l_4_1_cwcorr": (_LARGE, 4, 1, _CWCORR),
-    "structvit_l_4_1_elem": (_LARGE, 4, 1, _ELEM),
-    "structvit_l_4_1_m5": (_LARGE, 4, 1, _M5),
-    "structvit_l_4_2": (_LARGE, 4, 2, _PAPER),
-    "structvit_l_4_2_dot": (_LARGE, 4, 2, _DOT),
-    "structvit_l_4_2_cwcorr": (_LARGE, 4, 2, _CWCORR),
-    "structvit_l_4_2_elem": (_LARGE, 4, 2, _ELEM),
-    "structvit_l_4_2_m5": (_LARGE, 4, 2, _M5),
-    "structvit_l_8_1": (_LARGE, 8, 1, _PAPER),
-    "structvit_l_8_1_dot": (_LARGE, 8, 1, _DOT),
-    "structvit_l_8_1_cwcorr": (_LARGE, 8, 1, _CWCORR),
-    "structvit_l_8_1_elem": (_LARGE, 8, 1, _ELEM),
-    "structvit_l_8_1_m5": (_LARGE, 8, 1, _M5),
-    "structvit_l_8_2": (_LARGE, 8, 2, _PAPER),
-    "structvit_l_8_2_dot": (_LARGE, 8, 2, _DOT),
-    "structvit_l_8_2_cwcorr": (_LARGE, 8, 2, _CWCORR),
-    "structvit_l_8_2_elem": (_LARGE, 8, 2, _ELEM),
-    "structvit_l_8_2_m5": (_LARGE, 8, 2, _M5),
-    "structvit_tiny_1_1": (_TINY, 1, 1, _PAPER),
-    "structvit_tiny_1_1_dot": (_TINY, 1, 1, _DOT),
-    "structvit_tiny_1_1_cwcorr": (_TINY, 1, 1, _CWCORR),
-    "structvit_tiny_1_1_elem": (_TINY, 1, 1, _ELEM),
-    "structvit_tiny_1_1_m5": (_TINY, 1, 1, _M5),
-    "structvit_tiny_1_2": (_TINY, 1, 2, _PAPER),
-    "structvit_tiny_1_2_dot": (_TINY, 1, 2, _DOT),
-    "structvit_tiny_1_2_cwcorr": (_TINY, 1, 2, _CWCORR),
-    "structvit_tiny_1_2_elem": (_TINY, 1, 2, _ELEM),
-    "structvit_tiny_1_2_m5": (_TINY, 1, 2, _M5),
-    "structvit_tiny_2_1": (_TINY, 2, 1, _PAPER),
-    "structvit_tiny_2_1_dot": (_TINY, 2, 1, _DOT),
-    "structvit_tiny_2_1_cwcorr": (_TINY, 2, 1, _CWCORR),
-    "structvit_tiny_2_1_elem": (_TINY, 2, 1, _ELEM),
-    "structvit_tiny_2_1_m5": (_TINY, 2, 1, _M5),
-    "structvit_tiny_2_2": (_TINY, 2, 2, _PAPER),
-    "structvit_tiny_2_2_dot": (_TINY, 2, 2, _DOT),
-    "structvit_tiny_2_2_cwcorr": (_TINY, 2, 2, _CWCORR),
-    "structvit_tiny_2_2_elem": (_TINY, 2, 2, _ELEM),
-    "structvit_tiny_2_2_m5": (_TINY, 2, 2, _M5),
-    "structvit_tiny_4_1": (_TINY, 4, 1, _PAPER),
-    "structvit_tiny_4_1_dot": (_TINY, 4, 1, _DOT),
-    "structvit_tiny_4_1_cwcorr": (_TINY, 4, 1, _CWCORR),
-    "structvit_tiny_4_1_elem": (_TINY, 4, 1, _ELEM),
-    "structvit_tiny_4_1_m5": (_TINY, 4, 1, _M5),
-    "structvit_tiny_4_2": (_TINY, 4, 2, _PAPER),
-    "structvit_tiny_4_2_dot": (_TINY, 4, 2, _DOT),
-    "structvit_tiny_4_2_cwcorr": (_TINY, 4, 2, _CWCORR),
-    "structvit_tiny_4_2_elem": (_TINY, 4, 2, _ELEM),
-    "structvit_tiny_4_2_m5": (_TINY, 4, 2, _M5),
-    "structvit_tiny_8_1": (_TINY, 8, 1, _PAPER),
-    "structvit_tiny_8_1_dot": (_TINY, 8, 1, _DOT),
-    "structvit_tiny_8_1_cwcorr": (_TINY, 8, 1, _CWCORR),
-    "structvit_tiny_8_1_elem": (_TINY, 8, 1, _ELEM),
-    "structvit_tiny_8_1_m5": (_TINY, 8, 1, _M5),
-    "structvit_tiny_8_2": (_TINY, 8, 2, _PAPER),
-    "structvit_tiny_8_2_dot": (_TINY, 8, 2, _DOT),
-    "structvit_tiny_8_2_cwcorr": (_TINY, 8, 2, _CWCORR),
-    "structvit_tiny_8_2_elem": (_TINY, 8, 2, _ELEM),
-    "structvit_tiny_8_2_m5": (_TINY, 8, 2, _M5),
-}
+_SIZES = {"s": _SMALL, "b": _BASE, "l": _LARGE, "tiny": _TINY}
+_STRUCTURE_DIMS = (1, 2, 4, 8)  # D
+_STRUCTURE_STRIDES = (1, 2)  # S
 
-for _name, _size in _UNIFORMER_VARIANTS.items():
-    register_model(_name, StructViT, structure_dim=0, **_size)
-for _name, (_size, _depth, _stride, _form) in _STRUCTVIT_VARIANTS.items():
-    register_model(_name, StructViT, structure_dim=_depth, structure_stride=_stride, **_form, **_size)
+# Every size, D, S and form: `uniformer_{size}` is the network with plain attention (structure_dim 0);
+# `structvit_{size}_{D}_{S}{form}` has StructSA with structure_dim D, structure_stride S and one form.
+for _size_name, _size in _SIZES.items():
+    register_model(f"uniformer_{_size_name}", StructViT, structure_dim=0, **_size)
+for _size_name, _depth, _stride, _suffix in itertools.product(
+    _SIZES, _STRUCTURE_DIMS, _STRUCTURE_STRIDES, _FORMS
+):
+    register_model(
+        f"structvit_{_size_name}_{_depth}_{_stride}{_suffix}",
+        StructViT,
+        structure_dim=_depth,
+        structure_stride=_stride,
+        **_FORMS[_suffix],
+        **_SIZES[_size_name],
+    )

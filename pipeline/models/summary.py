@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.models.registry import create_model, list_models
@@ -71,9 +73,6 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
     total, so the peak is exact (no sampling) and includes kernel workspaces. This uses the
     profiler's event tree (torch._C._profiler), the only place the running total is exposed.
     """
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     allocations = []

@@ -225,6 +225,7 @@ def check_config(cfg: Config, world_size: int) -> None:
 
 def check_model_name(name: str) -> None:
     """`name` is a registered model (the registry's error names the closest ones)."""
+    # Here, not at the top: pipeline.models imports torch, and launch/ reads configs on the login node.
     from pipeline.models.registry import get_model_spec  # importing pipeline.models registers them
 
     try:

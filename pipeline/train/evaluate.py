@@ -17,6 +17,9 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import ConfigError
+from pipeline.data.loader import build_eval_loader
+from pipeline.models.exported import load_exported
+from pipeline.train.config import load_train_config
 
 
 @dataclass
@@ -102,10 +105,6 @@ def video_accuracy(per_video: dict[str, tuple[torch.Tensor, int, int]]) -> EvalR
 
 def evaluate_exported(config_path: str, weights: str, overrides: list[str]) -> EvalResult:
     """Evaluate exported weights in this process on the config's validation shards, without DeepSpeed."""
-    from pipeline.data.loader import build_eval_loader
-    from pipeline.export import load_exported
-    from pipeline.train.config import load_train_config
-
     cfg = load_train_config(config_path, overrides, world_size=1)
     try:
         model = load_exported(weights)

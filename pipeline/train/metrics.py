@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from pipeline.console import note
 from pipeline.io import atomic_write_text
@@ -60,7 +61,7 @@ class MetricsProcessor:
         self.writer = None
         self.jsonl = None
         if rank == 0:
-            from torch.utils.tensorboard import SummaryWriter  # rank 0 only: other ranks never load it
+            from torch.utils.tensorboard import SummaryWriter  # tensorboard is heavy: rank 0 only loads it
 
             # A resumed run repeats the steps after its checkpoint: drop what the killed run logged
             # for them, so every step appears once in TensorBoard and in metrics.jsonl.
@@ -147,8 +148,6 @@ class StepProfiler:
     def __init__(self, steps: int, folder: Path, rank: int) -> None:
         self.profiler = None
         if steps and rank == 0:
-            from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
-
             activities = [ProfilerActivity.CPU]
             if torch.cuda.is_available():
                 activities.append(ProfilerActivity.CUDA)

@@ -99,11 +99,6 @@ def model_arguments(cfg: Config, num_classes: int) -> dict[str, Any]:
     return arguments
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The model of this run (random init; the caller seeds the generator)."""
-    return create_model(**model_arguments(cfg, num_classes))
-
-
 def load_pretrained_weights(model: nn.Module, path: str) -> None:
     """Start from a weights file: image weights are inflated to video, a head of another class
     count (e.g. the Kinetics model fine-tuned on SSv2) is re-initialised."""

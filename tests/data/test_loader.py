@@ -118,7 +118,7 @@ def test_epochs_and_seeds_change_the_order_but_not_the_set(uneven_shards: list[s
     cfg = config(uneven_shards)
     loader = build_train_loader(cfg, rank=0, world_size=1, seed=5)
     epoch0 = planned_keys(loader)
-    loader.set_epoch(1)
+    loader.restore(LoaderState(epoch=1, samples_consumed=0, seed=5))
     epoch1 = planned_keys(loader)
     again = planned_keys(build_train_loader(cfg, rank=0, world_size=1, seed=5))
     other_seed = planned_keys(build_train_loader(cfg, rank=0, world_size=1, seed=6))
@@ -134,7 +134,7 @@ def test_a_loader_built_from_a_state_continues_the_exact_sequence(
     cfg = config(uneven_shards, workers=workers, shuffle_buffer=6)
     full = build_train_loader(cfg, rank=1, world_size=2, seed=4)
     reference = planned_batches(full)
-    full.set_epoch(1)
+    full.restore(LoaderState(epoch=1, samples_consumed=0, seed=4))
     next_epoch = planned_batches(full)
     assert len(reference) == full.steps_per_epoch == 8
     for k in range(full.steps_per_epoch + 1):  # every stop, odd ones start on another worker
@@ -182,9 +182,9 @@ def test_resume_in_a_new_process_continues_the_exact_sequence(uneven_shards: lis
     cfg = from_dict(DataConfig, cfg_dict)
     full = build_train_loader(cfg, rank=1, world_size=2, seed=0)
     planned = planned_batches(full)
-    full.set_epoch(1)
+    full.restore(LoaderState(epoch=1, samples_consumed=0, seed=0))
     planned += planned_batches(full)
-    full.set_epoch(0)
+    full.restore(LoaderState(epoch=0, samples_consumed=0, seed=0))
     reference = []
     for _ in range(2):  # the loader advances itself to the next epoch
         reference += [[b["key"], b["label"].tolist(), b["video"].double().sum().item()] for b in full]
@@ -221,9 +221,9 @@ def test_workers_persist_across_epochs_and_a_pass_left_early_resumes_where_it_st
     cfg = config(uneven_shards, sampling="dense", num_frames=2, frame_stride=1, crop_size=16)
     loader = build_train_loader(cfg, rank=0, world_size=2, seed=5)
     planned = planned_batches(loader)
-    loader.set_epoch(1)
+    loader.restore(LoaderState(epoch=1, samples_consumed=0, seed=5))
     planned += planned_batches(loader)
-    loader.set_epoch(0)
+    loader.restore(LoaderState(epoch=0, samples_consumed=0, seed=5))
     first_pass = loader.batches()
     assert first_pass.persistent_workers
     keys = []
@@ -249,7 +249,7 @@ def test_resampled_mode_keeps_equal_steps_and_is_seeded(uneven_shards: list[str]
     assert set(runs[0] + runs[1]) <= set(all_keys(uneven_shards))
     loader = build_train_loader(cfg, rank=0, world_size=2, seed=1)
     assert planned_keys(loader) == runs[0]  # seeded
-    loader.set_epoch(1)
+    loader.restore(LoaderState(epoch=1, samples_consumed=0, seed=1))
     assert planned_keys(loader) != runs[0]  # and drawn again each epoch
 
 

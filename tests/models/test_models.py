@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.models import create_model, list_models
+from pipeline.models.registry import get_model_spec
 from pipeline.models.structsa import StructSA
 from pipeline.models.structvit import AttentionBlock
 from pipeline.models.summary import PAPER_FIGURES, count_parameters, main, peak_memory_bytes, summarize
@@ -16,17 +17,86 @@ from pipeline.models.summary import PAPER_FIGURES, count_parameters, main, peak_
 TINY = ["structvit_tiny_4_1", "structvit_tiny_4_2", "uniformer_tiny", "vit_tiny", "vit_tiny_spt_lsa"]
 
 
+# Every registered name, written out: a name that appears, disappears or changes fails here.
+REGISTERED_NAMES = [
+    name
+    for line in (
+        "uniformer_s uniformer_b uniformer_l uniformer_tiny",
+        "structvit_s_1_1 structvit_s_1_1_dot structvit_s_1_1_cwcorr structvit_s_1_1_elem structvit_s_1_1_m5",
+        "structvit_s_1_2 structvit_s_1_2_dot structvit_s_1_2_cwcorr structvit_s_1_2_elem structvit_s_1_2_m5",
+        "structvit_s_2_1 structvit_s_2_1_dot structvit_s_2_1_cwcorr structvit_s_2_1_elem structvit_s_2_1_m5",
+        "structvit_s_2_2 structvit_s_2_2_dot structvit_s_2_2_cwcorr structvit_s_2_2_elem structvit_s_2_2_m5",
+        "structvit_s_4_1 structvit_s_4_1_dot structvit_s_4_1_cwcorr structvit_s_4_1_elem structvit_s_4_1_m5",
+        "structvit_s_4_2 structvit_s_4_2_dot structvit_s_4_2_cwcorr structvit_s_4_2_elem structvit_s_4_2_m5",
+        "structvit_s_8_1 structvit_s_8_1_dot structvit_s_8_1_cwcorr structvit_s_8_1_elem structvit_s_8_1_m5",
+        "structvit_s_8_2 structvit_s_8_2_dot structvit_s_8_2_cwcorr structvit_s_8_2_elem structvit_s_8_2_m5",
+        "structvit_b_1_1 structvit_b_1_1_dot structvit_b_1_1_cwcorr structvit_b_1_1_elem structvit_b_1_1_m5",
+        "structvit_b_1_2 structvit_b_1_2_dot structvit_b_1_2_cwcorr structvit_b_1_2_elem structvit_b_1_2_m5",
+        "structvit_b_2_1 structvit_b_2_1_dot structvit_b_2_1_cwcorr structvit_b_2_1_elem structvit_b_2_1_m5",
+        "structvit_b_2_2 structvit_b_2_2_dot structvit_b_2_2_cwcorr structvit_b_2_2_elem structvit_b_2_2_m5",
+        "structvit_b_4_1 structvit_b_4_1_dot structvit_b_4_1_cwcorr structvit_b_4_1_elem structvit_b_4_1_m5",
+        "structvit_b_4_2 structvit_b_4_2_dot structvit_b_4_2_cwcorr structvit_b_4_2_elem structvit_b_4_2_m5",
+        "structvit_b_8_1 structvit_b_8_1_dot structvit_b_8_1_cwcorr structvit_b_8_1_elem structvit_b_8_1_m5",
+        "structvit_b_8_2 structvit_b_8_2_dot structvit_b_8_2_cwcorr structvit_b_8_2_elem structvit_b_8_2_m5",
+        "structvit_l_1_1 structvit_l_1_1_dot structvit_l_1_1_cwcorr structvit_l_1_1_elem structvit_l_1_1_m5",
+        "structvit_l_1_2 structvit_l_1_2_dot structvit_l_1_2_cwcorr structvit_l_1_2_elem structvit_l_1_2_m5",
+        "structvit_l_2_1 structvit_l_2_1_dot structvit_l_2_1_cwcorr structvit_l_2_1_elem structvit_l_2_1_m5",
+        "structvit_l_2_2 structvit_l_2_2_dot structvit_l_2_2_cwcorr structvit_l_2_2_elem structvit_l_2_2_m5",
+        "structvit_l_4_1 structvit_l_4_1_dot structvit_l_4_1_cwcorr structvit_l_4_1_elem structvit_l_4_1_m5",
+        "structvit_l_4_2 structvit_l_4_2_dot structvit_l_4_2_cwcorr structvit_l_4_2_elem structvit_l_4_2_m5",
+        "structvit_l_8_1 structvit_l_8_1_dot structvit_l_8_1_cwcorr structvit_l_8_1_elem structvit_l_8_1_m5",
+        "structvit_l_8_2 structvit_l_8_2_dot structvit_l_8_2_cwcorr structvit_l_8_2_elem structvit_l_8_2_m5",
+        "structvit_tiny_1_1 structvit_tiny_1_1_dot structvit_tiny_1_1_cwcorr structvit_tiny_1_1_elem",
+        "structvit_tiny_1_1_m5 structvit_tiny_1_2 structvit_tiny_1_2_dot structvit_tiny_1_2_cwcorr",
+        "structvit_tiny_1_2_elem structvit_tiny_1_2_m5 structvit_tiny_2_1 structvit_tiny_2_1_dot",
+        "structvit_tiny_2_1_cwcorr structvit_tiny_2_1_elem structvit_tiny_2_1_m5 structvit_tiny_2_2",
+        "structvit_tiny_2_2_dot structvit_tiny_2_2_cwcorr structvit_tiny_2_2_elem structvit_tiny_2_2_m5",
+        "structvit_tiny_4_1 structvit_tiny_4_1_dot structvit_tiny_4_1_cwcorr structvit_tiny_4_1_elem",
+        "structvit_tiny_4_1_m5 structvit_tiny_4_2 structvit_tiny_4_2_dot structvit_tiny_4_2_cwcorr",
+        "structvit_tiny_4_2_elem structvit_tiny_4_2_m5 structvit_tiny_8_1 structvit_tiny_8_1_dot",
+        "structvit_tiny_8_1_cwcorr structvit_tiny_8_1_elem structvit_tiny_8_1_m5 structvit_tiny_8_2",
+        "structvit_tiny_8_2_dot structvit_tiny_8_2_cwcorr structvit_tiny_8_2_elem structvit_tiny_8_2_m5",
+        "vit_tiny vit_tiny_spt_lsa",
+    )
+    for name in line.split()
+]
+
+
 def test_registry_names() -> None:
-    names = list_models()
-    for size in ("s", "b", "l", "tiny"):
-        for depth in (1, 2, 4, 8):
-            for stride in (1, 2):
-                for form in ("", "_dot", "_cwcorr", "_elem", "_m5"):
-                    assert f"structvit_{size}_{depth}_{stride}{form}" in names
-    assert {"uniformer_s", "uniformer_b", "uniformer_tiny", "vit_tiny", "vit_tiny_spt_lsa"} <= set(names)
-    assert len(names) == 4 * (1 + 4 * 2 * 5) + 2  # per size: uniformer, D x S x forms; two ViTs
+    assert list_models() == sorted(REGISTERED_NAMES)
     with pytest.raises(ValueError, match="structvit_s_4_1"):
         create_model("structvit_s_4_l", 10)
+
+
+def test_variant_presets() -> None:
+    """A few variants' settings, written out (size, D, S and form each reach the preset)."""
+    assert get_model_spec("structvit_l_8_2_dot").preset == {
+        "structure_dim": 8,
+        "structure_stride": 2,
+        "structure_correlation": "dot",
+        "structure_aggregation": "shared",
+        "depths": (5, 10, 24, 7),
+        "dims": (128, 192, 448, 640),
+        "head_dim": 64,
+        "drop_path_rate": 0.4,
+        "layer_scale": 1e-6,
+    }
+    assert get_model_spec("structvit_tiny_1_1_m5").preset == {
+        "structure_dim": 1,
+        "structure_stride": 1,
+        "structure_kernel": 5,
+        "depths": (1, 1, 2, 1),
+        "dims": (16, 32, 64, 128),
+        "head_dim": 16,
+        "drop_path_rate": 0.0,
+    }
+    assert get_model_spec("uniformer_b").preset == {
+        "structure_dim": 0,
+        "depths": (5, 8, 20, 7),
+        "dims": (64, 128, 320, 512),
+        "head_dim": 64,
+        "drop_path_rate": 0.3,
+    }
 
 
 def test_unknown_override_is_an_error_naming_it() -> None:
