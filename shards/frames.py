@@ -24,24 +24,16 @@ import av
 import numpy as np
 from PIL import Image
 
+from pipeline.data.frame_samples import FRAMES_CODEC, FRAMES_STORAGE, frame_member  # the loader's names
 from shards.image import JPEG_QUALITY, ImageError, encode_jpeg, open_image, output_size, prepare_image
 
-FRAMES_STORAGE = "frames"
-FRAMES_CODEC = "jpeg"
 # A raw frame file: its number, then .jpg / .jpeg (SSv1: 00001.jpg, the first frame is number 1).
 FRAME_FILE = re.compile(r"(\d+)\.jpe?g", re.IGNORECASE)
 FIRST_FRAME_NUMBER = 1
-# A frame member's suffix (after the sample key): frame i of the clip, from 0.
-FRAME_MEMBER = re.compile(r"(\d{6})\.jpg")
 
 
 class FramesError(Exception):
     """A folder of frames that cannot be stored; the message is the one-line reject reason."""
-
-
-def frame_member(index: int) -> str:
-    """The member suffix of frame `index` (from 0): `000003.jpg`."""
-    return f"{index:06d}.jpg"
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from typing import Any
 
 from pipeline.console import one_line
 from pipeline.data.digest import DIGEST_MEMBER, digest_problem
+from pipeline.data.frame_samples import FRAME_MEMBER, FRAMES_STORAGE, frame_member
 from pipeline.data.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardEntry
-from shards.frames import FRAME_MEMBER, FRAMES_STORAGE, frame_member
 from shards.image import IMAGE_EXT, ImageError, open_image
 from shards.video import STORE_AS_IS_EXTS, VideoError, count_decoded_frames
 

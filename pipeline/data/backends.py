@@ -4,11 +4,11 @@ The loader core (`pipeline.data.loader`) reads, shuffles, replaces failed sample
 batches the same way whatever decodes. A back end supplies only the stages from a raw sample to its
 uint8 views, and says where they run:
 
-    cpu    decode (PyAV / decord / torchcodec; Pillow for images) -> crop, flip, RandAugment, erased box;
-           in DataLoader worker processes
+    cpu    decode (PyAV / decord / torchcodec; Pillow for images and frame samples) -> crop, flip,
+           RandAugment, erased box; in DataLoader worker processes
     dali   plan frame indices, boxes and flips on the host -> DALI decodes, crops, resizes and flips
-           (NVDEC / nvJPEG on a GPU) -> RandAugment and erased box in torch; in the main process (DALI
-           runs its own threads)
+           (on a GPU: NVDEC for videos, nvJPEG for images and for the sampled frames of frame samples)
+           -> RandAugment and erased box in torch; in the main process (DALI runs its own threads)
 
 `decode_backend` is the one place a `data.decoder` value becomes a back end: `auto` is resolved to the
 fastest installed CPU decoder here, once, and evaluation of videos under `dali` runs on that CPU decoder
@@ -48,8 +48,10 @@ class CpuBackend:
     def eval_stages(self, cfg: DataConfig, num_classes: int) -> list[Stage]:
         """Raw evaluation sample -> `views`: the uint8 test views (clips x crops)."""
         sampler = ClipSampler(cfg.sampling, cfg.num_frames, cfg.frame_stride, None, cfg.test_clips)
+        # Frame samples larger than the test resize decode at a JPEG DCT reduction no smaller than it.
+        min_short_side = max(cfg.eval_short_side, cfg.crop_size)
         return [
-            DecodeClips(self.decoder, sampler, num_classes),
+            DecodeClips(self.decoder, sampler, num_classes, min_short_side),
             EvalViews(EvalTransform(cfg), cfg.num_frames),
         ]
 
@@ -67,7 +69,7 @@ class DaliBackend:
         """The loader's DALI decoder for runs of up to `max_views` views, made on first use (DALI is
         imported on this path only)."""
         if self._decoder is None:
-            from pipeline.data.dali import DaliDecoder, build_video_pipeline
+            from pipeline.data.dali import DaliDecoder, DecoderPerStorage, build_video_pipeline
             from pipeline.data.dali_image import build_image_pipeline
 
             size = cfg.crop_size
@@ -75,13 +77,14 @@ class DaliBackend:
                 self._decoder = DaliDecoder(
                     partial(build_image_pipeline, size), max_views, (1, 3, size, size)
                 )
-            else:
-                self._decoder = DaliDecoder(
-                    partial(build_video_pipeline, size),
-                    max_views,
-                    (cfg.num_frames, 3, size, size),
-                    {"frames": itemgetter("frames")},
+            else:  # each DALI graph is built on its first run: a split of one storage builds one
+                clip = (cfg.num_frames, 3, size, size)
+                video = DaliDecoder(
+                    partial(build_video_pipeline, size), max_views, clip, {"frames": itemgetter("frames")}
                 )
+                # A frame sample's view is num_frames JPEGs, one DALI sample each.
+                frames = DaliDecoder(partial(build_image_pipeline, size), max_views * cfg.num_frames, clip)
+                self._decoder = DecoderPerStorage({"video": video, "frames": frames})
         return self._decoder
 
     def train_stages(

@@ -10,8 +10,10 @@ The stream is the CPU path's (read stages, stand-ins for failed samples, batchin
 so both paths see the same frames, crops, flips and augmentation; only the decoder's colour conversion
 and the resize kernel differ. Video: fn.decoders.video runs with device "mixed" on a GPU (h264, hevc,
 vp9, av1) and on the CPU without one, where DALI's decoder only handles VP8, VP9 and MJPEG (the tests
-use VP9 shards). Images: `pipeline.data.dali_image`. DALI runs in the main process with its own
-threads: there are no DataLoader workers on this path.
+use VP9 shards). Images: `pipeline.data.dali_image`. Frame samples (`pipeline.data.frame_samples`): each
+sampled frame's JPEG is one DALI sample of the image graph (nvJPEG on a GPU, libjpeg-turbo without one),
+with its view's box and flip, so only the frames a clip samples are decoded. DALI runs in the main process
+with its own threads: there are no DataLoader workers on this path.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from pipeline.console import one_line
 from pipeline.data.config import DataConfig
+from pipeline.data.frame_samples import FRAMES_STORAGE, frame_jpegs, is_frame_sample
 from pipeline.data.stream import (
     ClipSampler,
     Item,
@@ -61,17 +64,23 @@ def dali_to_torch(output: Any, dtype: torch.dtype) -> torch.Tensor:
 
 
 def feed_views(pipe: Any, items: list[Item], extra: dict[str, Callable[[Item], np.ndarray]]) -> None:
-    """Feed one DALI sample per view of `items`: its encoded bytes, box, flip, and the `extra` inputs
-    (each a function of the view's item)."""
-    views = [(item, box, mirror) for item in items for box, mirror in item["boxes"]]
-    pipe.feed_input("encoded", [item["encoded"] for item, _, _ in views])
-    pipe.feed_input("roi_start", [np.array(box[:2], dtype=np.float32) for _, box, _ in views])
+    """Feed one DALI sample per view of `items` (per view and frame of a frame sample, whose `encoded` is
+    the list of its sampled frames' JPEGs): its encoded bytes, box, flip, and the `extra` inputs (each a
+    function of the view's item). DALI's outputs come back in that order: item, view, frame."""
+    views = [
+        (item, encoded, box, mirror)
+        for item in items
+        for box, mirror in item["boxes"]
+        for encoded in (item["encoded"] if isinstance(item["encoded"], list) else [item["encoded"]])
+    ]
+    pipe.feed_input("encoded", [encoded for _, encoded, _, _ in views])
+    pipe.feed_input("roi_start", [np.array(box[:2], dtype=np.float32) for _, _, box, _ in views])
     pipe.feed_input(
-        "roi_end", [np.array([box[0] + box[2], box[1] + box[3]], dtype=np.float32) for _, box, _ in views]
+        "roi_end", [np.array([box[0] + box[2], box[1] + box[3]], dtype=np.float32) for *_, box, _ in views]
     )
-    pipe.feed_input("mirror", [np.array(int(mirror), dtype=np.int32) for _, _, mirror in views])
+    pipe.feed_input("mirror", [np.array(int(mirror), dtype=np.int32) for *_, mirror in views])
     for name, value in extra.items():
-        pipe.feed_input(name, [value(item) for item, _, _ in views])
+        pipe.feed_input(name, [value(item) for item, *_ in views])
 
 
 def box_inputs(fn: Any, types: Any) -> tuple[Any, Any, Any, Any]:
@@ -143,10 +152,30 @@ class DaliDecoder:
         return dali_to_torch(pixels, torch.uint8).view(len(items), -1, *self.row_shape)
 
 
+class DecoderPerStorage:
+    """Planned clips -> their views' pixels, each item run by the decoder of its `storage` ("video": NVDEC's
+    graph, "frames": nvJPEG's, one DALI sample per frame), in the items' order."""
+
+    def __init__(self, decoders: dict[str, DecodeRun]) -> None:
+        self.decoders = decoders
+
+    def __call__(self, items: list[Item]) -> torch.Tensor:
+        kinds = [item["storage"] for item in items]
+        if len(set(kinds)) == 1:  # a split holds one storage: no regrouping
+            return self.decoders[kinds[0]](items)
+        rows: list[torch.Tensor] = [torch.empty(0)] * len(items)
+        for kind in dict.fromkeys(kinds):
+            chosen = [i for i, k in enumerate(kinds) if k == kind]
+            for i, pixels in zip(chosen, self.decoders[kind]([items[i] for i in chosen]), strict=True):
+                rows[i] = pixels
+        return torch.stack(rows)
+
+
 class PlanClips:
-    """Raw video samples -> `encoded` bytes, `label`, `frames` (the clip's indices) and `boxes`: each of
+    """Raw clips -> `encoded`, `storage`, `label`, `frames` (the clip's indices) and `boxes`: each of
     `aug.repeated_aug` views' (crop box, flip), drawn as the CPU path draws them; the sample's generator
-    is kept in `rng` for `AugmentViews`."""
+    is kept in `rng` for `AugmentViews`. A video sample's `encoded` is its video; a frame sample's the
+    list of its sampled frames' JPEGs (only those reach DALI)."""
 
     def __init__(self, cfg: DataConfig, num_classes: int, flip: bool, seed_parts: tuple[int, ...]) -> None:
         self.cfg, self.num_classes, self.flip, self.seed_parts = cfg, num_classes, flip, seed_parts
@@ -162,12 +191,20 @@ class PlanClips:
         if not 0 <= label < self.num_classes:
             raise ValueError(f"label {label} outside [0, {self.num_classes})")
         (indices,) = self.sampler.indices(int(meta["num_frames"]), item["__pos__"])
+        if is_frame_sample(meta):
+            storage, encoded = (
+                FRAMES_STORAGE,
+                [np.frombuffer(data, dtype=np.uint8) for data in frame_jpegs(item, meta, indices)],
+            )
+        else:
+            storage, encoded = "video", np.frombuffer(video_member(item), dtype=np.uint8)
         return {
             "__key__": item["__key__"],
             "__url__": item.get("__url__", ""),
             "__pos__": item["__pos__"],
             "label": label,
-            "encoded": np.frombuffer(video_member(item), dtype=np.uint8),
+            "storage": storage,
+            "encoded": encoded,
             "frames": np.asarray(indices, dtype=np.int32),
             **plan_views(
                 self.cfg, self.flip, self.seed_parts, item["__pos__"], int(meta["height"]), int(meta["width"])

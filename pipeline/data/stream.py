@@ -9,7 +9,9 @@ and decode errors (`SAMPLE_ERRORS`) fail a sample: any other exception is a bug 
 Each stage can be run on a plain list.
 
 An image sample (a `jpg` member) is decoded as a one-frame clip, so every stage serves both; the
-finishing step squeezes the time axis of image batches.
+finishing step squeezes the time axis of image batches. A frame sample (one JPEG member per frame, the
+json's `"storage": "frames"`: `pipeline.data.frame_samples`) is a clip like a video sample; only its
+decoder differs.
 
 Workers ship pixels, not floats: the batch stages stack the views before normalisation ((B, T, 3,
 S, S) uint8), with each row's erased box and the batch's mixing seed, and
@@ -34,6 +36,7 @@ from pipeline.console import one_line
 from pipeline.data.config import AugConfig
 from pipeline.data.decoders import DecodeError, FrameDecoder, build_decoder, decode_image
 from pipeline.data.digest import digest_problem
+from pipeline.data.frame_samples import JpegFrameDecoder, is_frame_sample
 from pipeline.data.manifest import ShardInfo, sample_offsets
 from pipeline.data.plan import ShardSlice
 from pipeline.data.sampling import Sampling, eval_indices, train_indices
@@ -201,13 +204,19 @@ class ClipSampler:
 class DecodeClips:
     """Raw samples -> decoded clips: `frames` (views x T, H, W, 3) uint8, `indices`, `label`.
 
-    `decoder` is a resolved CPU decoder name (see `pipeline.data.backends`), built on first use in the
-    worker. Any failure becomes an error item naming the key.
+    `decoder` is a resolved CPU decoder name (see `pipeline.data.backends`) for video samples, built on
+    first use in the worker; frame samples (the json's `storage`) go to `frame_decoder`, which decodes
+    only the sampled JPEGs, at a DCT reduction that keeps the short side >= `min_short_side` when given
+    (evaluation). Any failure becomes an error item naming the key.
     """
 
-    def __init__(self, decoder: str, sampler: ClipSampler, num_classes: int) -> None:
+    def __init__(
+        self, decoder: str, sampler: ClipSampler, num_classes: int, min_short_side: int | None = None
+    ) -> None:
         self.decoder_name, self.sampler, self.num_classes = decoder, sampler, num_classes
+        self.min_short_side = min_short_side
         self._decoder: FrameDecoder | None = None
+        self.frame_decoder = JpegFrameDecoder()
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         return each_sample(items, self.decode)
@@ -220,6 +229,10 @@ class DecodeClips:
             raise ValueError(f"label {label} outside [0, {self.num_classes})")
         if IMAGE_EXT in item:  # an image is a one-frame clip: the transforms run on (1, H, W, 3)
             clips, frames = [[0]], decode_image(item[IMAGE_EXT])
+        elif is_frame_sample(meta):
+            clips = self.sampler.indices(int(meta["num_frames"]), item["__pos__"])
+            indices = [i for clip in clips for i in clip]
+            frames = torch.from_numpy(self.frame_decoder.decode(item, meta, indices, self.min_short_side))
         else:
             if self._decoder is None:  # built on first use: finding the video decoders takes seconds
                 self._decoder = build_decoder(self.decoder_name)
