@@ -148,7 +148,13 @@ class DaliDecoder:
         if self._pipe is None:
             self._pipe = self.build(self.max_views, device_id())
         feed_views(self._pipe, items, self.extra)
-        (pixels,) = self._pipe.run()
+        try:
+            (pixels,) = self._pipe.run()
+        except RuntimeError:
+            # A pipeline that raised (a JPEG or video it cannot decode) is no longer valid in DALI 2.x:
+            # every later run fails too. The next run builds a new one.
+            self._pipe = None
+            raise
         return dali_to_torch(pixels, torch.uint8).view(len(items), -1, *self.row_shape)
 
 

@@ -10,8 +10,9 @@ sample from a video sample by that json field alone, so no setting names the sto
 libjpeg-turbo, one frame at a time, in the loader's worker): 1.00 frame decoded per frame delivered, against
 a video's keyframe-to-frame run. With `min_short_side` below the stored short side, libjpeg decodes at the
 largest DCT reduction (1/2, 1/4, 1/8) that keeps the short side at or above it (`Image.draft`): evaluation
-resizes to a known short side, so a frame twice that size decodes at half size for the same result within a
-grey level. Training crops a random box of any size down to the crop, so it always decodes at full size.
+resizes to a known short side, so a frame twice that size decodes at half size (libjpeg's scaled IDCT, close
+to a 2x2 box filter: after the resize 1.5-2 grey levels from the full decode on average, tests/data/
+test_frames.py). Training crops a random box of any size to the crop, so it always decodes at full size.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ FRAMES_STORAGE = "frames"
 FRAMES_CODEC = "jpeg"
 # A frame member's suffix (after the sample key): frame i of the clip, from 0.
 FRAME_MEMBER = re.compile(r"(\d{6})\.jpg")
+# Bytes after a JPEG's end-of-image marker still taken as a whole JPEG (encoders' padding).
+EOI_SLACK = 64
 
 
 class FrameDecodeError(ValueError):
@@ -58,8 +61,23 @@ def frame_bytes(sample: Mapping[str, Any], meta: Mapping[str, Any], index: int) 
 
 
 def frame_jpegs(sample: Mapping[str, Any], meta: Mapping[str, Any], indices: Sequence[int]) -> list[bytes]:
-    """The JPEGs of frames `indices` in that order (the DALI path's input: nvJPEG decodes each)."""
-    return [frame_bytes(sample, meta, int(index)) for index in indices]
+    """The JPEGs of frames `indices` in that order, each checked to be a whole JPEG (the DALI path's input:
+    DALI 2.4's CPU JPEG decoder crashed the process on a truncated JPEG among others, so none reaches it)."""
+    jpegs = []
+    for index in indices:
+        data = frame_bytes(sample, meta, int(index))
+        if not is_whole_jpeg(data):
+            raise FrameDecodeError(
+                f"frame {index} ({frame_member(index)}) is not a whole JPEG (no start or end-of-image marker)"
+            )
+        jpegs.append(data)
+    return jpegs
+
+
+def is_whole_jpeg(data: bytes) -> bool:
+    """Whether `data` starts with a JPEG's start-of-image marker and ends with its end-of-image marker
+    (some encoders pad after it; entropy-coded data never holds FF D9, so a cut file does not end in one)."""
+    return data[:2] == b"\xff\xd8" and b"\xff\xd9" in data[-EOI_SLACK:]
 
 
 def draft_size(width: int, height: int, min_short_side: int | None) -> tuple[int, int] | None:
