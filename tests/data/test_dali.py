@@ -16,6 +16,7 @@ from pipeline.config import from_dict
 from pipeline.data.config import DataConfig
 from pipeline.data.decoders import PyAVDecoder
 from pipeline.data.loader import build_eval_loader, build_train_loader
+from tests.data.test_loader import corrupt_copy
 
 pytestmark = pytest.mark.skipif(
     # find_spec("nvidia.dali") raises when no `nvidia` package exists at all: ask for the parent first
@@ -111,6 +112,20 @@ def test_dali_video_takes_randaugment_and_repeated_views_like_the_cpu_path(make_
         assert torch.isfinite(ours["video"]).all()
         # two views of one clip are augmented apart
         assert not torch.equal(ours["video"][0], ours["video"][1])
+
+
+def test_a_video_dali_cannot_decode_is_replaced_and_the_next_runs_decode(make_shards, tmp_path: Path) -> None:
+    """A DALI pipeline that raised is no longer valid: the loader builds a new one, so one bad video costs
+    one stand-in per epoch, not every sample after it."""
+    folder = tmp_path / "corrupt"
+    bad_key = corrupt_copy(str(make_shards("ssv2", "train", max_samples=7)), folder)
+    loader = build_train_loader(
+        from_dict(DataConfig, {**segment_clips(str(folder)), "decoder": "dali"}), rank=0, world_size=1, seed=0
+    )
+    for epoch in (1, 2):
+        keys = [key for batch in loader for key in batch["key"]]
+        assert len(keys) == 16 and bad_key not in keys
+        assert loader.bad_samples == epoch
 
 
 @pytest.mark.gpu
