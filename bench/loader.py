@@ -4,7 +4,7 @@
                            [--batch-size 4] [--randaug 4] [--sampling dense segment]
                            [--segment-sources ssv2|dense] [--profile] [--digest-cost]
                            [--worker-startup GIB]
-                           [--gop-sweep 16 8 4 3 2] [--quick]
+                           [--gop-sweep 16 8 4 3 2] [--frame-clips 96] [--quick]
 
 Builds a synthetic raw tree like downloaded Kinetics videos (H.264 at 30 fps, 10 s, short side 336,
 16:9, one keyframe per 300 frames), shards it twice (as-is, and re-encoded with a GOP of 16), then,
@@ -35,10 +35,17 @@ the pass, passes in turn, in this process as it is and holding GIB GiB more resi
 copies the page tables of a training process's host memory).
 With --gop-sweep, the raw clips are re-encoded at each GOP given (the sharder's x264 settings) and
 compared with the first: bytes, frames decoded per frame delivered and decode time per clip.
+The frame-sample rows (`--frame-clips`, 0 = none; `--sampling` with no value runs only them) take SSv1-like
+clips (`synth ssv1`: 48 JPEG frames at 12 fps, 100 px high, 4:3 or 16:9) and 16-segment sampling with the
+same transforms: (a) this loader on frame samples (`shards ssv1`, the JPEGs as they are) and on short-GOP
+video samples (`--store video`), (b) a TSM / mmaction2-style loader (a list file of `folder num_frames
+label`, Pillow opening each sampled frame's file from the raw folder), (c) decode-only of the sampled JPEG
+bytes with Pillow; they print a/b, a/c, frame vs video samples, bytes per clip (shards and raw files) and
+frames decoded per frame delivered.
 Rates are steady rates: each pass's first batch per worker (worker start-up, paid once per epoch of
 thousands of clips in training) is timed apart and printed as start-up.
---quick is CI's smoke run (16 small clips, dense sampling, one pass). Hardware, versions and the
-resolved config are printed with the results.
+--quick is CI's smoke run (16 small clips, dense sampling, 16 frame-sample clips, one pass). Hardware,
+versions and the resolved config are printed with the results.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ from typing import NamedTuple
 import av
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,6 +80,7 @@ from pipeline.config import from_dict, to_dict
 from pipeline.data.config import DataConfig
 from pipeline.data.decoders import PyAVDecoder, build_decoder, resolve_decoder_name
 from pipeline.data.digest import DIGEST_MEMBER, sample_digest
+from pipeline.data.frame_samples import JpegFrameDecoder, frame_member
 from pipeline.data.loader import build_train_loader, make_dataloader
 from pipeline.data.manifest import MANIFEST_NAME, Manifest, load_shard_set
 from pipeline.data.plan import ShardSlice
@@ -232,7 +241,7 @@ def timed_pass(loader, warm_batches: int) -> tuple[int, float, float]:
             warm_s = time.perf_counter() - started
             continue
         video = batch["video"] if isinstance(batch, dict) else batch[0] if isinstance(batch, list) else batch
-        clips += video.shape[0]
+        clips += len(video)  # a batch tensor's rows, or a tuple of clips (frame sizes that differ)
     return clips, time.perf_counter() - started - warm_s, warm_s
 
 
@@ -453,6 +462,160 @@ def print_rates(
     )
 
 
+# SSv1 as distributed: 48-frame clips (about 4 s at 12 fps) of JPEG frames 100 px high, trained on with
+# 16-segment sampling (configs/ssv1_s16.yaml).
+SSV1_SOURCES = Sources(clips=96, frames=48, fps=12.0, height=100)
+
+
+def make_frame_data(root: Path, clips: int) -> tuple[Path, Path, Path]:
+    """A raw SSv1-like tree (`synth ssv1`: folders of 00001.jpg ...), its frame-sample shards (`shards
+    ssv1`, the JPEGs as they are) and its short-GOP video shards (`--store video`)."""
+    raw, frames, video = root / "raw", root / "shards-frames", root / "shards-video"
+    synth = ["synth", "ssv1", "--out", str(raw), "--num-videos", str(clips), "--classes", "4"]
+    synth += ["--frames", str(SSV1_SOURCES.frames), "--height", str(SSV1_SOURCES.height)]
+    synth += ["--fps", str(SSV1_SOURCES.fps), "--splits", "train", "--missing", "0"]
+    # One sharding process: a fork pool made after the loaders above ran (their threads) can hang.
+    common = ["ssv1", "--root", str(raw), "--split", "train", "--max-samples", "8", "--workers", "1"]
+    for command in (
+        synth,
+        [*common, "--out", str(frames)],
+        [*common, "--out", str(video), "--store", "video"],
+    ):
+        if shards_main(command) != 0:
+            raise SystemExit(f"preparing the benchmark data failed: {' '.join(command)}")
+    return raw, frames, video
+
+
+def decode_jpegs(jpegs: list[bytes]) -> torch.Tensor:
+    """JPEG bytes -> uint8 (N, H, W, 3) RGB, one Pillow decode each (what a frame loader's decode costs)."""
+    frames = []
+    for data in jpegs:
+        with Image.open(io.BytesIO(data)) as image:
+            frames.append(np.asarray(image.convert("RGB")))
+    return torch.from_numpy(np.stack(frames))
+
+
+class FolderFrames(Dataset):
+    """The usual frame-folder loader (TSM's TSNDataSet, mmaction2's RawFrameDataset): `folder num_frames
+    label` lines of a list file, Pillow opening each sampled frame's file (`00001.jpg` is frame 0), the same
+    sampling and transforms as (a)."""
+
+    def __init__(self, list_file: Path, cfg: DataConfig) -> None:
+        self.rows = [line.split(" ") for line in list_file.read_text().splitlines()]
+        self.cfg, self.transform = cfg, TrainTransform(cfg, flip=True)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        folder, num_frames, label = self.rows[index]
+        rng = make_rng(Stream.SAMPLE, 0, index)
+        indices = train_indices(self.cfg.sampling, int(num_frames), self.cfg.num_frames, 1, rng)
+        frames = []
+        for i in indices:
+            with Image.open(Path(folder) / f"{i + 1:05d}.jpg") as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        return self.transform(torch.from_numpy(np.stack(frames)), rng)[0], int(label)
+
+
+class DecodeOnlyFrames(Dataset):
+    """Decode the sampled JPEGs of in-memory frame lists and nothing else (the limit)."""
+
+    def __init__(self, clips: list[list[bytes]], cfg: DataConfig) -> None:
+        self.clips, self.cfg = clips, cfg
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        jpegs = self.clips[index]
+        indices = train_indices(
+            self.cfg.sampling, len(jpegs), self.cfg.num_frames, 1, make_rng(Stream.SAMPLE, 1, index)
+        )
+        return decode_jpegs([jpegs[i] for i in indices])
+
+
+def frame_amplification(samples: list[dict], cfg: DataConfig) -> float:
+    """JPEGs the loader's frame decoder decodes per frame delivered, for one sampled clip of every sample."""
+    decoder, delivered = JpegFrameDecoder(), 0
+    for i, sample in enumerate(samples):
+        meta = json.loads(sample["json"])
+        indices = train_indices(
+            cfg.sampling, int(meta["num_frames"]), cfg.num_frames, 1, make_rng(Stream.SAMPLE, 2, i)
+        )
+        decoder.decode(sample, meta, indices)
+        delivered += len(indices)
+    return decoder.frames_decoded / delivered
+
+
+def bytes_per_clip(folder: Path) -> float:
+    """Shard bytes per sample of a shard folder (its manifest's figures)."""
+    manifest = Manifest.load(folder / MANIFEST_NAME)
+    return sum(entry.bytes for entry in manifest.shards) / manifest.total
+
+
+def run_frame_rows(args: argparse.Namespace, tmp: Path) -> None:
+    """SSv1-like clips, 16 segments: (a) this loader on frame samples and on short-GOP video samples vs (b)
+    a frame-folder loader on the raw folders vs (c) decode-only of the sampled JPEGs, passes interleaved."""
+    raw, frames, video = make_frame_data(tmp / "ssv1", args.frame_clips)
+    cfg = data_config(frames, "segment", args)
+    samples = read_samples(frames)
+    metas = [json.loads(sample["json"]) for sample in samples]
+    list_file = tmp / "ssv1_list.txt"
+    list_file.write_text("".join(f"{raw / m['source']} {m['num_frames']} {m['label']}\n" for m in metas))
+    clips = [
+        [sample[frame_member(i)] for i in range(int(m["num_frames"]))]
+        for sample, m in zip(samples, metas, strict=True)
+    ]
+    loaders: dict[str, object] = {
+        "a frames": build_train_loader(cfg, rank=0, world_size=1, seed=0),
+        "a video": build_train_loader(data_config(video, "segment", args), rank=0, world_size=1, seed=0),
+        "b": DataLoader(
+            FolderFrames(list_file, cfg),
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=args.workers,
+            drop_last=True,
+        ),
+        "c": DataLoader(  # SSv1's frames are 4:3 or 16:9: the decoded clips come as a tuple
+            DecodeOnlyFrames(clips, cfg),
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            drop_last=True,
+            collate_fn=tuple,
+        ),
+    }
+    throughput = interleaved_rates(loaders, args.repeats, warm_batches=args.workers)
+    rates = {name: measured.rate for name, measured in throughput.items()}
+    cores = max(args.workers, 1)
+    source = dataclasses.replace(SSV1_SOURCES, clips=args.frame_clips)
+    print(f"[16-segment, SSv1-like frame samples, sources: {source}]")
+    for name, text in (
+        ("a frames", "(a) this loader, frame samples     "),
+        ("a video", "(a) this loader, short-GOP video   "),
+        ("b", "(b) frame folders + Pillow, list   "),
+        ("c", "(c) decode only, the sampled JPEGs "),
+    ):
+        print(
+            f"  {text} {rates[name]:8.2f} clips/s  {rates[name] / cores:6.2f} clips/s per core  "
+            f"(start-up {throughput[name].startup_s * 1e3:.0f} ms per pass)"
+        )
+    print(
+        f"  a/b = {rates['a frames'] / rates['b']:.2f} frames (goal >= 1.5)   "
+        f"a/c = {rates['a frames'] / rates['c']:.2f} frames (goal >= 0.9)   "
+        f"frames / video = {rates['a frames'] / rates['a video']:.2f}"
+    )
+    folder_bytes = sum(path.stat().st_size for path in (raw / "20bn-something-something-v1").rglob("*.jpg"))
+    print(
+        f"  bytes per clip: {bytes_per_clip(frames):,.0f} frame samples, "
+        f"{bytes_per_clip(video):,.0f} short-GOP video, {folder_bytes / len(samples):,.0f} raw JPEG files"
+    )
+    print(
+        f"  frames decoded per frame delivered: {frame_amplification(samples, cfg):.2f} frame samples, "
+        f"{amplification(read_samples(video), cfg):.2f} short-GOP video"
+    )
+
+
 def main() -> None:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -464,7 +627,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="passes over the clips per loader")
     parser.add_argument("--randaug", type=int, default=4, help="RandAugment ops per clip (the recipe's 4)")
-    parser.add_argument("--sampling", nargs="+", choices=("dense", "segment"), default=["dense", "segment"])
+    parser.add_argument(
+        "--sampling",
+        nargs="*",
+        choices=("dense", "segment"),
+        default=["dense", "segment"],
+        help="the video rows' samplings (none: only the frame-sample rows)",
+    )
     parser.add_argument(
         "--segment-sources",
         choices=("ssv2", "dense"),
@@ -483,11 +652,24 @@ def main() -> None:
         "--gop-sweep", type=int, nargs="+", default=[], help="also compare re-encoding GOPs (e.g. 16 8 4 3 2)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="8 clips of 64 frames at 128p, dense sampling, one pass (CI)"
+        "--frame-clips",
+        type=int,
+        default=SSV1_SOURCES.clips,
+        help="SSv1-like clips of the frame-sample rows (48 JPEG frames 100 px high, 16 segments; 0 = none)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="16 clips of 64 frames at 128p, dense sampling, and 16 SSv1-like frame clips, one pass (CI)",
     )
     args = parser.parse_args()
+    if not args.sampling and (args.worker_startup is not None or args.digest_cost):
+        parser.error(
+            "--worker-startup and --digest-cost measure the video rows: give --sampling dense|segment"
+        )
     if args.quick:
         args.clips, args.frames, args.height, args.repeats, args.sampling = 16, 64, 128, 1, ["dense"]
+        args.frame_clips = 16  # 4 batches: one steady batch per worker after its first
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
         f"torch {torch.__version__}, av {av.__version__}"
@@ -525,6 +707,9 @@ def main() -> None:
                     print_profile(f"{sampling}, {name} shards", *profile_worker(folder, cfg))
             if args.gop_sweep:
                 print_gop_sweep(args, sampling, raw)
+            sys.stdout.flush()
+        if args.frame_clips:
+            run_frame_rows(args, tmp)
             sys.stdout.flush()
         if args.worker_startup is not None:
             _, _, short_gop = made[sources[args.sampling[0]]]
