@@ -54,15 +54,29 @@ def run_bench(script: str, *args: str) -> str:
 def test_loader_quick_prints_its_ratios() -> None:
     out = run_bench("loader.py", "--quick")
     rates = figures(rf"^  \((a|b|c)\) .*? {NUMBER} clips/s +{NUMBER} clips/s per core", out)
-    assert [letter for letter, *_ in rates] == ["a", "a", "b", "c", "c"], out  # --quick: dense sampling only
+    # --quick: the dense video rows (as-is, short-GOP, raw files, decode-only x2), then the frame-sample
+    # rows (frame samples, short-GOP video, frame folders, decode-only)
+    assert [letter for letter, *_ in rates] == ["a", "a", "b", "c", "c", "a", "a", "b", "c"], out
     assert_positive([value for _, *values in rates for value in values], out)
     for pattern in (
         rf"^  a/b = {NUMBER} as-is, {NUMBER} short-GOP",
         rf"^  a/c = {NUMBER} as-is, {NUMBER} short-GOP",
         rf"^  frames decoded per frame delivered: {NUMBER} as-is, {NUMBER} short-GOP",
+        rf"^  a/b = {NUMBER} frames \(goal >= 1.5\)   a/c = {NUMBER} frames \(goal >= 0.9\)   "
+        rf"frames / video = {NUMBER}$",
     ):
         (line,) = figures(pattern, out)
         assert_positive(line, out)
+    (sizes,) = figures(
+        r"^  bytes per clip: ([\d,]+) frame samples, ([\d,]+) short-GOP video, ([\d,]+) raw JPEG files$", out
+    )
+    frames, video, raw = assert_positive([size.replace(",", "") for size in sizes], out)
+    assert frames > raw > video, out  # the JPEGs as they are (plus tar headers) vs H.264
+    (decoded,) = figures(
+        rf"^  frames decoded per frame delivered: {NUMBER} frame samples, {NUMBER} short-GOP video$", out
+    )
+    frame_samples, video_samples = assert_positive(decoded, out)
+    assert frame_samples == 1.00 and video_samples > 1.00, out  # only the sampled JPEGs decode
 
 
 @pytest.mark.slow
