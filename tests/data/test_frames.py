@@ -322,3 +322,16 @@ def test_dali_frame_path_runs_repeated_views_and_replaces_a_corrupt_frame(
     # found on the host: the cut JPEG never reaches DALI (whose CPU decoder crashed on one in a batch)
     (logged,) = [line for line in capsys.readouterr().err.splitlines() if bad_key in line]
     assert "frame 5 (000005.jpg) is not a whole JPEG" in logged
+
+
+@needs_dali
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG: DALI mixed decoding)")
+def test_dali_nvjpeg_on_gpu_decodes_the_sampled_frames_as_the_cpu_path(ssv1: dict[str, Path]) -> None:
+    cpu = list(build_train_loader(config(ssv1["train"], workers=0), rank=0, world_size=1, seed=0))
+    gpu = list(build_train_loader(config(ssv1["train"], decoder="dali"), rank=0, world_size=1, seed=0))
+    assert len(gpu) == len(cpu) == VIDEOS // 2
+    for ours, reference in zip(gpu, cpu, strict=True):
+        assert ours["video"].is_cuda and ours["key"] == reference["key"]
+        # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's: a looser bound than the CPU decoder's
+        assert ((ours["video"].cpu() - reference["video"]) * GREY_LEVELS).abs().mean() < 2.0
