@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from shards.__main__ import main as shards_main
+from tests.object_store import Bucket, ObjectStore
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -63,3 +64,21 @@ def make_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]
         return out
 
     return make
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """A real S3-compatible server (SeaweedFS on 127.0.0.1, free ports) for the whole session."""
+    store = ObjectStore(tmp_path_factory.mktemp("object-store"))
+    store.start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def s3_bucket(object_store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh bucket on `object_store`; this process's AWS variables point at it (as a user sets them)."""
+    for name, value in object_store.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return object_store.bucket()
