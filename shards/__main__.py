@@ -4,10 +4,12 @@
     python -m shards ssv2 ... --part 3/16        # one task of a job array; then: python -m shards merge OUT
     python -m shards verify OUT                  # re-read every shard against manifest.json
     python -m shards synth ssv2 --out RAW        # a tiny raw dataset in the publisher's layout
+    python -m shards ssv2 ... --out s3://bucket/ssv2/train   # OUT may be an object-store URL
 
 A bad option, an annotation file that cannot be read, or an output folder that cannot be written or
 holds another dataset's, split's or options' shards (unless --overwrite) is one line on stderr and exit
-status 2.
+status 2; so is a URL that cannot be served (an unknown protocol, s3fs not installed) or a store that
+refuses it (no such bucket, bad credentials, access denied), before any clip is read.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.console import OneLineParser, one_line
+from pipeline.storage import StorageError
 from shards import synth
 from shards.datasets import READERS, DatasetReader, Reader, read_split
+from shards.folder import ShardFolder, open_folder
 from shards.image import JPEG_QUALITY
 from shards.merge import MergeError, merge_parts
 from shards.records import AnnotationError
@@ -30,7 +34,7 @@ from shards.video import EncodeOptions
 from shards.writer import OutputError, SampleContext, WriteOptions, write_dataset
 
 # Options that do not change what is written (or are recorded elsewhere): kept out of the manifest.
-UNRECORDED_OPTIONS = ("command", "handler", "out", "workers", "part", "overwrite")
+UNRECORDED_OPTIONS = ("command", "handler", "out", "work_dir", "workers", "part", "overwrite")
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -75,7 +79,18 @@ def add_write_arguments(parser: argparse.ArgumentParser, reencode_by_default: bo
     """
     parser.add_argument("--root", type=Path, required=True, help="raw dataset root (publisher layout)")
     parser.add_argument("--split", required=True, help="split to shard, e.g. train / val / test")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the shards and manifest.json")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for the shards and manifest.json, or an object-store URL (s3://bucket/prefix, gs://...)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="with a URL --out: the local folder each shard is written in before its upload "
+        "(default: a temporary folder; room for one shard is enough)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -146,10 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_arguments(sub)
     sub.set_defaults(handler=synth.run)
     sub = commands.add_parser("verify", help="re-read every shard against manifest.json")
-    sub.add_argument("out", type=Path, help="folder with manifest.json and the shards")
+    sub.add_argument("out", help="folder (or object-store URL) with manifest.json and the shards")
     sub.set_defaults(handler=run_verify)
     sub = commands.add_parser("merge", help="combine the partial manifests of --part runs")
-    sub.add_argument("out", type=Path, help="folder with the parts' shards and manifests")
+    sub.add_argument("out", help="folder (or object-store URL) with the parts' shards and manifests")
     sub.set_defaults(handler=run_merge)
     return parser
 
@@ -166,6 +181,17 @@ def recorded_options(args: argparse.Namespace) -> dict[str, Any]:
 def run_dataset(reader: DatasetReader | type[Reader], args: argparse.Namespace) -> int:
     """Read the raw split, write its shards and manifest, print the summary line."""
     check_store_arguments(reader, args)
+    out = open_folder(args.out, args.work_dir)
+    try:
+        if out.remote:  # a store that refuses the URL says so before the annotations are read
+            out.check_writable()
+        return write_split(reader, args, out)
+    finally:
+        out.close()
+
+
+def write_split(reader: DatasetReader | type[Reader], args: argparse.Namespace, out: ShardFolder) -> int:
+    """run_dataset with its output folder open."""
     if isinstance(reader, type):
         index = read_split(reader.from_args(args), args.root, args.split)
     else:
@@ -190,7 +216,7 @@ def run_dataset(reader: DatasetReader | type[Reader], args: argparse.Namespace) 
         part=args.part,
         overwrite=args.overwrite,
     )
-    summary = write_dataset(index, args.out, options, recorded_options(args))
+    summary = write_dataset(index, out, options, recorded_options(args))
     print(
         f"{index.dataset}/{index.split}: written {summary.written} samples in {summary.num_shards} shards, "
         f"rejected {summary.rejected}, missing {summary.missing}, {summary.bytes} bytes, "
@@ -230,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except SystemExit as exit_:  # argparse: --help (0) or a bad option (2, already printed)
         return exit_.code if isinstance(exit_.code, int) else 2
-    except (AnnotationError, OutputError) as err:
+    except (AnnotationError, OutputError, StorageError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
 

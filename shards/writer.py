@@ -14,6 +14,11 @@ file, shards not named after this dataset and split) are refused with one line, 
 --overwrite. The manifests this run rewrites are removed before the first shard is written and the new
 one appears last, atomically, so a killed run leaves a folder without manifest.json (clearly
 unfinished, resumable), never an old manifest beside new shards.
+
+An object-store output (`--out s3://bucket/prefix`, `shards.folder.StoreFolder`) is the same run with
+each file staged locally and uploaded once complete: the progress file after every shard, the manifest
+last. The progress file in the store is what a rerun resumes from (on any machine): its shards that the
+store still holds with the size and checksum they were uploaded with are not redone.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import multiprocessing
 import random
 import re
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -47,7 +51,9 @@ from pipeline.data.manifest import (
     manifest_name,
 )
 from pipeline.io import atomic_open, atomic_write_json, free_bytes, storage_problem
+from pipeline.storage import StorageError
 from shards import __version__
+from shards.folder import OutputError, ShardFolder
 from shards.frames import FramesError, encode_frames, read_frame_folder
 from shards.image import IMAGE_EXT, JPEG_QUALITY, ImageError, prepare_image
 from shards.records import DatasetIndex, Record, Reject
@@ -86,10 +92,6 @@ class SampleContext:
     # shards.frames), the JPEGs of decoded video at frame_quality.
     store: str = "video"
     frame_quality: int = JPEG_QUALITY
-
-
-class OutputError(RuntimeError):
-    """An output folder that cannot be written or holds another job's files; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class RunSummary:
     num_shards: int
     bytes: int
     seconds: float
-    manifest: Path
+    manifest: str
 
 
 @dataclass
@@ -324,9 +326,9 @@ def shard_prefix(dataset: str, split: str, part: tuple[int, int] | None) -> str:
 
 
 def write_dataset(
-    index: DatasetIndex, out: Path, options: WriteOptions, recorded: dict[str, Any]
+    index: DatasetIndex, out: ShardFolder, options: WriteOptions, recorded: dict[str, Any]
 ) -> RunSummary:
-    """Write `index` as shards under `out` and its (partial) manifest; resume a killed run of the same job.
+    """Write `index` as shards in `out` and its (partial) manifest; resume a killed run of the same job.
 
     `recorded` holds the command-line options that go into the manifest as they were given.
     """
@@ -338,12 +340,12 @@ def write_dataset(
     ordered = [ordered[i] for i in part_range(len(ordered), options.part)]
     first_part = options.part is None or options.part[0] == 0
     prefix = shard_prefix(index.dataset, index.split, options.part)
-    progress_path = out / f"{prefix}progress.json"
-    progress = _resume(progress_path, _fingerprint(ordered, recorded), job, out)
+    progress_name = f"{prefix}progress.json"
+    progress = _resume(out, progress_name, _fingerprint(ordered, recorded), job)
     _remove_leftovers(out, prefix, manifest_name(options.part), keep=len(progress.shards))
     # Manifests that this run makes stale go before the first shard is written (see the module doc).
-    for stale in {MANIFEST_NAME, manifest_name(options.part)}:
-        (out / stale).unlink(missing_ok=True)
+    for stale in sorted({MANIFEST_NAME, manifest_name(options.part)}):
+        out.delete(stale)
 
     context = options.context
     pending = ordered[progress.consumed :]
@@ -360,22 +362,26 @@ def write_dataset(
         try:
             for result in results:
                 if isinstance(result, VideoSample) and shard is not None and not shard.fits(result, options):
-                    _finish_shard(shard, progress, progress_path)
+                    _finish_shard(shard, progress, out, progress_name)
                     shard = None
                 if isinstance(result, Reject):
                     progress.rejects.append(asdict(result))
                 else:
                     if shard is None:
-                        shard = _ShardFile(out / f"{prefix}{len(progress.shards):06d}.tar")
+                        shard = _ShardFile(out.staging / f"{prefix}{len(progress.shards):06d}.tar")
                     shard.add(result)
                 progress.consumed += 1
                 bar.update()
                 if shard is not None and shard.num_samples >= options.max_samples:
-                    _finish_shard(shard, progress, progress_path)
+                    _finish_shard(shard, progress, out, progress_name)
                     shard = None
             if shard is not None:
-                _finish_shard(shard, progress, progress_path)
+                _finish_shard(shard, progress, out, progress_name)
                 shard = None
+        except StorageError as err:  # an upload the store refused or the network lost
+            raise OutputError(
+                f"{err}; run the same command: it continues after the last uploaded shard"
+            ) from None
         except OSError as err:
             if (problem := storage_problem(err)) is None:
                 raise
@@ -401,20 +407,27 @@ def write_dataset(
         tool_version=__version__,
         options=recorded,
         label_map=dict(index.label_map),
-        shards=[ShardEntry.from_json(e, progress_path, i) for i, e in enumerate(progress.shards)],
+        shards=[
+            ShardEntry.from_json(e, out.path_of(progress_name), i) for i, e in enumerate(progress.shards)
+        ],
         total=sum(s["num_samples"] for s in progress.shards),
         rejects=rejects,
         missing=sorted(index.missing) if first_part else [],
         part=options.part,
     )
-    manifest_path = out / manifest_name(options.part)
+    manifest_path = out.path_of(manifest_name(options.part))
     try:
-        manifest.save(manifest_path)
+        out.save_manifest(manifest, manifest_name(options.part))
+        out.delete(progress_name)
+    except StorageError as err:
+        raise OutputError(f"{err}; run the same command: it writes the manifest") from None
     except OSError as err:
         if (problem := storage_problem(err)) is None:
             raise
-        raise OutputError(f"cannot write {manifest_path}: {problem} ({free_bytes(out)} bytes free)") from None
-    progress_path.unlink(missing_ok=True)
+        staged = out.staging / manifest_name(options.part)
+        raise OutputError(
+            f"cannot write {staged}: {problem} ({free_bytes(out.staging)} bytes free)"
+        ) from None
     return RunSummary(
         written=manifest.total,
         rejected=len(rejects),
@@ -426,76 +439,74 @@ def write_dataset(
     )
 
 
-def unwritable_line(out: Path, problem: str, pending: int, remaining: int, bytes_per_sample: float) -> str:
-    """The one line of a run whose output refused a write: the bytes it still needs (the unfinished
-    shard's, plus the samples left at the bytes per sample written so far) and those free."""
+def unwritable_line(
+    out: ShardFolder, problem: str, pending: int, remaining: int, bytes_per_sample: float
+) -> str:
+    """The one line of a run whose output (or staging folder) refused a write: the bytes it still needs
+    (the unfinished shard's, plus the samples left at the bytes per sample written so far) and those free."""
     needed = pending + int(bytes_per_sample * remaining)
+    where = f"to {out.location}" if not out.remote else f"for {out.location} in {out.staging}"
     return (
-        f"cannot write shards to {out}: {problem} (about {needed} more bytes needed, "
-        f"{free_bytes(out)} free); "
+        f"cannot write shards {where}: {problem} (about {needed} more bytes needed, "
+        f"{free_bytes(out.staging)} free); "
         "make room and run the same command: it continues after the last complete shard"
     )
 
 
-def prepare_output(out: Path, job: dict[str, Any], overwrite: bool) -> None:
-    """Create `out`, check that it is writable, and refuse (or, with `overwrite`, remove) other jobs' files.
+def prepare_output(out: ShardFolder, job: dict[str, Any], overwrite: bool) -> None:
+    """Check that `out` can be written (creating a local folder), and refuse (or, with `overwrite`,
+    remove) other jobs' files.
 
-    Raises OutputError with one line. Files of the same dataset, split and options stay: they are
-    this job's own (a resume, a rerun, or the other parts of a job array writing beside it).
+    Raises OutputError or StorageError with one line. Files of the same dataset, split and options
+    stay: they are this job's own (a resume, a rerun, or the other parts of a job array writing beside it).
     """
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise OutputError(f"cannot write to the output folder {out}: {err.strerror or err}") from None
+    out.check_writable()
     foreign = foreign_files(out, job)
     if foreign and not overwrite:
         others = f" and {len(foreign) - 1} more files" if len(foreign) > 1 else ""
         raise OutputError(
-            f"{out} holds files of another dataset, split or options ({foreign[0].name}{others}); "
+            f"{out.location} holds files of another dataset, split or options ({foreign[0]}{others}); "
             "pass --overwrite to replace them, or choose another --out"
         )
-    for path in foreign:
-        path.unlink(missing_ok=True)
+    for name in foreign:
+        out.delete(name)
 
 
-def foreign_files(out: Path, job: dict[str, Any]) -> list[Path]:
-    """The manifests, progress files and shards under `out` that another job (dataset, split, options) wrote.
+def foreign_files(out: ShardFolder, job: dict[str, Any]) -> list[str]:
+    """The manifests, progress files and shards in `out` that another job (dataset, split, options) wrote.
 
     A manifest or progress file belongs to this job when its dataset, split and options are this
     job's (an unreadable or invalid one does not); the shards a foreign manifest lists are foreign, and so is
     any shard not named `<dataset>-<split>-...` of this job.
     """
-    foreign: list[Path] = []
+    foreign: list[str] = []
     listed_by_foreign: set[str] = set()
-    for path in sorted(out.iterdir()):
-        if path.name == MANIFEST_NAME or PART_MANIFEST.fullmatch(path.name):
+    names = out.names()
+    for name in names:
+        if name == MANIFEST_NAME or PART_MANIFEST.fullmatch(name):
             try:
-                manifest = Manifest.load(path)
+                manifest = out.load_manifest(name)
             except ManifestError:
-                foreign.append(path)
+                foreign.append(name)
                 continue
             if {"dataset": manifest.dataset, "split": manifest.split, "options": manifest.options} != job:
-                foreign.append(path)
+                foreign.append(name)
                 listed_by_foreign |= {entry.name for entry in manifest.shards}
-        elif path.name.endswith("progress.json") and _read_json(path).get("job") != job:
-            foreign.append(path)
+        elif name.endswith("progress.json") and _read_json(out, name).get("job") != job:
+            foreign.append(name)
     own_prefix = shard_prefix(job["dataset"], job["split"], None)
-    for path in sorted(out.iterdir()):
-        if SHARD_FILE.fullmatch(path.name) and (
-            path.name in listed_by_foreign or not path.name.startswith(own_prefix)
-        ):
-            foreign.append(path)
+    for name in names:
+        if SHARD_FILE.fullmatch(name) and (name in listed_by_foreign or not name.startswith(own_prefix)):
+            foreign.append(name)
     return foreign
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; {} when it cannot be read (which makes it nobody's)."""
+def _read_json(out: ShardFolder, name: str) -> dict[str, Any]:
+    """A JSON object from file `name` of `out`; {} when it cannot be read (which makes it nobody's)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(out.read_text(name) or "")
+    except StorageError:  # the store failing is not the file being nobody's
+        raise
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -589,10 +600,12 @@ def _finished_size(offset: int) -> int:
     return -(-(offset + TAR_END) // TAR_RECORD) * TAR_RECORD
 
 
-def _finish_shard(shard: _ShardFile, progress: _Progress, progress_path: Path) -> None:
-    # The shard is renamed into place first; only then does the saved progress count it.
-    progress.shards.append(shard.close())
-    atomic_write_json(progress_path, asdict(progress))
+def _finish_shard(shard: _ShardFile, progress: _Progress, out: ShardFolder, progress_name: str) -> None:
+    # The shard is renamed into place (and uploaded) first; only then does the saved progress count it.
+    entry = shard.close()
+    progress.shards.append({**entry, **out.publish(entry["name"])})
+    atomic_write_json(out.staging / progress_name, asdict(progress))
+    out.publish(progress_name)
 
 
 def _fingerprint(ordered: list[Record], recorded: dict[str, Any]) -> str:
@@ -609,31 +622,35 @@ def _fingerprint(ordered: list[Record], recorded: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _resume(progress_path: Path, fingerprint: str, job: dict[str, Any], out: Path) -> _Progress:
-    """The saved progress of the same job if its shards are still intact in size, else a fresh start."""
+def _resume(out: ShardFolder, progress_name: str, fingerprint: str, job: dict[str, Any]) -> _Progress:
+    """The saved progress of the same job if `out` still holds its shards as written, else a fresh start."""
     try:
-        saved = json.loads(progress_path.read_text(encoding="utf-8"))
-        progress = _Progress(**saved)
+        progress = _Progress(**json.loads(out.read_text(progress_name) or ""))
+    except StorageError:
+        raise
     except (OSError, ValueError, TypeError):
         return _Progress(fingerprint, job)
-    if progress.fingerprint != fingerprint:
+    if progress.fingerprint != fingerprint or not all(out.holds(entry) for entry in progress.shards):
         return _Progress(fingerprint, job)
-    for entry in progress.shards:
-        path = out / entry["name"]
-        if not path.is_file() or path.stat().st_size != entry["bytes"]:
-            return _Progress(fingerprint, job)
     return progress
 
 
-def _remove_leftovers(out: Path, prefix: str, manifest: str, keep: int) -> None:
+def _remove_leftovers(out: ShardFolder, prefix: str, manifest: str, keep: int) -> None:
     """Delete this job's temp files (a killed run's) and its shards numbered `keep` and up (older runs').
 
     Only this job's names are touched: other parts of a job array may be writing in the same folder.
+    A store's staging folder keeps nothing of this job: what a killed run staged is written again.
     """
     shard_name = re.compile(re.escape(prefix) + r"(\d{6})\.tar")
-    for path in out.iterdir():
-        match = shard_name.fullmatch(path.name)
+    for name in out.names():
+        match = shard_name.fullmatch(name)
         stale_shard = match is not None and int(match.group(1)) >= keep
-        temp_file = path.name.startswith((f".{prefix}", f".{manifest}.")) and path.name.endswith(".tmp")
+        temp_file = name.startswith((f".{prefix}", f".{manifest}.")) and name.endswith(".tmp")
         if stale_shard or temp_file:
-            path.unlink()
+            out.delete(name)
+    if out.remote and out.staging.is_dir():
+        for path in out.staging.iterdir():
+            staged = shard_name.fullmatch(path.name) or path.name in (f"{prefix}progress.json", manifest)
+            temp_file = path.name.startswith((f".{prefix}", f".{manifest}.")) and path.name.endswith(".tmp")
+            if staged or temp_file:
+                path.unlink()
