@@ -9,19 +9,23 @@ also handed over explicitly for s3fs versions that do not pass it on.
 
 Every failure is a `StorageError`: one line naming the URL (as `describe` writes it: never a
 password, token or signature) and the cause (no such bucket, no such key, access denied, cannot
-connect). No torch here: the sharder imports this module on CPU nodes.
+connect). `with_retries` is the one retry policy: a request that fails for a transient cause (the
+network, a 5xx, throttling, a stalled read past READ_TIMEOUT_S) is tried again with exponential
+backoff, from scratch; the clients' own retry loops are turned off so that a dead endpoint costs
+the same known time everywhere. No torch here: the sharder imports this module on CPU nodes.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.console import one_line
+from pipeline.console import note, one_line
 
 # A scheme of two or more letters followed by `://`: `C:/data` or `C:\data` (a Windows drive) is a path.
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
@@ -42,6 +46,12 @@ _AWS_SETTINGS = (
 # Seconds to open a connection / to wait for the next bytes of a response before the read fails.
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
+RETRIES = 6  # tries of one request before it fails for good
+BACKOFF_S = 0.5  # the first wait; each next one doubles, up to MAX_BACKOFF_S (0.5 + 1 + 2 + 4 + 8 s)
+MAX_BACKOFF_S = 8.0
+# Causes worth another try: the network or the server may recover; a missing key or a refused key will not.
+TRANSIENT = frozenset({"cannot connect", "timeout", "throttled", "server error"})
+T = TypeVar("T")
 
 
 class StorageError(OSError):
@@ -92,7 +102,7 @@ def protocol(url: str) -> str:
 _FILESYSTEMS: dict[tuple, Any] = {}
 
 
-def filesystem(url: str, read_timeout_s: float = READ_TIMEOUT_S) -> tuple[Any, str]:
+def filesystem(url: str) -> tuple[Any, str]:
     """(fsspec file system, path inside it) for `url`; a protocol without an installed implementation is
     a StorageError naming the package to install.
 
@@ -102,7 +112,7 @@ def filesystem(url: str, read_timeout_s: float = READ_TIMEOUT_S) -> tuple[Any, s
     import fsspec  # here: local runs never pay for it
 
     scheme = protocol(url)
-    key = (os.getpid(), scheme, read_timeout_s, tuple(os.environ.get(name) for name in _AWS_SETTINGS))
+    key = (os.getpid(), scheme, READ_TIMEOUT_S, tuple(os.environ.get(name) for name in _AWS_SETTINGS))
     if key not in _FILESYSTEMS:
         try:
             cls = fsspec.get_filesystem_class(scheme)
@@ -111,8 +121,11 @@ def filesystem(url: str, read_timeout_s: float = READ_TIMEOUT_S) -> tuple[Any, s
             raise StorageError(url, f"no file system for {scheme}:// URLs: {one_line(err)}{extra}") from None
         options: dict[str, Any] = {"skip_instance_cache": True}
         if scheme in ("s3", "s3a"):
-            options.update(_s3_options(read_timeout_s))
-        _FILESYSTEMS[key] = cls(**options)
+            options.update(_s3_options(READ_TIMEOUT_S))
+        fs = cls(**options)
+        if hasattr(fs, "retries"):  # s3fs's own loop (a class attribute, not an argument)
+            fs.retries = 1
+        _FILESYSTEMS[key] = fs
     fs = _FILESYSTEMS[key]
     return fs, fs._strip_protocol(url)
 
@@ -123,7 +136,12 @@ def _s3_options(read_timeout_s: float) -> dict[str, Any]:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         client["endpoint_url"] = endpoint
-    config = {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": read_timeout_s}
+    # One try per call (botocore's and s3fs's loops off): `with_retries` decides.
+    config = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "read_timeout": read_timeout_s,
+        "retries": {"max_attempts": 1},
+    }
     options: dict[str, Any] = {"client_kwargs": client, "config_kwargs": config}
     if os.environ.get("AWS_PROFILE"):
         options["profile"] = os.environ["AWS_PROFILE"]
@@ -174,7 +192,7 @@ def classify(err: BaseException) -> str | None:
         "ConnectionClosedError",
     }:
         return "cannot connect"
-    if re.search(r"\b5\d\d\b", text) or names & {"InternalError", "ServiceUnavailable"}:
+    if re.search(r"\b5\d\d\b|internal error|service unavailable", text, re.I) or names & {"InternalError"}:
         return "server error"
     if isinstance(err, OSError) or names & {"BotoCoreError", "ClientError", "ClientResponseError"}:
         return "error"
@@ -197,23 +215,70 @@ def reason(err: BaseException, cause: str) -> str:
     return f"{cause}: {said}" if cause != "error" else said
 
 
-def read_bytes(url: str) -> bytes:
-    """The whole object at `url` (a small file: a manifest); StorageError when it cannot be read."""
-    with translated(url):
+def with_retries(url: str, request: Callable[[], T]) -> T:
+    """`request()` on `url`, tried up to RETRIES times with exponential backoff while it fails for a
+    transient cause; its last failure (or a lasting one, at once) as a StorageError."""
+    wait = BACKOFF_S
+    for attempt in range(1, RETRIES + 1):
+        try:
+            with translated(url):
+                return request()
+        except StorageError as err:
+            if err.cause not in TRANSIENT or attempt == RETRIES:
+                raise
+            note("storage", f"warning: {err}; try {attempt + 1} of {RETRIES} in {wait:g} s")
+            time.sleep(wait)
+            wait = min(2 * wait, MAX_BACKOFF_S)
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def read_bytes(url: str, start: int | None = None, end: int | None = None) -> bytes:
+    """The object at `url` (bytes [start, end) when given), with retries; StorageError when it cannot be
+    read."""
+
+    def request() -> bytes:
         fs, path = filesystem(url)
-        return fs.cat_file(path)
+        return fs.cat_file(path, start=start, end=end)
+
+    return with_retries(url, request)
 
 
 def write_bytes(url: str, data: bytes) -> None:
     """Store `data` as the object at `url` (one PUT: readers see the old object or the new one)."""
-    with translated(url):
+
+    def request() -> None:
         fs, path = filesystem(url)
         fs.pipe_file(path, data)
+
+    with_retries(url, request)
+
+
+def size(url: str) -> int:
+    """The object's size in bytes, with retries."""
+
+    def request() -> int:
+        fs, path = filesystem(url)
+        return int(fs.size(path))
+
+    return with_retries(url, request)
+
+
+def list_sizes(url: str) -> dict[str, int]:
+    """Name -> size of the objects directly under folder `url` (one listing, fresh), with retries."""
+
+    def request() -> dict[str, int]:
+        fs, path = filesystem(url)
+        listing = fs.ls(path, detail=True, refresh=True)
+        return {
+            entry["name"].rsplit("/", 1)[-1]: int(entry["size"])
+            for entry in listing
+            if entry["type"] == "file"
+        }
+
+    return with_retries(url, request)
 
 
 def check_readable(url: str) -> None:
     """Fail with one StorageError line unless the folder `url` can be listed (the bucket exists, the
     credentials are accepted, the endpoint answers)."""
-    with translated(url):
-        fs, path = filesystem(url)
-        fs.ls(path, detail=False)
+    list_sizes(url)

@@ -37,6 +37,7 @@ from pipeline.data.digest import digest_problem
 from pipeline.data.manifest import ShardInfo, sample_offsets
 from pipeline.data.plan import ShardSlice
 from pipeline.data.sampling import Sampling, eval_indices, train_indices
+from pipeline.data.shard_io import ShardReader
 from pipeline.data.transforms import EvalTransform, TrainTransform, mix_batch, normalise_batch
 from pipeline.randomness import Stream, make_rng
 
@@ -103,8 +104,13 @@ class ReadShardSlices:
     """ShardSlice items -> raw samples, exactly `stop - start` items per slice.
 
     A slice that starts inside a shard seeks straight to its first sample (offsets from a header-only
-    scan). A shard that ends early or breaks off yields error items for its missing samples.
+    scan). A shard that ends early or breaks off (a local read error, an object-store request that
+    failed after its retries) yields error items for its missing samples. `reader` opens the shards
+    (local files, or URLs streamed or cached: `pipeline.data.shard_io`).
     """
+
+    def __init__(self, reader: ShardReader | None = None) -> None:
+        self.reader = reader or ShardReader()
 
     def __call__(self, slices: Iterable[ShardSlice]) -> Iterator[Item]:
         for piece in slices:
@@ -120,11 +126,10 @@ class ReadShardSlices:
             for position in range(piece.start + produced, piece.stop):
                 yield bad_item(f"{piece.path}#{position}", reason, piece.path)
 
-    @staticmethod
-    def _read(piece: ShardSlice) -> Iterator[Item]:
-        with open(piece.path, "rb") as stream:
+    def _read(self, piece: ShardSlice) -> Iterator[Item]:
+        with self.reader.open(piece.path) as stream:
             if piece.start:
-                stream.seek(sample_offsets(piece.path)[piece.start])
+                stream.seek(sample_offsets(piece.path, self.reader)[piece.start])
             files = ({**f, "__url__": piece.path} for f in tar_file_iterator(stream))
             for count, sample in enumerate(group_by_keys(files)):
                 if count == piece.stop - piece.start:
@@ -268,9 +273,14 @@ class ReplaceBad:
     """
 
     def __init__(
-        self, shards: Sequence[ShardInfo], seed_parts: tuple[int, ...], process: Sequence[Stage]
+        self,
+        shards: Sequence[ShardInfo],
+        seed_parts: tuple[int, ...],
+        process: Sequence[Stage],
+        reader: ShardReader | None = None,
     ) -> None:
         self.shards, self.seed_parts, self.process = shards, seed_parts, process
+        self.read = ReadShardSlices(reader)
         self.ends = list(accumulate(shard.num_samples for shard in shards))
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
@@ -293,7 +303,7 @@ class ReplaceBad:
         shard_index = bisect.bisect_right(self.ends, index)
         shard = self.shards[shard_index]
         start = index - (self.ends[shard_index] - shard.num_samples)
-        (raw,) = ReadShardSlices()([ShardSlice(shard.path, start, start + 1)])
+        (raw,) = self.read([ShardSlice(shard.path, start, start + 1)])
         items: Iterator[Item] = iter([{**raw, "__pos__": position}])
         for stage in self.process:
             items = stage(items)

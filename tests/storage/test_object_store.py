@@ -68,6 +68,7 @@ def test_no_server_is_cannot_connect(s3_bucket: Bucket, monkeypatch: pytest.Monk
 
     (port,) = free_ports(1)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)  # the backoff is tested with the loader
     with pytest.raises(storage.StorageError) as caught:
         storage.read_bytes(f"{s3_bucket.url}/object.bin")
     assert caught.value.cause == "cannot connect" and "\n" not in str(caught.value)
