@@ -7,26 +7,26 @@ URL it is `--work-dir` (or a temporary folder): `publish` uploads the finished f
 reader of the store sees a shard whole or not at all, and removes the local copy, so the staging folder
 holds no more than the shard being written. `shards verify` and `shards merge` read through the same
 two classes. Store failures are `pipeline.storage.StorageError` lines naming the URL, never credentials.
+
+Verify's reads are the loader's (`pipeline.data.shard_io.ShardReader`): ranged GETs, each retried.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
-from pipeline.console import one_line
-from pipeline.data.manifest import Manifest, ManifestError
-from pipeline.storage import StorageError, describe, filesystem, is_url, join, translated
+from pipeline.data.manifest import Manifest
+from pipeline.data.shard_io import ShardReader
+from pipeline.storage import StorageError, describe, filesystem, is_url, join, with_retries
 
-# Bytes a verify read asks the store for at a time (s3fs reads ahead in blocks of this size).
-READ_BLOCK = 16 << 20
+T = TypeVar("T")
 
 
 class OutputError(RuntimeError):
@@ -117,7 +117,11 @@ class LocalFolder:
 
 
 class StoreFolder:
-    """A shard folder in an object store: the objects under one URL prefix, staged locally before upload."""
+    """A shard folder in an object store: the objects under one URL prefix, staged locally before upload.
+
+    Every request goes through `pipeline.storage.with_retries`: a network failure, a 5xx or throttling is
+    tried again with backoff; what still fails is a StorageError line naming the URL.
+    """
 
     remote = True
 
@@ -142,6 +146,10 @@ class StoreFolder:
             return self._work_dir
         return Path(tempfile.mkdtemp(prefix="shards-staging-"))
 
+    def _request(self, name: str, request: Callable[[], T]) -> T:
+        """`request()` about object `name` (the prefix itself for ""), with retries."""
+        return with_retries(join(self.url, name) if name else self.url, request)
+
     def _key(self, name: str) -> str:
         return f"{self.root}/{name}"
 
@@ -155,9 +163,8 @@ class StoreFolder:
         work), then the staging folder created and written to (OutputError naming it if it cannot be)."""
         self.check_readable()  # first: some stores create a missing bucket on a write
         probe = self._key(f".write-check-{uuid.uuid4().hex}")
-        with translated(self.url):
-            self.fs.pipe_file(probe, b"")
-            self.fs.rm_file(probe)
+        self._request("", lambda: self.fs.pipe_file(probe, b""))
+        self._request("", lambda: self.fs.rm_file(probe))
         try:
             self.staging.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.staging):
@@ -170,8 +177,7 @@ class StoreFolder:
     def names(self) -> list[str]:
         """The names of the objects directly under the prefix, sorted ([] for an empty prefix)."""
         try:
-            with translated(self.url):
-                entries = self.fs.ls(self.root, detail=True, refresh=True)
+            entries = self._request("", lambda: self.fs.ls(self.root, detail=True, refresh=True))
         except StorageError as err:
             if err.cause == "no such key":
                 return []
@@ -180,35 +186,26 @@ class StoreFolder:
 
     def read_text(self, name: str) -> str | None:
         """Object `name` as UTF-8 text; None when there is none (StorageError when it cannot be read)."""
-        url = join(self.url, name)
         try:
-            with translated(url):
-                return self.fs.cat_file(self._key(name)).decode("utf-8")
+            return self._request(name, lambda: self.fs.cat_file(self._key(name))).decode("utf-8")
         except StorageError as err:
             if err.cause == "no such key":
                 return None
             raise
 
     def load_manifest(self, name: str) -> Manifest:
-        """Manifest `name` under the prefix, with the messages of Manifest.load (store failures included)."""
-        where = self.path_of(name)
-        try:
-            text = self.read_text(name)
-            data = json.loads(text) if text is not None else None
-        except (OSError, ValueError) as err:
-            raise ManifestError(f"{where} cannot be read as JSON: {one_line(err)}") from None
-        if text is None:
-            raise ManifestError(f"shard folder {self.location} has no {name}")
-        if not isinstance(data, dict):
-            raise ManifestError(f"{where}: not a JSON object")
-        return Manifest.from_json(data, where)  # type: ignore[arg-type]  # the name is only for messages
+        """Manifest `name` under the prefix (ManifestError, one line, when missing, invalid or unreadable)."""
+        return Manifest.load(join(self.url, name))
 
     def _info(self, name: str) -> dict[str, Any] | None:
         key = self._key(name)
+
+        def request() -> dict[str, Any]:
+            self.fs.invalidate_cache(key)
+            return self.fs.info(key)
+
         try:
-            with translated(join(self.url, name)):
-                self.fs.invalidate_cache(key)
-                return self.fs.info(key)
+            return self._request(name, request)
         except StorageError as err:
             if err.cause == "no such key":
                 return None
@@ -221,20 +218,14 @@ class StoreFolder:
 
     @contextmanager
     def open(self, name: str) -> Iterator[BinaryIO]:
-        """Object `name` open for streamed reading; a failed read is a StorageError line."""
-        url = join(self.url, name)
-        with translated(url):
-            f = self.fs.open(self._key(name), "rb", block_size=READ_BLOCK)
-        try:
-            yield _TranslatedReader(f, url)  # type: ignore[misc]
-        finally:
-            f.close()
+        """Object `name` open for streamed reading (ranged GETs, each retried: the loader's reader)."""
+        with ShardReader().open(join(self.url, name)) as f:
+            yield f
 
     def delete(self, name: str) -> None:
         """Remove object `name` (nothing when it is not there)."""
         try:
-            with translated(join(self.url, name)):
-                self.fs.rm_file(self._key(name))
+            self._request(name, lambda: self.fs.rm_file(self._key(name)))
         except StorageError as err:
             if err.cause != "no such key":
                 raise
@@ -244,21 +235,26 @@ class StoreFolder:
         the object's store checksum: the same checksum later means the same bytes (fsspec's contract;
         S3's ETag), so a resume can trust the upload without reading it back."""
         staged, key = self.staging / name, self._key(name)
-        with translated(join(self.url, name)):
-            self.fs.put_file(str(staged), key)
-            self.fs.invalidate_cache(key)
-            checksum = str(self.fs.checksum(key))
+        self._request(name, lambda: self.fs.put_file(str(staged), key))
+        checksum = self._checksum(name)
         staged.unlink()
         return {"store_checksum": checksum}
+
+    def _checksum(self, name: str) -> str:
+        key = self._key(name)
+
+        def request() -> str:
+            self.fs.invalidate_cache(key)
+            return str(self.fs.checksum(key))
+
+        return self._request(name, request)
 
     def holds(self, entry: dict[str, Any]) -> bool:
         """Whether the shard of a progress entry is in the store as uploaded: its size and the checksum the
         store gave right after the upload (an object replaced or cut since then fails)."""
-        info = self._info(entry["name"])
-        if info is None or info["type"] != "file" or int(info["size"]) != entry["bytes"]:
+        if self.size(entry["name"]) != entry["bytes"]:
             return False
-        with translated(join(self.url, entry["name"])):
-            return str(self.fs.checksum(self._key(entry["name"]))) == entry.get("store_checksum")
+        return self._checksum(entry["name"]) == entry.get("store_checksum")
 
     def save_manifest(self, manifest: Manifest, name: str) -> None:
         """Upload `manifest` as object `name` (the bytes Manifest.save writes locally)."""
@@ -269,17 +265,6 @@ class StoreFolder:
         """Remove the staging folder if it is a temporary one of this process's own."""
         if self._work_dir is None and "staging" in self.__dict__:
             shutil.rmtree(self.staging, ignore_errors=True)
-
-
-class _TranslatedReader:
-    """A store file whose read errors leave as StorageError lines (tarfile only calls `read`)."""
-
-    def __init__(self, file: Any, url: str) -> None:
-        self.file, self.url = file, url
-
-    def read(self, size: int = -1) -> bytes:
-        with translated(self.url):
-            return self.file.read(size)
 
 
 ShardFolder = LocalFolder | StoreFolder
