@@ -172,6 +172,24 @@ def test_a_shard_changed_in_the_store_after_its_upload_is_redone(
     assert store_bytes(s3_bucket, "c/train") == local_run
 
 
+def test_a_prefix_of_other_options_is_refused_unless_overwrite(
+    raw: Path, local_run: dict[str, bytes], s3_bucket: Bucket, capsys
+) -> None:
+    """The local rule in the store: another job's shards are refused with one line, --overwrite
+    removes exactly them, and the prefix ends as a fresh run would leave it."""
+    url = f"{s3_bucket.url}/mixed"
+    assert main([*shard_command(raw, url), "--max-samples", "5"]) == 0
+    capsys.readouterr()
+    assert main(shard_command(raw, url)) == 2
+    line = error_line(capsys.readouterr().err)
+    assert line == (
+        f"error: {url} holds files of another dataset, split or options (manifest.json and 2 more files); "
+        "pass --overwrite to replace them, or choose another --out"
+    )
+    assert main(shard_command(raw, url, "--overwrite")) == 0
+    assert store_bytes(s3_bucket, "mixed") == local_run
+
+
 def test_parts_merged_in_the_store_equal_parts_merged_locally(
     raw: Path, s3_bucket: Bucket, tmp_path: Path, capsys
 ) -> None:
