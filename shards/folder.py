@@ -126,8 +126,11 @@ class StoreFolder:
     remote = True
 
     def __init__(self, url: str, work_dir: Path | None = None) -> None:
-        self.url = url.rstrip("/")
-        self.fs, self.root = filesystem(self.url)
+        self.url = url.rstrip("/") if is_url(url.rstrip("/")) else url
+        self.fs, root = filesystem(self.url)
+        self.root = root.rstrip("/")
+        if not self.root:
+            raise StorageError(self.url, "the URL names no bucket or folder (e.g. s3://bucket/prefix)")
         self._work_dir = work_dir
 
     @property
