@@ -32,7 +32,7 @@ import re
 import tarfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from functools import partial
@@ -577,8 +577,11 @@ class _ShardFile:
         return entry.to_json()
 
     def discard(self) -> None:
-        """Drop the unfinished shard: atomic_open removes the temp file when it sees an exception."""
-        self._stack.__exit__(RuntimeError, RuntimeError("shard discarded"), None)
+        """Drop the unfinished shard: atomic_open removes the temp file when it sees an exception. Closing
+        flushes what the file still buffers; on a full disk that fails too, and does not matter: those
+        bytes are being thrown away."""
+        with suppress(OSError):
+            self._stack.__exit__(RuntimeError, RuntimeError("shard discarded"), None)
 
 
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
