@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -196,6 +196,9 @@ class Reader(ABC):
     # True for sources no training decoder reads frame-exactly (UCF-101's and HMDB-51's MPEG-4 Part 2
     # AVIs): the CLI then re-encodes by default, as `--reencode` does.
     reencode_by_default: ClassVar[bool] = False
+    # Other names of a split that `read_split` reads, and names its shards, as the split itself
+    # (ImageNet's `validation` is `val`); a split not named here keeps the name it was given.
+    split_aliases: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -248,8 +251,10 @@ class ClassFolders:
 
 
 def read_split(reader: Reader, root: Path, split: str) -> DatasetIndex:
-    """The index of one split: every row of `reader.list_split` becomes a record, a missing id or a reject
-    (a second row with an id already seen is a reject naming the first)."""
+    """The index of one split (named as `reader.split_aliases` names it): every row of `reader.list_split`
+    becomes a record, a missing id or a reject (a second row with an id already seen is a reject naming
+    the first)."""
+    split = reader.split_aliases.get(split, split)
     listing = reader.list_split(root, split)
     index = DatasetIndex(reader.name, split, [], dict(listing.label_map), root=root)
     first_seen: dict[str, str] = {}

@@ -16,8 +16,9 @@ from PIL import Image
 
 from pipeline.data.decoders import decode_image
 from shards.__main__ import main as shards_main
-from shards.datasets import READERS
+from shards.datasets import READERS, read_split
 from shards.imagenet import DEVKIT, read_meta_mat, read_synset_mapping
+from shards.records import DatasetIndex
 from shards.synth import synth_dataset
 
 
@@ -38,10 +39,11 @@ def test_same_seed_gives_the_same_tree(raw: Path, tmp_path: Path) -> None:
     assert all((raw / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in files)
 
 
-def reader_args(*argv: str) -> argparse.Namespace:
+def read(root: Path, split: str, *argv: str) -> DatasetIndex:
+    """The index the CLI reads: the reader's flags parsed into its options, then read_split."""
     parser = argparse.ArgumentParser()
     READERS["imagenet"].add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return read_split(READERS["imagenet"].from_args(parser.parse_args(list(argv))), root, split)
 
 
 def sample_members(folder: Path) -> dict[str, dict[str, bytes]]:
@@ -62,13 +64,13 @@ def test_devkit_and_kaggle_validation_labels_agree_through_meta_mat(raw: Path) -
     assert [ilsvrc_ids[i] for i in sorted(ilsvrc_ids)] != wnids, (
         "the devkit order must differ from wnid order"
     )
-    devkit = READERS["imagenet"].read(raw, "val", reader_args("--val-labels", "devkit"))
-    kaggle = READERS["imagenet"].read(raw, "val", reader_args("--val-labels", "kaggle"))
+    devkit = read(raw, "val", "--val-labels", "devkit")
+    kaggle = read(raw, "val", "--val-labels", "kaggle")
     assert devkit.label_map == kaggle.label_map == dict(enumerate(wnids))
     labels = {r.id: r.label for r in devkit.records}
     assert labels == {r.id: r.label for r in kaggle.records} and len(labels) == 12
     assert devkit.missing == kaggle.missing == ["ILSVRC2012_val_00000013"]
-    train = READERS["imagenet"].read(raw, "train", reader_args())
+    train = read(raw, "train")
     assert all(r.label_name == r.source.parent.name == r.id.split("_")[0] for r in train.records)
 
 
@@ -80,8 +82,8 @@ def test_kaggle_folder_layout_reads_the_same(raw: Path, tmp_path: Path) -> None:
     for name in ("LOC_synset_mapping.txt", "LOC_val_solution.csv"):
         shutil.copy(raw / name, root / name)
     for split in ("train", "val"):
-        ours = READERS["imagenet"].read(root, split, reader_args())
-        published = READERS["imagenet"].read(raw, split, reader_args("--val-labels", "kaggle"))
+        ours = read(root, split)
+        published = read(raw, split, "--val-labels", "kaggle")
         assert [(r.id, r.label) for r in ours.records] == [(r.id, r.label) for r in published.records]
         assert ours.missing == published.missing
 
