@@ -1,8 +1,9 @@
 """The dataset registry of the sharder, and the helpers every raw-layout reader shares.
 
-Each reader module (kinetics, ssv2, diving48, finegym, imagenet) registers a `DatasetReader` when imported;
-the CLI looks one up in `READERS` by name, lets it add its flags, and calls `read(root, split, args)`
-to get a `DatasetIndex`. A reader never decodes video: it maps annotation rows to files.
+Each reader module (kinetics, ssv2, ssv1, diving48, finegym, ucf101, hmdb51, imagenet) registers a `Reader`
+subclass when imported; the CLI looks one up in `READERS` by name, adds its flags (one per field of its
+`Options` dataclass) and hands the reader built from them to `read_split`, which turns the rows of
+`Reader.list_split` into a `DatasetIndex`. A reader never decodes media: it maps annotation rows to files.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -21,23 +22,10 @@ from shards.records import AnnotationError, DatasetIndex, Record, Reject
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
-
-@dataclass(frozen=True)
-class DatasetReader:
-    """How the sharder reads one dataset: its flags, its reader, the suffix of its raw files, and whether
-    they are videos or images (which decides how the writer validates them)."""
-
-    name: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    read: Callable[[Path, str, argparse.Namespace], DatasetIndex]
-    store_ext: str
-    modality: str = "video"
+READERS: dict[str, type[Reader]] = {}  # name -> the Reader subclass of that dataset
 
 
-READERS: dict[str, Any] = {}  # name -> DatasetReader, or a Reader subclass (the reader core below)
-
-
-def register(reader: Any) -> Any:
+def register(reader: type[Reader]) -> type[Reader]:
     """Add `reader` to `READERS` (a name registered twice is a programming error)."""
     if reader.name in READERS:
         raise ValueError(f"dataset reader {reader.name!r} registered twice")
@@ -125,11 +113,6 @@ def index_videos(folder: Path, recursive: bool = False) -> dict[str, Path]:
         if suffix.lower() in VIDEO_SUFFIXES:
             found.setdefault(stem, Path(entry.path))
     return found
-
-
-def path_option(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
-    """Add a path-valued override flag defaulting to None (None: use the publisher's default place)."""
-    parser.add_argument(flag, type=Path, default=None, help=help_text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -455,11 +455,35 @@ def prepare_output(out: Path, job: dict[str, Any], overwrite: bool) -> None:
     if foreign and not overwrite:
         others = f" and {len(foreign) - 1} more files" if len(foreign) > 1 else ""
         raise OutputError(
-            f"{out} holds files of another dataset, split or options ({foreign[0].name}{others}); "
+            f"{out} holds files of another dataset, split or options "
+            f"({foreign[0].name}{others}{changed_options(foreign[0], job)}); "
             "pass --overwrite to replace them, or choose another --out"
         )
     for path in foreign:
         path.unlink(missing_ok=True)
+
+
+def changed_options(path: Path, job: dict[str, Any]) -> str:
+    """`; manifest.json was written with other options: crf 23 -> unset, ...` when `path` is a manifest or
+    progress file of this job's dataset and split written with other options (a flag changed, or one this
+    version no longer has: ImageNet's video flags); '' for any other file."""
+    saved = _read_json(path)
+    saved_job = saved.get("job") if path.name.endswith("progress.json") else saved
+    if not isinstance(saved_job, dict) or not isinstance(saved_job.get("options"), dict):
+        return ""
+    if (saved_job.get("dataset"), saved_job.get("split")) != (job["dataset"], job["split"]):
+        return ""
+    before, now = saved_job["options"], job["options"]
+
+    def shown(options: dict[str, Any], key: str) -> str:
+        return json.dumps(options[key]) if key in options else "unset"
+
+    changes = [
+        f"{key} {shown(before, key)} -> {shown(now, key)}"
+        for key in sorted(before.keys() | now.keys())
+        if key not in before or key not in now or before[key] != now[key]
+    ]
+    return f"; {path.name} was written with other options: {', '.join(changes)}" if changes else ""
 
 
 def foreign_files(out: Path, job: dict[str, Any]) -> list[Path]:

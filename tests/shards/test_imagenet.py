@@ -128,6 +128,34 @@ def test_bad_jpegs_are_rejects_with_reasons_and_missing_images_are_listed(
     assert shards_main(["verify", str(out)]) == 0
 
 
+def test_a_folder_sharded_with_the_old_video_flags_is_refused_in_one_line_until_overwrite(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`imagenet` once took --reencode/--gop/--crf/--preset and recorded them in the manifest: a folder
+    written then holds other options, so it is refused with one line naming them and --overwrite; with
+    --overwrite the same shards come back (those flags never changed an image)."""
+    out = tmp_path / "val"
+    command = ["imagenet", "--root", str(raw), "--split", "val", "--out", str(out)]
+    assert shards_main(command) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    shards = {path.name: path.read_bytes() for path in out.glob("*.tar")}
+    old_flags = {"crf": 23, "gop": 16, "preset": "medium", "reencode": False}
+    older = {**manifest, "options": {**manifest["options"], **old_flags}}
+    (out / "manifest.json").write_text(json.dumps(older))
+    capsys.readouterr()
+    assert shards_main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --overwrite to replace them" in err[0]
+    assert (
+        'with other options: crf 23 -> unset, gop 16 -> unset, preset "medium" -> unset, reencode false'
+        in err[0]
+    )
+    assert json.loads((out / "manifest.json").read_text()) == older  # nothing touched
+    assert shards_main([*command, "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert {path.name: path.read_bytes() for path in out.glob("*.tar")} == shards
+
+
 def test_short_side_parts_and_merge(raw: Path, tmp_path: Path) -> None:
     whole, parted = tmp_path / "whole", tmp_path / "parts"
     common = ["imagenet", "--root", str(raw), "--split", "val", "--short-side", "24", "--max-samples", "4"]

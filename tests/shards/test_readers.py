@@ -23,10 +23,7 @@ def read(dataset: str, root: Path, split: str, *flags: str) -> DatasetIndex:
     parser = argparse.ArgumentParser()
     reader = READERS[dataset]
     reader.add_arguments(parser)
-    args = parser.parse_args(list(flags))
-    if isinstance(reader, type):
-        return read_split(reader.from_args(args), root, split)
-    return reader.read(root, split, args)
+    return read_split(reader.from_args(parser.parse_args(list(flags))), root, split)
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -461,3 +458,39 @@ def test_synth_ssv2_diving48_finegym_label_maps(synth_trees: dict[str, Path]) ->
     gym99 = read("finegym", synth_trees["finegym"], "train", "--subset", "gym99")
     gym288 = read("finegym", synth_trees["finegym"], "train", "--subset", "gym288")
     assert [r.label for r in gym288.records] == [2 - r.label for r in gym99.records]
+
+
+# The split list of each reader that has one, by its override flag: a second copy of a row is a duplicate.
+SPLIT_LISTS = {
+    "kinetics400": ("--annotations", "annotations/train.csv"),
+    "ssv2": ("--annotations", "labels/train.json"),
+    "diving48": ("--annotations", "Diving48_V2_train.json"),
+    "finegym": ("--split-list", "annotations/gym99_train_element_v1.1.txt"),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(SPLIT_LISTS))
+def test_a_repeated_row_is_one_duplicate_reject_naming_the_first(
+    synth_trees: dict[str, Path], dataset: str, tmp_path: Path
+) -> None:
+    """The core claims ids for every reader alike: the second row of an id is a reject naming the first
+    row's place, and the records, missing ids and other rejects stay as they were."""
+    root = synth_trees[dataset]
+    flag, relative = SPLIT_LISTS[dataset]
+    listed = root / relative
+    copy = tmp_path / listed.name
+    if listed.suffix == ".json":
+        entries = json.loads(listed.read_text(encoding="utf-8"))
+        copy.write_text(json.dumps([*entries, entries[0]]), encoding="utf-8")
+        first, again = f"{copy}[0]", f"{copy}[{len(entries)}]"
+    else:
+        lines = listed.read_text(encoding="utf-8").splitlines()
+        row = 1 if listed.suffix == ".csv" else 0  # a CSV's first line is its header
+        copy.write_text("\n".join([*lines, lines[row]]) + "\n", encoding="utf-8")
+        first, again = f"{copy}:{row + 1}", f"{copy}:{len(lines) + 1}"
+    plain, repeated = read(dataset, root, "train"), read(dataset, root, "train", flag, str(copy))
+    assert [r.id for r in repeated.records] == [r.id for r in plain.records] and repeated.records
+    assert repeated.missing == plain.missing
+    (duplicate,) = repeated.rejects[len(plain.rejects) :]
+    assert (duplicate.source, duplicate.reason) == (again, f"duplicate id (first at {first})")
+    assert duplicate.id in {r.id for r in plain.records} | set(plain.missing)
