@@ -74,6 +74,16 @@ def test_devkit_and_kaggle_validation_labels_agree_through_meta_mat(raw: Path) -
     assert all(r.label_name == r.source.parent.name == r.id.split("_")[0] for r in train.records)
 
 
+def test_split_validation_is_read_and_named_as_val(raw: Path) -> None:
+    """`--split validation` reads the val split, and its index (so its shard names and keys) says val."""
+    validation, val = read(raw, "validation"), read(raw, "val")
+    assert validation.split == val.split == "val"
+    assert [(r.id, r.label, r.source) for r in validation.records] == [
+        (r.id, r.label, r.source) for r in val.records
+    ]
+    assert validation.missing == val.missing and validation.records
+
+
 def test_kaggle_folder_layout_reads_the_same(raw: Path, tmp_path: Path) -> None:
     root = tmp_path / "kaggle"
     (root / "ILSVRC" / "Data").mkdir(parents=True)
