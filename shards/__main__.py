@@ -24,11 +24,11 @@ from typing import Any
 from pipeline.console import OneLineParser, one_line
 from pipeline.storage import StorageError
 from shards import synth
-from shards.datasets import READERS, DatasetReader, Reader, read_split
+from shards.datasets import READERS, Reader, read_split
 from shards.folder import ShardFolder, open_folder
 from shards.image import JPEG_QUALITY
 from shards.merge import MergeError, merge_parts
-from shards.records import AnnotationError
+from shards.records import AnnotationError, DatasetIndex
 from shards.verify import verify_shards
 from shards.video import EncodeOptions
 from shards.writer import OutputError, SampleContext, WriteOptions, write_dataset
@@ -72,11 +72,8 @@ def part_spec(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def add_write_arguments(parser: argparse.ArgumentParser, reencode_by_default: bool = False) -> None:
-    """Flags shared by every dataset subcommand: inputs, output, encoding, shard sizes, parallelism.
-
-    `reencode_by_default`: the dataset's sources cannot be stored as-is, so --reencode is always on.
-    """
+def add_write_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every dataset subcommand: inputs, output, shard sizes, parallelism."""
     parser.add_argument("--root", type=Path, required=True, help="raw dataset root (publisher layout)")
     parser.add_argument("--split", required=True, help="split to shard, e.g. train / val / test")
     parser.add_argument(
@@ -96,6 +93,19 @@ def add_write_arguments(parser: argparse.ArgumentParser, reencode_by_default: bo
         action="store_true",
         help="remove the shards, manifests and progress of another dataset, split or options found in --out",
     )
+    layout = parser.add_argument_group("shards")
+    layout.add_argument("--max-samples", type=positive_int, default=1000, help="samples per shard at most")
+    layout.add_argument("--max-bytes", type=byte_size, default=1 << 30, help="bytes per shard at most (1G)")
+    layout.add_argument("--shuffle-seed", type=int, default=0, help="seed of the sample order across shards")
+    layout.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
+    layout.add_argument("--part", type=part_spec, default=None, help="write only part i of n (i/n, from 0)")
+
+
+def add_encode_arguments(parser: argparse.ArgumentParser, reencode_by_default: bool = False) -> None:
+    """The re-encoding flags of clip datasets (videos and frame folders): --reencode and its x264 settings.
+
+    `reencode_by_default`: the dataset's sources cannot be stored as-is, so --reencode is always on.
+    """
     encode = parser.add_argument_group("re-encoding (H.264 yuv420p, constant frame rate, no audio)")
     if reencode_by_default:
         parser.set_defaults(reencode=True)
@@ -107,12 +117,17 @@ def add_write_arguments(parser: argparse.ArgumentParser, reencode_by_default: bo
     encode.add_argument("--gop", type=positive_int, default=16, help="frames per GOP (default 16)")
     encode.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (default 23)")
     encode.add_argument("--preset", default="medium", help="x264 preset (default medium)")
-    layout = parser.add_argument_group("shards")
-    layout.add_argument("--max-samples", type=positive_int, default=1000, help="samples per shard at most")
-    layout.add_argument("--max-bytes", type=byte_size, default=1 << 30, help="bytes per shard at most (1G)")
-    layout.add_argument("--shuffle-seed", type=int, default=0, help="seed of the sample order across shards")
-    layout.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
-    layout.add_argument("--part", type=part_spec, default=None, help="write only part i of n (i/n, from 0)")
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """The one encoding flag of image datasets: images are stored as they are unless shrunk or converted."""
+    images = parser.add_argument_group("images")
+    images.add_argument(
+        "--short-side",
+        type=positive_int,
+        default=None,
+        help=f"shrink images whose short side is above N px (stored as JPEG quality {JPEG_QUALITY})",
+    )
 
 
 def add_store_arguments(parser: argparse.ArgumentParser, modality: str) -> None:
@@ -135,11 +150,10 @@ def add_store_arguments(parser: argparse.ArgumentParser, modality: str) -> None:
     )
 
 
-def check_store_arguments(reader: DatasetReader | type[Reader], args: argparse.Namespace) -> None:
+def check_store_arguments(reader: type[Reader], args: argparse.Namespace) -> None:
     """A bad combination of storage flags is one error line (argparse cannot say it per flag). A dataset
     that re-encodes by default (UCF-101's AVIs) has --reencode on without asking: that is no conflict."""
-    reencode_asked = args.reencode and not getattr(reader, "reencode_by_default", False)
-    if getattr(args, "store", "video") == "frames" and reencode_asked:
+    if args.store == "frames" and args.reencode and not reader.reencode_by_default:
         raise OutputError(
             "--reencode re-encodes videos; with --store frames every frame is a JPEG "
             "(--frame-quality, --short-side set it)"
@@ -152,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, reader in sorted(READERS.items()):
         sub = commands.add_parser(name, help=f"shard {name}")
-        add_write_arguments(sub, getattr(reader, "reencode_by_default", False))
-        if reader.modality != "image":
+        add_write_arguments(sub)
+        if reader.modality == "image":
+            add_image_arguments(sub)
+        else:
+            add_encode_arguments(sub, reader.reencode_by_default)
             add_store_arguments(sub, reader.modality)
         reader.add_arguments(sub)
         sub.set_defaults(handler=partial(run_dataset, reader))
@@ -178,9 +195,29 @@ def recorded_options(args: argparse.Namespace) -> dict[str, Any]:
     return recorded
 
 
-def run_dataset(reader: DatasetReader | type[Reader], args: argparse.Namespace) -> int:
+def sample_context(reader: type[Reader], index: DatasetIndex, args: argparse.Namespace) -> SampleContext:
+    """How the workers build the samples of `index`: the encoding and storage flags of its modality."""
+    if reader.modality == "image":
+        # Images have no --reencode: a JPEG that decodes as RGB or grey is stored byte for byte.
+        encode = EncodeOptions(short_side=args.short_side)
+        return SampleContext(index.dataset, index.split, index.root, False, encode, reader.modality)
+    encode = EncodeOptions(short_side=args.short_side, gop=args.gop, crf=args.crf, preset=args.preset)
+    return SampleContext(
+        index.dataset,
+        index.split,
+        index.root,
+        args.reencode,
+        encode,
+        reader.modality,
+        store=args.store,
+        frame_quality=args.frame_quality,
+    )
+
+
+def run_dataset(reader: type[Reader], args: argparse.Namespace) -> int:
     """Read the raw split, write its shards and manifest, print the summary line."""
-    check_store_arguments(reader, args)
+    if reader.modality != "image":
+        check_store_arguments(reader, args)
     out = open_folder(args.out, args.work_dir)
     try:
         if out.remote:  # a store that refuses the URL says so before the annotations are read
@@ -190,23 +227,10 @@ def run_dataset(reader: DatasetReader | type[Reader], args: argparse.Namespace) 
         out.close()
 
 
-def write_split(reader: DatasetReader | type[Reader], args: argparse.Namespace, out: ShardFolder) -> int:
+def write_split(reader: type[Reader], args: argparse.Namespace, out: ShardFolder) -> int:
     """run_dataset with its output folder open."""
-    if isinstance(reader, type):
-        index = read_split(reader.from_args(args), args.root, args.split)
-    else:
-        index = reader.read(args.root, args.split, args)
-    encode = EncodeOptions(short_side=args.short_side, gop=args.gop, crf=args.crf, preset=args.preset)
-    context = SampleContext(
-        index.dataset,
-        index.split,
-        index.root,
-        args.reencode,
-        encode,
-        reader.modality,
-        store=getattr(args, "store", "video"),
-        frame_quality=getattr(args, "frame_quality", JPEG_QUALITY),
-    )
+    index = read_split(reader.from_args(args), args.root, args.split)
+    context = sample_context(reader, index, args)
     options = WriteOptions(
         context=context,
         max_samples=args.max_samples,

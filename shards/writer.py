@@ -465,11 +465,35 @@ def prepare_output(out: ShardFolder, job: dict[str, Any], overwrite: bool) -> No
     if foreign and not overwrite:
         others = f" and {len(foreign) - 1} more files" if len(foreign) > 1 else ""
         raise OutputError(
-            f"{out.location} holds files of another dataset, split or options ({foreign[0]}{others}); "
+            f"{out.location} holds files of another dataset, split or options "
+            f"({foreign[0]}{others}{changed_options(out, foreign[0], job)}); "
             "pass --overwrite to replace them, or choose another --out"
         )
     for name in foreign:
         out.delete(name)
+
+
+def changed_options(out: ShardFolder, name: str, job: dict[str, Any]) -> str:
+    """`; manifest.json was written with other options: crf 23 -> unset, ...` when file `name` of `out` is a
+    manifest or progress file of this job's dataset and split written with other options (a flag changed,
+    or one this version no longer has: ImageNet's video flags); '' for any other file."""
+    saved = _read_json(out, name)
+    saved_job = saved.get("job") if name.endswith("progress.json") else saved
+    if not isinstance(saved_job, dict) or not isinstance(saved_job.get("options"), dict):
+        return ""
+    if (saved_job.get("dataset"), saved_job.get("split")) != (job["dataset"], job["split"]):
+        return ""
+    before, now = saved_job["options"], job["options"]
+
+    def shown(options: dict[str, Any], key: str) -> str:
+        return json.dumps(options[key]) if key in options else "unset"
+
+    changes = [
+        f"{key} {shown(before, key)} -> {shown(now, key)}"
+        for key in sorted(before.keys() | now.keys())
+        if key not in before or key not in now or before[key] != now[key]
+    ]
+    return f"; {name} was written with other options: {', '.join(changes)}" if changes else ""
 
 
 def foreign_files(out: ShardFolder, job: dict[str, Any]) -> list[str]:

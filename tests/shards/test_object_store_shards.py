@@ -184,7 +184,8 @@ def test_a_prefix_of_other_options_is_refused_unless_overwrite(
     assert main(shard_command(raw, url)) == 2
     line = error_line(capsys.readouterr().err)
     assert line == (
-        f"error: {url} holds files of another dataset, split or options (manifest.json and 2 more files); "
+        f"error: {url} holds files of another dataset, split or options (manifest.json and 2 more files; "
+        "manifest.json was written with other options: max_samples 5 -> 3); "
         "pass --overwrite to replace them, or choose another --out"
     )
     assert main(shard_command(raw, url, "--overwrite")) == 0
