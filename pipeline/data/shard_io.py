@@ -23,6 +23,7 @@ cached epoch fetches nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -138,7 +139,8 @@ class ShardReader:
         be written (warned once) or the object's bytes differ from the manifest's digest."""
         local = Path(self.cache_dir) / f"{sha256}{CACHE_SUFFIX}"
         if self.intact(local, size, sha256):
-            os.utime(local)  # least recently used goes first: a use counts as a touch
+            with contextlib.suppress(OSError):  # a read-only cache still serves what it holds
+                os.utime(local)  # least recently used goes first: a use counts as a touch
             _verified[str(local)] = _stamp(local)
             return local
         try:

@@ -67,6 +67,7 @@ def test_a_server_killed_mid_epoch_and_restarted_loses_no_sample(
         restart.join()
     finally:
         store.stop()
+    assert "cannot connect" in log.read_text()  # the reads met the dead server and retried
     assert_bit_identical(exported(tmp_path / "remote"), exported(local_run))
     assert not (tmp_path / "remote" / "bad_samples.jsonl").exists()  # nothing skipped, nothing replaced
 
