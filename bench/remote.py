@@ -10,7 +10,8 @@ turn on the same shards:
   first     the bucket URL with data.cache_dir, the cache emptied before the pass (fetch + write + hash);
   second    the bucket URL with data.cache_dir, the cache filled by the pass before (local reads).
 Two measures: reading only (every tar sample of every shard, no decoding: the share of the loader
-that the byte source changes, MB/s) and the whole training loader (decode, augment, batch: clips/s).
+that the byte source changes, MB/s) and the whole training loader (decode, augment, batch: clips/s,
+steady rate; each pass's start-up until every worker's first batch, timed apart and printed).
 It prints each pass's rate (median over --repeats) and the ratios of each bucket pass to local disk.
 The server runs on the same machine: the ratios are the protocol's cost, not a network's bandwidth.
 --quick is CI's smoke run (16 small clips, one repeat, no workers).
@@ -76,29 +77,40 @@ def data_config(folder: str, workers: int, cache_dir: str = "") -> DataConfig:
     )
 
 
-def read_pass(cfg: DataConfig) -> tuple[float, int]:
-    """Seconds to read every tar sample of every shard (no decoding), and the bytes read."""
+def read_pass(cfg: DataConfig) -> tuple[float, int, float]:
+    """Seconds to read every tar sample of every shard (no decoding), the bytes read, 0 s of start-up."""
     shard_set = load_shard_set(cfg.train)
     read = ReadShardSlices(shard_reader(cfg, shard_set))
     started = time.perf_counter()
     count = sum(1 for _ in read([ShardSlice(s.path, 0, s.num_samples) for s in shard_set.shards]))
     assert count == shard_set.total
-    return time.perf_counter() - started, sum(s.bytes for s in shard_set.shards)
+    return time.perf_counter() - started, sum(s.bytes for s in shard_set.shards), 0.0
 
 
-def loader_pass(cfg: DataConfig) -> tuple[float, int]:
-    """Seconds of one training epoch of the real loader (built anew: its workers too), and its clips."""
+def loader_pass(cfg: DataConfig) -> tuple[float, int, float]:
+    """One training epoch of the real loader (built anew, its workers too): the seconds and clips of its
+    steady part, and the start-up (until each worker's first batch: new processes, clients, first GETs)."""
     loader = build_train_loader(cfg, rank=0, world_size=1, seed=0)
+    warm_batches = max(1, cfg.workers)
     started = time.perf_counter()
-    clips = sum(len(batch["key"]) for batch in loader)
-    return time.perf_counter() - started, clips
+    steady_from, clips = started, 0
+    for index, batch in enumerate(loader):
+        if index < warm_batches:
+            steady_from = time.perf_counter()
+        else:
+            clips += len(batch["key"])
+    return time.perf_counter() - steady_from, clips, steady_from - started
 
 
 def measure(
-    run: Callable[[DataConfig], tuple[float, int]], configs: dict[str, DataConfig], cache: Path, repeats: int
-) -> dict[str, float]:
-    """Median rate (units per second) of each pass; the passes run in turn, `repeats` times."""
+    run: Callable[[DataConfig], tuple[float, int, float]],
+    configs: dict[str, DataConfig],
+    cache: Path,
+    repeats: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median rate (units per second) and start-up (s) of each pass; passes in turn, `repeats` times."""
     rates: dict[str, list[float]] = {name: [] for name in PASSES}
+    startups: dict[str, list[float]] = {name: [] for name in PASSES}
     for name in ("local", "streamed"):  # untimed: imports, the decoder's set-up, the first connection
         run(configs[name])
     for _ in range(repeats):
@@ -106,15 +118,21 @@ def measure(
             if name == "first":  # an empty cache, as on a node's first epoch
                 shutil.rmtree(cache, ignore_errors=True)
                 shard_io._verified.clear()
-            seconds, units = run(configs[name])
+            seconds, units, startup = run(configs[name])
             rates[name].append(units / seconds)
-    return {name: statistics.median(values) for name, values in rates.items()}
+            startups[name].append(startup)
+    median = statistics.median
+    return {name: median(rates[name]) for name in PASSES}, {name: median(startups[name]) for name in PASSES}
 
 
-def report(title: str, unit: str, rates: dict[str, float], scale: float = 1.0) -> None:
+def report(
+    title: str, unit: str, measured: tuple[dict[str, float], dict[str, float]], scale: float = 1.0
+) -> None:
+    rates, startups = measured
     print(f"{title}:")
     for name in PASSES:
-        print(f"  {name:<9} {rates[name] * scale:10.1f} {unit}")
+        startup = f"   start-up {startups[name]:.3f} s" if startups[name] else ""
+        print(f"  {name:<9} {rates[name] * scale:10.1f} {unit}{startup}")
     ratios = ", ".join(f"{name} {rates[name] / rates['local']:.3f}" for name in PASSES[1:])
     print(f"  ratio to local disk: {ratios}")
 

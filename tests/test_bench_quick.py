@@ -137,7 +137,7 @@ def test_remote_quick_prints_its_ratios() -> None:
     passes = ("local", "streamed", "first", "second")
     for title, unit in (("read only", "MB/s"), ("training loader", "clips/s")):
         section = out[out.index(title) :]
-        rates = figures(rf"^  (\w+) +{NUMBER} {re.escape(unit)}$", section)[:4]
+        rates = figures(rf"^  (\w+) +{NUMBER} {re.escape(unit)}\b", section)[:4]
         assert [name for name, _ in rates] == list(passes), out
         assert_positive([value for _, value in rates], out)
         (ratios,) = figures(

@@ -134,6 +134,11 @@ class ShardReader:
                 return open(local, "rb")
         return io.BufferedReader(RemoteShard(path, size), buffer_size=1 << 20)
 
+    @staticmethod
+    def streams(stream: BinaryIO) -> bool:
+        """Whether `stream` (from `open`) reads from the object store, where a seek costs a GET."""
+        return isinstance(getattr(stream, "raw", None), RemoteShard)
+
     def cached(self, url: str, size: int, sha256: str) -> Path | None:
         """The verified local copy of `url` (fetched now if absent or damaged); None when the cache cannot
         be written (warned once) or the object's bytes differ from the manifest's digest."""
