@@ -23,6 +23,7 @@ cached epoch fetches nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -133,12 +134,18 @@ class ShardReader:
                 return open(local, "rb")
         return io.BufferedReader(RemoteShard(path, size), buffer_size=1 << 20)
 
+    @staticmethod
+    def streams(stream: BinaryIO) -> bool:
+        """Whether `stream` (from `open`) reads from the object store, where a seek costs a GET."""
+        return isinstance(getattr(stream, "raw", None), RemoteShard)
+
     def cached(self, url: str, size: int, sha256: str) -> Path | None:
         """The verified local copy of `url` (fetched now if absent or damaged); None when the cache cannot
         be written (warned once) or the object's bytes differ from the manifest's digest."""
         local = Path(self.cache_dir) / f"{sha256}{CACHE_SUFFIX}"
         if self.intact(local, size, sha256):
-            os.utime(local)  # least recently used goes first: a use counts as a touch
+            with contextlib.suppress(OSError):  # a read-only cache still serves what it holds
+                os.utime(local)  # least recently used goes first: a use counts as a touch
             _verified[str(local)] = _stamp(local)
             return local
         try:

@@ -104,9 +104,10 @@ class ReadShardSlices:
     """ShardSlice items -> raw samples, exactly `stop - start` items per slice.
 
     A slice that starts inside a shard seeks straight to its first sample (offsets from a header-only
-    scan). A shard that ends early or breaks off (a local read error, an object-store request that
-    failed after its retries) yields error items for its missing samples. `reader` opens the shards
-    (local files, or URLs streamed or cached: `pipeline.data.shard_io`).
+    scan); one streamed from an object store reads and drops the samples before it. A shard that ends
+    early or breaks off (a local read error, an object-store request that failed after its retries)
+    yields error items for its missing samples. `reader` opens the shards (local files, or URLs
+    streamed or cached: `pipeline.data.shard_io`).
     """
 
     def __init__(self, reader: ShardReader | None = None) -> None:
@@ -128,13 +129,17 @@ class ReadShardSlices:
 
     def _read(self, piece: ShardSlice) -> Iterator[Item]:
         with self.reader.open(piece.path) as stream:
-            if piece.start:
+            skip = piece.start
+            # A streamed shard is read from its start instead: the header scan would fetch it all first.
+            if skip and not ShardReader.streams(stream):
                 stream.seek(sample_offsets(piece.path, self.reader)[piece.start])
+                skip = 0
             files = ({**f, "__url__": piece.path} for f in tar_file_iterator(stream))
             for count, sample in enumerate(group_by_keys(files)):
-                if count == piece.stop - piece.start:
+                if count == skip + piece.stop - piece.start:
                     return
-                yield sample
+                if count >= skip:
+                    yield sample
 
 
 class NumberAndSkip:
