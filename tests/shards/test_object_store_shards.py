@@ -349,7 +349,7 @@ def test_a_sigkilled_run_resumes_from_the_store_to_the_same_bytes(
     assert main(shard_command(raw, reference, *slow)) == 0
     url = f"{s3_bucket.url}/killed"
     command = [sys.executable, "-m", "shards", *shard_command(raw, url, *slow)]
-    env = {**s3_bucket.client_environment(), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **s3_bucket.env, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
