@@ -9,7 +9,6 @@ bucket on it with the environment a client needs (AWS_ENDPOINT_URL and the keys)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -192,7 +191,3 @@ class Bucket:
     def delete(self, key: str) -> None:
         """Remove object `key` (relative to the bucket)."""
         self.store.client().rm_file(f"{self.name}/{key}")
-
-    def client_environment(self) -> dict[str, str]:
-        """os.environ with this bucket's endpoint and keys (for a subprocess)."""
-        return {**os.environ, **self.env}
