@@ -129,17 +129,19 @@ def cifar_image(row: Any) -> np.ndarray | str:
 class CifarLayout:
     """Where one CIFAR set keeps its files and labels."""
 
+    dataset: str
     folder: str
     meta: str
     split_files: dict[str, tuple[str, ...]]
 
 
 CIFAR10 = CifarLayout(
+    "cifar10",
     "cifar-10-batches-py",
     "batches.meta",
     {"train": tuple(f"data_batch_{n}" for n in range(1, 6)), "test": ("test_batch",)},
 )
-CIFAR100 = CifarLayout("cifar-100-python", "meta", {"train": ("train",), "test": ("test",)})
+CIFAR100 = CifarLayout("cifar100", "cifar-100-python", "meta", {"train": ("train",), "test": ("test",)})
 
 
 def cifar_path(root: Path, layout: CifarLayout, name: str) -> Path:
@@ -240,7 +242,7 @@ def list_cifar(
 ) -> Listing:
     """The listing of a CIFAR split: label maps from the meta file, rows from the batches (read lazily)."""
     if split not in layout.split_files:
-        raise AnnotationError(f"{layout.folder}: unknown split {split!r} (expected train or test)")
+        raise AnnotationError(f"{layout.dataset}: unknown split {split!r} (expected train or test)")
     paths = [cifar_path(root, layout, name) for name in layout.split_files[split]]
     meta = cifar_path(root, layout, layout.meta)
     label_maps = tuple(label_names(meta, key) for key in name_keys)

@@ -1,14 +1,14 @@
 """`python -m shards verify OUT`: re-read every shard against manifest.json.
 
-Checks, per shard: the file exists, its size and sha256 match, it is a readable tar whose samples
-are contiguous and complete (one video or image member (`jpg` or `png`), or the frames `000000.jpg ...`
-of a frame sample, json, cls, and the sha256 digest member of shards written since digests exist), the
-sample count matches; per sample: its digest matches its members, the key is `<dataset>/<split>/<id>`,
-cls equals the json label, the label is in the label map, and the video decodes to exactly the json's num_frames (an image:
-completely, at the json's width and height; a frame sample: num_frames frames, each so). A shard whose
-size or sha256 differs is still read, so that the samples whose bytes changed are named. Every mismatch
-is one line naming the shard (and sample); no problem means the shards can be trained on as the manifest
-describes them.
+Checks, per shard: the file exists, its size and sha256 match, it is a readable tar whose samples are
+contiguous and complete (one video or image member (`jpg` or `png`), or the frames `000000.jpg ...` of a
+frame sample, json, cls, and the sha256 digest member of shards written since digests exist), the sample
+count matches; per sample: its digest matches its members, the key is `<dataset>/<split>/<id>`, cls
+equals the json label, the label is in the label map, and the video decodes to exactly the json's
+num_frames (an image: completely, at the json's width and height; a frame sample: num_frames frames, each
+so). A shard whose size or sha256 differs is still read, so that the samples whose bytes changed are
+named. Every mismatch is one line naming the shard (and sample); no problem means the shards can be
+trained on as the manifest describes them.
 """
 
 from __future__ import annotations
