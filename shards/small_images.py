@@ -67,7 +67,9 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),  # how Python 3's protocol 2 writes bytes
+        ("_codecs", "encode"),  # how Python 3's protocol 2 writes bytes ...
+        ("__builtin__", "bytes"),  # ... and empty bytes (an empty array's buffer)
+        ("builtins", "bytes"),
     }
 
     def find_class(self, module: str, name: str) -> Any:

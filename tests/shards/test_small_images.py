@@ -170,6 +170,13 @@ def test_cifar10_round_trip_gives_the_published_pixels_and_labels(
         assert np.array_equal(pixels, images[index]) and label == labels[index]
 
 
+def test_fewer_train_images_than_batches_leave_empty_batches_that_read(tmp_path: Path) -> None:
+    synth_dataset("cifar10", tmp_path / "raw", num_videos=3, classes=2)
+    assert len(read_cifar(tmp_path / "raw" / CIFAR10 / "data_batch_5")[b"data"]) == 0
+    assert shard("cifar10", tmp_path / "raw", "train", tmp_path / "out") == 0
+    assert manifest(tmp_path / "out")["total"] == 3
+
+
 def test_the_same_run_gives_byte_identical_shards(raws: dict[str, Path], tmp_path: Path) -> None:
     for out in ("a", "b"):
         assert shard("cifar10", raws["cifar10"], "test", tmp_path / out, "--workers", "2") == 0
