@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,14 @@ import torch
 from PIL import Image
 from scipy.io import loadmat, savemat
 
-from pipeline.config import from_dict
+from pipeline.config import from_dict, load_config
 from pipeline.data.config import DataConfig
-from pipeline.data.loader import build_eval_loader
+from pipeline.data.loader import build_eval_loader, build_train_loader
+from pipeline.train.config import Config
 from shards.__main__ import main as shards_main
 from shards.synth import synth_dataset
 
+REPO = Path(__file__).resolve().parents[2]
 DATASETS = ("cifar10", "cifar100", "svhn", "tinyimagenet")
 CIFAR10 = "cifar-10-batches-py"
 CIFAR100 = "cifar-100-python"
@@ -227,6 +230,20 @@ def test_svhn_extra_split(raws: dict[str, Path], tmp_path: Path) -> None:
     assert shard("svhn", root, "extra", tmp_path / "extra") == 0
     assert manifest(tmp_path / "extra")["total"] == 12
     assert "svhn/extra/extra_000011" in sample_members(tmp_path / "extra")
+
+
+def test_png_shards_train_with_the_recipes_augmentation(raws: dict[str, Path], tmp_path: Path) -> None:
+    """The recipe's padded crop, AutoAugment, repeated views, mixup / cutmix on the CPU path (DALI offers
+    resized crops only)."""
+    assert shard("cifar10", raws["cifar10"], "test", tmp_path / "test") == 0
+    recipe = load_config(Config, REPO / "configs" / "cifar10_vit_tiny_spt_lsa.yaml").data
+    overrides = {"train": [str(tmp_path / "test")], "batch_size": 6, "workers": 0}
+    loader = build_train_loader(replace(recipe, **overrides), rank=0, world_size=1, seed=0)
+    batches = list(loader)
+    assert len(batches) == loader.steps_per_epoch == 6  # 12 images, 2 per batch, 3 views each
+    for batch in batches:
+        assert batch["video"].shape == (6, 3, 32, 32) and torch.isfinite(batch["video"]).all()
+        assert batch["label"].shape == (6, 10)  # soft targets: mixup / cutmix, label smoothing
 
 
 @pytest.mark.skipif(not DALI_INSTALLED, reason="nvidia-dali is not installed (pip install -e .[dali])")
