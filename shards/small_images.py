@@ -151,59 +151,75 @@ def cifar_path(root: Path, layout: CifarLayout, name: str) -> Path:
     return resolve_path(None, [root / layout.folder / name, root / name], f"{layout.folder}/{name}")
 
 
+@dataclass(frozen=True)
+class CifarBatch:
+    """One CIFAR batch file as unpickled: its `b'data'` rows, one label column per label key, file names."""
+
+    path: Path
+    data: Any
+    labels: tuple[Any, ...]
+    filenames: Any
+
+    @classmethod
+    def load(cls, path: Path, label_keys: tuple[bytes, ...]) -> CifarBatch:
+        batch = load_pickle(path, "CIFAR batch")
+        data = pickled_field(batch, b"data", path)
+        labels = tuple(pickled_field(batch, key, path) for key in label_keys)
+        if not hasattr(data, "__len__") or not all(hasattr(column, "__len__") for column in labels):
+            raise AnnotationError(f"{path}: b'data' and the labels must be sequences")
+        return cls(path, data, labels, batch.get(b"filenames", []))
+
+    def __len__(self) -> int:
+        """Images or labels, whichever are more: a position with one but not the other is a reject."""
+        return max(len(self.data), *(len(column) for column in self.labels))
+
+    def row(
+        self,
+        position: int,
+        row_id: str,
+        label_keys: tuple[bytes, ...],
+        label_maps: tuple[dict[int, str], ...],
+    ) -> Row | Reject:
+        """The row of image `position`, or a reject naming `file[position]`; with several label keys
+        (CIFAR-100's fine and coarse), each label goes into the json."""
+        path, origin = self.path, f"{self.path}[{position}]"
+        if position >= len(self.data):
+            return Reject(
+                row_id, origin, f"a label without an image ({path.name} has {len(self.data)} images)"
+            )
+        extras: dict[str, Any] = {}
+        for key, column, label_map in zip(label_keys, self.labels, label_maps, strict=True):
+            name = key.decode().removesuffix("s")  # b'fine_labels' -> fine_label
+            if position >= len(column):
+                return Reject(row_id, origin, f"no {name} ({path.name} has {len(column)} of {key!r})")
+            problem = label_problem(column[position], len(label_map))
+            if problem is not None:
+                return Reject(row_id, origin, f"{name} {problem.removeprefix('label ')}")
+            if len(label_keys) > 1:
+                extras[name] = int(column[position])
+        image = cifar_image(self.data[position])
+        if isinstance(image, str):
+            return Reject(row_id, origin, image)
+        if position < len(self.filenames):
+            file_name = self.filenames[position]
+            extras["filename"] = file_name.decode() if isinstance(file_name, bytes) else str(file_name)
+        label = int(self.labels[0][position])
+        return Row(
+            row_id, origin, label, label_maps[0][label], path, extras=extras, content=encode_png(image)
+        )
+
+
 def cifar_rows(
     paths: list[Path], split: str, label_keys: tuple[bytes, ...], label_maps: tuple[dict[int, str], ...]
 ) -> Iterator[Row | Reject]:
-    """One row per image of the split's batch files, in order; the first of `label_keys` labels it, every
-    one of them goes into the json (CIFAR-100 keeps fine and coarse labels). A file is read when its turn
-    comes, so one batch at a time is in memory."""
+    """One row per image of the split's batch files, in order; the first of `label_keys` labels it. A file
+    is read when its turn comes, so one batch at a time is in memory."""
     index = 0
     for path in paths:
-        batch = load_pickle(path, "CIFAR batch")
-        data = pickled_field(batch, b"data", path)
-        labels = [pickled_field(batch, key, path) for key in label_keys]
-        filenames = batch.get(b"filenames", [])
-        if not hasattr(data, "__len__") or not all(hasattr(column, "__len__") for column in labels):
-            raise AnnotationError(f"{path}: b'data' and the labels must be sequences")
-        count = max(len(data), *(len(column) for column in labels))
-        for position in range(count):
-            yield cifar_row(
-                path, position, sample_id(split, index), data, labels, label_keys, label_maps, filenames
-            )
+        batch = CifarBatch.load(path, label_keys)
+        for position in range(len(batch)):
+            yield batch.row(position, sample_id(split, index), label_keys, label_maps)
             index += 1
-
-
-def cifar_row(
-    path: Path,
-    position: int,
-    row_id: str,
-    data: Any,
-    labels: list[Any],
-    label_keys: tuple[bytes, ...],
-    label_maps: tuple[dict[int, str], ...],
-    filenames: Any,
-) -> Row | Reject:
-    """The row of image `position` of one batch file, or a reject naming `file[position]`."""
-    origin = f"{path}[{position}]"
-    if position >= len(data):
-        return Reject(row_id, origin, f"a label without an image ({path.name} has {len(data)} images)")
-    extras: dict[str, Any] = {}
-    for key, column, label_map in zip(label_keys, labels, label_maps, strict=True):
-        name = key.decode()[:-1]  # b'fine_labels' -> fine_label
-        if position >= len(column):
-            return Reject(row_id, origin, f"no {name} ({path.name} has {len(column)} of {key!r})")
-        problem = label_problem(column[position], len(label_map))
-        if problem is not None:
-            return Reject(row_id, origin, f"{name} {problem.removeprefix('label ')}")
-        extras[name] = int(column[position])
-    image = cifar_image(data[position])
-    if isinstance(image, str):
-        return Reject(row_id, origin, image)
-    if position < len(filenames):
-        name = filenames[position]
-        extras["filename"] = name.decode() if isinstance(name, bytes) else str(name)
-    label = int(labels[0][position])
-    return Row(row_id, origin, label, label_maps[0][label], path, extras=extras, content=encode_png(image))
 
 
 class Cifar10(Reader):
