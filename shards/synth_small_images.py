@@ -1,13 +1,13 @@
 """Tiny CIFAR-10, CIFAR-100, SVHN and Tiny-ImageNet trees for `python -m shards synth`, as published.
 
-CIFAR: real pickles (protocol 2, bytes keys, as the python-version tarballs hold them) of uint8 N x 3072
-channel-planar rows with their labels and file names; the train split is spread over the five
-`data_batch_*` of CIFAR-10. SVHN: real MATLAB files (scipy's savemat) with X 32 x 32 x 3 x N and y N x 1,
-the digit 0 labelled 10. Tiny-ImageNet: real 64 x 64 JPEGs (one train image greyscale, as a few real ones
-are), wnids.txt unsorted, words.txt listing more synsets than the 200, val_annotations.txt with boxes,
-and `missing` annotated val images without their file. Every image shows a square in its class's hue on
-a noisy grey background (`hue_square`), so the class is learnable. Same seed and options give the same
-bytes (the MATLAB header's creation time is fixed).
+CIFAR: real pickles as the python-version tarballs hold them (protocol 2 as Python 2 wrote it, bytes
+keys, `Python2Pickler`) of uint8 N x 3072 channel-planar rows with their labels and file names; the train
+split is spread over the five `data_batch_*` of CIFAR-10. SVHN: real MATLAB files (scipy's savemat) with
+X 32 x 32 x 3 x N and y N x 1, the digit 0 labelled 10. Tiny-ImageNet: real 64 x 64 JPEGs (one train
+image greyscale, as a few real ones are), wnids.txt unsorted, words.txt listing more synsets than the
+200, val_annotations.txt with boxes, and `missing` annotated val images without their file. Every image
+shows a square in its class's hue on a noisy grey background (`hue_square`), so the class is learnable.
+Same seed and options give the same bytes (the MATLAB header's creation time is fixed).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import colorsys
 import io
 import pickle
+import struct
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,10 +56,42 @@ def check_classes(tree: RawTree, at_most: int) -> None:
         raise ValueError(f"{tree.dataset} has {at_most} classes, asked for {tree.classes}")
 
 
+class Python2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2's cPickle wrote CIFAR's batches: strings (bytes, and the few texts numpy's
+    reduction names) as 8-bit strings (SHORT_BINSTRING / BINSTRING, where Python 3 writes `_codecs.encode`
+    calls), numpy's functions under `numpy.core` (NumPy 2 calls it `numpy._core`). The pure-Python pickler
+    is the one whose opcodes can be chosen per type."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_8bit(self, obj: bytes) -> None:
+        size = len(obj)
+        if size < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([size]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", size) + obj)
+        self.memoize(obj)
+
+    def save_text(self, obj: str) -> None:
+        self.save_8bit(obj.encode("latin-1"))
+
+    dispatch[bytes] = save_8bit
+    dispatch[str] = save_text
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        module = getattr(obj, "__module__", "") or ""
+        if not module.startswith("numpy._core"):
+            super().save_global(obj, name)
+            return
+        python2_module = "numpy.core" + module.removeprefix("numpy._core")
+        self.write(pickle.GLOBAL + f"{python2_module}\n{name or obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+
 def write_pickle(tree: RawTree, relative: str, data: dict[bytes, Any]) -> None:
-    """`data` pickled with protocol 2 (what Python 2's cPickle wrote) under the tree."""
+    """`data` pickled as the python-version tarballs hold it (`Python2Pickler`) under the tree."""
     with atomic_open(tree.out / relative) as file:
-        pickle.dump(data, file, protocol=2)
+        Python2Pickler(file, protocol=2).dump(data)
 
 
 def cifar_batch(

@@ -130,6 +130,9 @@ def test_synth_writes_the_published_files(raws: dict[str, Path]) -> None:
         *(f"data_batch_{n}" for n in range(1, 6)),
         "test_batch",
     ]
+    written = (cifar10 / "data_batch_2").read_bytes()  # Python 2's protocol 2: 8-bit strings, numpy.core
+    assert written.startswith(b"\x80\x02}") and b"U\x04data" in written and b"_codecs" not in written
+    assert b"cnumpy.core.multiarray\n_reconstruct\n" in written
     batch = read_cifar(cifar10 / "data_batch_2")
     assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape[1] == 3072
     assert len(batch[b"labels"]) == len(batch[b"filenames"]) == len(batch[b"data"])
