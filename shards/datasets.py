@@ -271,4 +271,14 @@ def read_split(reader: Reader, root: Path, split: str) -> DatasetIndex:
 
 
 # Importing the reader modules registers them; they import the helpers above, so this comes last.
-from shards import diving48, finegym, hmdb51, imagenet, kinetics, ssv1, ssv2, ucf101  # noqa: E402, F401
+from shards import (  # noqa: E402, F401
+    diving48,
+    finegym,
+    hmdb51,
+    imagenet,
+    kinetics,
+    small_images,
+    ssv1,
+    ssv2,
+    ucf101,
+)

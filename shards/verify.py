@@ -1,14 +1,14 @@
 """`python -m shards verify OUT`: re-read every shard against manifest.json.
 
-Checks, per shard: the file exists, its size and sha256 match, it is a readable tar whose samples
-are contiguous and complete (one video or image member, or the frames `000000.jpg ...` of a frame sample,
-json, cls, and the sha256 digest member of shards written since digests exist), the sample count matches;
-per sample: its digest matches its members, the key is `<dataset>/<split>/<id>`, cls equals the json
-label, the label is in the label map, and the video decodes to exactly the json's num_frames (an image:
-completely, at the json's width and height; a frame sample: num_frames frames, each so). A shard whose
-size or sha256 differs is still read, so that the samples whose bytes changed are named. Every mismatch
-is one line naming the shard (and sample); no problem means the shards can be trained on as the manifest
-describes them.
+Checks, per shard: the file exists, its size and sha256 match, it is a readable tar whose samples are
+contiguous and complete (one video or image member (`jpg` or `png`), or the frames `000000.jpg ...` of a
+frame sample, json, cls, and the sha256 digest member of shards written since digests exist), the sample
+count matches; per sample: its digest matches its members, the key is `<dataset>/<split>/<id>`, cls
+equals the json label, the label is in the label map, and the video decodes to exactly the json's
+num_frames (an image: completely, at the json's width and height; a frame sample: num_frames frames, each
+so). A shard whose size or sha256 differs is still read, so that the samples whose bytes changed are
+named. Every mismatch is one line naming the shard (and sample); no problem means the shards can be
+trained on as the manifest describes them.
 
 OUT may be an object-store URL (`s3://bucket/prefix`): each shard is streamed once, its sha256 taken
 while its samples are read, so a local folder and a bucket are checked the same way.
@@ -28,7 +28,7 @@ from pipeline.data.digest import DIGEST_MEMBER, digest_problem
 from pipeline.data.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardEntry
 from shards.folder import ShardFolder, open_folder
 from shards.frames import FRAME_MEMBER, FRAMES_STORAGE, frame_member
-from shards.image import IMAGE_EXT, ImageError, open_image
+from shards.image import IMAGE_EXTS, ImageError, open_image
 from shards.video import STORE_AS_IS_EXTS, VideoError, count_decoded_frames
 
 HASH_CHUNK = 1 << 20
@@ -124,11 +124,11 @@ def _read_samples(file: BinaryIO | _HashingReader) -> dict[str, dict[str, bytes]
 
 
 def _check_sample(key: str, members: dict[str, bytes], manifest: Manifest) -> list[str]:
-    media = [ext for ext in members if ext in (*STORE_AS_IS_EXTS, IMAGE_EXT)]
+    media = [ext for ext in members if ext in (*STORE_AS_IS_EXTS, *IMAGE_EXTS)]
     frames = sorted(ext for ext in members if FRAME_MEMBER.fullmatch(ext))
     expected = {"json", "cls"} | set(media) | set(frames)
     if len(media) + bool(frames) != 1 or set(members) - {DIGEST_MEMBER} != expected:
-        accepted = [*STORE_AS_IS_EXTS, IMAGE_EXT, f"{frame_member(0)} ..."]
+        accepted = [*STORE_AS_IS_EXTS, *IMAGE_EXTS, f"{frame_member(0)} ..."]
         found = sorted(set(members) - set(frames)) + ([f"{len(frames)} frames"] if frames else [])
         return [f"members {found}: expected one of {accepted} plus json and cls"]
     bytes_changed = digest_problem(members)
@@ -148,8 +148,8 @@ def _check_sample(key: str, members: dict[str, bytes], manifest: Manifest) -> li
         problems.append(f"label {label} ({meta.get('label_name')!r}) is not in the label map as such")
     if frames:
         return problems + _check_frames(members, frames, meta)
-    if media[0] == IMAGE_EXT:
-        return problems + _check_image(members[IMAGE_EXT], meta)
+    if media[0] in IMAGE_EXTS:
+        return problems + _check_image(members[media[0]], meta)
     try:
         decoded = count_decoded_frames(members[media[0]])
     except VideoError as err:

@@ -55,7 +55,7 @@ from pipeline.storage import StorageError
 from shards import __version__
 from shards.folder import OutputError, ShardFolder
 from shards.frames import FramesError, encode_frames, read_frame_folder
-from shards.image import IMAGE_EXT, JPEG_QUALITY, ImageError, prepare_image
+from shards.image import JPEG_QUALITY, ImageError, member_ext, prepare_image
 from shards.records import DatasetIndex, Record, Reject
 from shards.verify import SHARD_FILE
 from shards.video import (
@@ -250,20 +250,25 @@ def build_sample_from_frames(context: SampleContext, record: Record) -> VideoSam
 def build_image_sample(context: SampleContext, record: Record) -> VideoSample | Reject:
     """Validate one image file, convert or shrink it if needed (`shards.image`), and build its sample.
 
-    The sample has the video samples' shape (a `jpg` member, num_frames 1), so shards, manifests,
-    resume, merge and verify are the same code for both.
+    The sample has the video samples' shape (a `jpg` or `png` member, num_frames 1), so shards, manifests,
+    resume, merge and verify are the same code for both. A record's `content` (raw pixels a reader
+    encoded: CIFAR, SVHN) is already in its stored format: a PNG stays a PNG, lossless, unless
+    --short-side or --reencode asks for a JPEG.
     """
     source = _relative_source(record.source, context.root)
     try:
         data = record.content if record.content is not None else record.source.read_bytes()
-        image, info, converted = prepare_image(data, context.encode.short_side, context.reencode)
+        image, info, converted = prepare_image(
+            data, context.encode.short_side, context.reencode, keep_png=record.content is not None
+        )
     except ImageError as err:
         return Reject(record.id, source, str(err))
     except OSError as err:
         return Reject(record.id, source, f"cannot read the image: {err.strerror or err}")
     extra = {} if converted is None else {"converted_from": converted}
     key = f"{context.dataset}/{context.split}/{record.id}"
-    return finish_sample(context, record, source, key, ((IMAGE_EXT, image),), {**asdict(info), **extra})
+    media = ((member_ext(image), image),)
+    return finish_sample(context, record, source, key, media, {**asdict(info), **extra})
 
 
 def finish_sample(

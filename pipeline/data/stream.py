@@ -8,7 +8,7 @@ then puts a deterministic stand-in in its place, so every batch has all its rows
 and decode errors (`SAMPLE_ERRORS`) fail a sample: any other exception is a bug and propagates.
 Each stage can be run on a plain list.
 
-An image sample (a `jpg` member) is decoded as a one-frame clip, so every stage serves both; the
+An image sample (a `jpg` or `png` member) is decoded as a one-frame clip, so every stage serves both; the
 finishing step squeezes the time axis of image batches.
 
 Workers ship pixels, not floats: the batch stages stack the views before normalisation ((B, T, 3,
@@ -42,7 +42,7 @@ from pipeline.data.transforms import EvalTransform, TrainTransform, mix_batch, n
 from pipeline.randomness import Stream, make_rng
 
 VIDEO_EXTS = ("mp4", "webm", "mkv")
-IMAGE_EXT = "jpg"
+IMAGE_EXTS = ("jpg", "png")  # JPEG, or PNG: the lossless copy of raw pixels (CIFAR, SVHN)
 Item = dict[str, Any]
 
 Stage = Callable[[Iterable[Item]], Iterator[Item]]
@@ -179,6 +179,11 @@ def read_label(sample: Item, meta: dict) -> int:
     return int(meta["label"])
 
 
+def image_member(sample: Item) -> bytes | None:
+    """The encoded image of an image sample (JPEG or PNG), None for a clip."""
+    return next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
+
+
 def video_member(sample: Item) -> bytes:
     """The encoded video of a sample, whatever its container suffix."""
     for ext in VIDEO_EXTS:
@@ -228,8 +233,9 @@ class DecodeClips:
         label = read_label(item, meta)
         if not 0 <= label < self.num_classes and self.sampler.seed_parts is not None:
             raise ValueError(f"label {label} outside [0, {self.num_classes})")
-        if IMAGE_EXT in item:  # an image is a one-frame clip: the transforms run on (1, H, W, 3)
-            clips, frames = [[0]], decode_image(item[IMAGE_EXT])
+        image = image_member(item)
+        if image is not None:  # an image is a one-frame clip: the transforms run on (1, H, W, 3)
+            clips, frames = [[0]], decode_image(image)
         else:
             if self._decoder is None:  # built on first use: finding the video decoders takes seconds
                 self._decoder = build_decoder(self.decoder_name)
