@@ -69,6 +69,10 @@ class StorageError(OSError):
     def __str__(self) -> str:
         return str(self.args[0])
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its own arguments when it crosses a process boundary (OSError's default would not).
+        return (type(self), (self.url, self.reason, self.cause))
+
 
 def is_url(text: str | os.PathLike) -> bool:
     """Whether `text` is a URL (`scheme://...`) rather than a local path."""

@@ -31,11 +31,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline import storage
 from pipeline.console import note
 from pipeline.io import atomic_open, storage_problem
+
+if TYPE_CHECKING:  # the manifest module imports this one
+    from pipeline.data.manifest import ShardInfo
 
 CHUNK_BYTES = 8 << 20
 CACHE_SUFFIX = ".tar"
@@ -111,7 +114,9 @@ class ShardReader:
     cache_bytes: int = 0
 
     @classmethod
-    def for_shards(cls, shards: Sequence[Any], cache_dir: str = "", cache_gb: float = 0.0) -> ShardReader:
+    def for_shards(
+        cls, shards: Sequence[ShardInfo], cache_dir: str = "", cache_gb: float = 0.0
+    ) -> ShardReader:
         """The reader of a ShardSet's `shards` (their sizes and digests), caching when `cache_dir` is set."""
         expected = {s.path: (s.bytes, s.sha256) for s in shards if storage.is_url(s.path)}
         return cls(expected, cache_dir, int(cache_gb * 1e9))
@@ -129,9 +134,9 @@ class ShardReader:
             and self.cache_dir not in _cache_refused
             and 0 < size <= self.cache_bytes
         ):
-            local = self.cached(path, size, sha256)
-            if local is not None:
-                return open(local, "rb")
+            cached = self.cached(path, size, sha256)
+            if cached is not None:
+                return cached
         return io.BufferedReader(RemoteShard(path, size), buffer_size=1 << 20)
 
     @staticmethod
@@ -139,15 +144,16 @@ class ShardReader:
         """Whether `stream` (from `open`) reads from the object store, where a seek costs a GET."""
         return isinstance(getattr(stream, "raw", None), RemoteShard)
 
-    def cached(self, url: str, size: int, sha256: str) -> Path | None:
-        """The verified local copy of `url` (fetched now if absent or damaged); None when the cache cannot
-        be written (warned once) or the object's bytes differ from the manifest's digest."""
+    def cached(self, url: str, size: int, sha256: str) -> BinaryIO | None:
+        """The verified local copy of `url`, open (fetched now if absent or damaged); None when the cache
+        cannot be written (warned once) or the object's bytes differ from the manifest's digest."""
         local = Path(self.cache_dir) / f"{sha256}{CACHE_SUFFIX}"
         if self.intact(local, size, sha256):
             with contextlib.suppress(OSError):  # a read-only cache still serves what it holds
                 os.utime(local)  # least recently used goes first: a use counts as a touch
-            _verified[str(local)] = _stamp(local)
-            return local
+                _verified[str(local)] = _stamp(local)
+            with contextlib.suppress(FileNotFoundError):  # else evicted by another process just now
+                return open(local, "rb")  # open: an eviction from now on leaves this reader its file
         try:
             make_room(Path(self.cache_dir), self.cache_bytes - size)
             fetched = self.fetch_into(url, local, size, sha256)
@@ -162,7 +168,7 @@ class ShardReader:
                 "shards without it",
             )
             return None
-        return local if fetched else None
+        return open(local, "rb") if fetched else None
 
     @staticmethod
     def intact(local: Path, size: int, sha256: str) -> bool:

@@ -4,6 +4,7 @@ damaged copy fetched again, a full cache disk), retries across a server restart,
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -230,3 +231,28 @@ def test_a_missing_bucket_or_manifest_is_one_line(s3_bucket: Bucket, folder: str
     with pytest.raises(ManifestError) as caught:
         load_shard_set([folder.format(bucket=s3_bucket.url)])
     assert str(caught.value) == expected.format(bucket=s3_bucket.url)
+
+
+def resumed_batches(folder: str) -> list[dict]:
+    """Batches of a run stopped after 2 batches per rank on 2 ranks: an exact resume of rank 0 on 2 ranks,
+    then the rest of the epoch continued on 1 rank (an elastic resume), as the trainer does them."""
+    from pipeline.train.checkpoint import RankState, TrainerState
+    from pipeline.train.elastic import continued_loader_state
+
+    cfg = config(folder, batch_size=2, workers=2, shuffle_buffer=4)
+    old = [build_train_loader(cfg, rank=r, world_size=2, seed=7) for r in range(2)]
+    batches = [batch for loader in old for batch in itertools.islice(loader, 2)]
+    exact = build_train_loader(cfg, rank=0, world_size=2, seed=7, state=old[0].state())
+    batches += list(itertools.islice(exact, 2))
+    ranks = [RankState(loader.state(), {}, None) for loader in old]
+    config_dict = {"data": {"batch_size": 2}, "engine": {"grad_accum_steps": 1}}
+    saved = TrainerState(2, 0, 2, config_dict, "", {}, ranks, micro_batch=2, grad_accum=1)
+    elastic = build_train_loader(
+        config(folder, batch_size=4, workers=2, shuffle_buffer=4), rank=0, world_size=1, seed=7
+    )
+    elastic.restore(continued_loader_state(saved, elastic, shuffle_buffer=4))
+    return batches + list(elastic)
+
+
+def test_exact_and_elastic_resume_from_the_bucket_give_the_local_batches(shards: Path, remote: str) -> None:
+    assert_same_batches(resumed_batches(remote), resumed_batches(str(shards)))
