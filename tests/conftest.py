@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shards.__main__ import main as shards_main
+from tests.disks import Tmpfs
 from tests.object_store import Bucket, ObjectStore
 
 
@@ -82,3 +83,17 @@ def s3_bucket(object_store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> Buc
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return object_store.bucket()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Tmpfs]]:
+    """`tmpfs(size)` mounts a tmpfs of `size` (e.g. "64k") under tmp_path; unmounted after the test."""
+    mounted: list[Tmpfs] = []
+
+    def mount(size: str) -> Tmpfs:
+        mounted.append(Tmpfs(tmp_path / f"tmpfs{len(mounted)}", size))
+        return mounted[-1]
+
+    yield mount
+    for disk in mounted:
+        disk.unmount()

@@ -17,7 +17,6 @@ from pipeline.data import shard_io
 from pipeline.data.config import DataConfig
 from pipeline.data.loader import TrainLoader, build_eval_loader, build_train_loader
 from pipeline.data.manifest import ManifestError, load_shard_set
-from tests.faults.test_full_disk import Tmpfs
 from tests.object_store import Bucket, ObjectStore
 
 
@@ -145,16 +144,13 @@ def test_a_damaged_cached_shard_is_fetched_again(shards: Path, remote: str, tmp_
 
 
 def test_a_full_cache_disk_warns_once_and_streams(
-    shards: Path, remote: str, tmp_path: Path, capsys: pytest.CaptureFixture
+    shards: Path, remote: str, tmpfs, capsys: pytest.CaptureFixture
 ) -> None:
-    disk = Tmpfs(tmp_path / "small", "16k")  # smaller than any shard
-    try:
-        local = build_train_loader(config(str(shards)), rank=0, world_size=1, seed=5)
-        far = build_train_loader(config(remote, cache_dir=str(disk.path)), rank=0, world_size=1, seed=5)
-        assert_same_batches(epoch(far), epoch(local))
-        assert_same_batches(epoch(far), epoch(local))
-    finally:
-        disk.unmount()
+    disk = tmpfs("16k")  # smaller than any shard
+    local = build_train_loader(config(str(shards)), rank=0, world_size=1, seed=5)
+    far = build_train_loader(config(remote, cache_dir=str(disk.path)), rank=0, world_size=1, seed=5)
+    assert_same_batches(epoch(far), epoch(local))
+    assert_same_batches(epoch(far), epoch(local))
     assert far.bad_samples == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "cannot be written" in line]
     assert len(warnings) == 1 and "the file system is full" in warnings[0]

@@ -18,7 +18,6 @@ import pytest
 from shards.__main__ import main
 from shards.folder import StoreFolder
 from shards.synth import synth_dataset
-from tests.faults.test_full_disk import Tmpfs
 from tests.object_store import ACCESS_KEY, SECRET_KEY, Bucket, ObjectStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -310,30 +309,27 @@ def test_work_dir_with_a_local_out_is_one_line(raw: Path, tmp_path: Path, capsys
 
 
 def test_a_full_staging_disk_is_one_line_and_the_same_command_finishes(
-    raw: Path, s3_bucket: Bucket, tmp_path: Path, capsys
+    raw: Path, s3_bucket: Bucket, tmp_path: Path, tmpfs, capsys
 ) -> None:
     """--work-dir on a 32 KB tmpfs, one shard of all 10 clips (about 120 KB): one line naming the URL and
     the staging folder, exit 2, no temp file left; once there is room the same command ends with the
     bytes of a local run."""
     one_shard = ("--max-samples", "10")
     assert main(shard_command(raw, tmp_path / "local", *one_shard)) == 0
-    disk = Tmpfs(tmp_path / "disk", "32k")
-    try:
-        url = f"{s3_bucket.url}/full"
-        command = shard_command(raw, url, *one_shard, "--work-dir", str(disk.path))
-        capsys.readouterr()
-        assert main(command) == 2
-        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1, errors  # beside the progress bar
-        assert errors[0].startswith(
-            f"error: cannot write shards for {url} in {disk.path}: the file system is full (about "
-        ), errors[0]
-        assert list(disk.path.iterdir()) == []
-        disk.remount("size=1m")
-        assert main(command) == 0
-        assert store_bytes(s3_bucket, "full") == folder_bytes(tmp_path / "local")
-    finally:
-        disk.unmount()
+    disk = tmpfs("32k")
+    url = f"{s3_bucket.url}/full"
+    command = shard_command(raw, url, *one_shard, "--work-dir", str(disk.path))
+    capsys.readouterr()
+    assert main(command) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors  # beside the progress bar
+    assert errors[0].startswith(
+        f"error: cannot write shards for {url} in {disk.path}: the file system is full (about "
+    ), errors[0]
+    assert list(disk.path.iterdir()) == []
+    disk.remount("size=1m")
+    assert main(command) == 0
+    assert store_bytes(s3_bucket, "full") == folder_bytes(tmp_path / "local")
 
 
 @pytest.mark.slow
