@@ -590,6 +590,7 @@ def run_frame_rows(args: argparse.Namespace, tmp: Path) -> None:
     cores = max(args.workers, 1)
     source = dataclasses.replace(SSV1_SOURCES, clips=args.frame_clips)
     print(f"[16-segment, SSv1-like frame samples, sources: {source}]")
+    print(f"  config: {json.dumps(to_dict(cfg), sort_keys=True)}")
     for name, text in (
         ("a frames", "(a) this loader, frame samples     "),
         ("a video", "(a) this loader, short-GOP video   "),
