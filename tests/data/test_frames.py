@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipeline.config import from_dict
 from pipeline.data.config import DataConfig
+from pipeline.data.dali import DecoderPerStorage
 from pipeline.data.digest import DIGEST_MEMBER, sample_digest
 from pipeline.data.frame_samples import FrameDecodeError, JpegFrameDecoder, frame_jpegs, frame_member
 from pipeline.data.loader import build_eval_loader, build_train_loader
@@ -335,3 +336,32 @@ def test_dali_nvjpeg_on_gpu_decodes_the_sampled_frames_as_the_cpu_path(ssv1: dic
         assert ours["video"].is_cuda and ours["key"] == reference["key"]
         # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's: a looser bound than the CPU decoder's
         assert ((ours["video"].cpu() - reference["video"]) * GREY_LEVELS).abs().mean() < 2.0
+
+
+@needs_dali
+def test_dali_runs_a_split_of_frame_and_video_samples_each_on_its_graph(make_shards, monkeypatch) -> None:
+    """SSv2 as VP9 videos (DALI's CPU video decoder reads VP9) and as `--store frames`: one split, batches
+    mixing both kinds, each decoded by its own DALI graph, in the CPU path's order."""
+    folders = [
+        make_shards("ssv2", "train", max_samples=7),
+        make_shards("ssv2", "train", max_samples=7, extra_args=["--store", "frames"]),
+    ]
+    cfg = dataclasses.replace(
+        config(folders[0], sampling="segment", num_frames=4), train=[str(f) for f in folders]
+    )
+    cpu = list(build_train_loader(cfg, rank=0, world_size=1, seed=4))
+    runs, run = [], DecoderPerStorage.__call__
+    monkeypatch.setattr(  # watch which kinds each DALI run gets (the real runs go on)
+        DecoderPerStorage,
+        "__call__",
+        lambda self, items: runs.append({i["storage"] for i in items}) or run(self, items),
+    )
+    dali = list(build_train_loader(dataclasses.replace(cfg, decoder="dali"), rank=0, world_size=1, seed=4))
+    assert len(dali) == len(cpu) == 16
+    assert {"video", "frames"} in runs  # some batch's run held both kinds
+    for ours, reference in zip(dali, cpu, strict=True):
+        assert ours["key"] == reference["key"] and torch.equal(ours["label"], reference["label"])
+        # DALI's YUV -> RGB conversion differs from libswscale's on the VP9 rows (test_dali's tolerance)
+        assert ((ours["video"] - reference["video"]) * GREY_LEVELS).abs().mean() < 2.5
+    keys = Counter(key for batch in dali for key in batch["key"])
+    assert set(keys.values()) == {2}  # every clip once as video, once as frames
