@@ -19,12 +19,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.console import OneLineParser, one_line
+from pipeline.console import OneLineParser
+from pipeline.errors import RunError, report
 from shards import synth
 from shards.datasets import READERS, DatasetReader, Reader, read_split
 from shards.image import JPEG_QUALITY
 from shards.merge import MergeError, merge_parts
-from shards.records import AnnotationError
 from shards.verify import verify_shards
 from shards.video import EncodeOptions
 from shards.writer import OutputError, SampleContext, WriteOptions, write_dataset
@@ -230,9 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except SystemExit as exit_:  # argparse: --help (0) or a bad option (2, already printed)
         return exit_.code if isinstance(exit_.code, int) else 2
-    except (AnnotationError, OutputError) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
+    except RunError as err:  # AnnotationError, OutputError
+        return report(err)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from pipeline.data.manifest import (
     ShardEntry,
     manifest_name,
 )
+from pipeline.errors import StorageError
 from pipeline.io import atomic_open, atomic_write_json, free_bytes, storage_problem
 from shards import __version__
 from shards.frames import FramesError, encode_frames, read_frame_folder
@@ -88,7 +89,7 @@ class SampleContext:
     frame_quality: int = JPEG_QUALITY
 
 
-class OutputError(RuntimeError):
+class OutputError(StorageError):
     """An output folder that cannot be written or holds another job's files; the message is one line."""
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from pipeline.config import ConfigError
 from pipeline.console import note
 from pipeline.data.loader import LoaderState
+from pipeline.errors import StorageError
 from pipeline.io import atomic_open, atomic_write_json, atomic_write_text, free_bytes, storage_problem
 from pipeline.train.buffers import rank_buffers, restore_rank_buffers
 from pipeline.train.config import CHECKPOINT_FOLDER
@@ -327,12 +328,12 @@ class CheckpointManager:
                 "this save may not fit (make room, or lower checkpoint.keep)",
             )
 
-    def discard(self, tag: str, reason: str, needed: int) -> ConfigError:
+    def discard(self, tag: str, reason: str, needed: int) -> StorageError:
         """Remove the partial `tag` of a save the storage refused; the one line that stops the run."""
         shutil.rmtree(self.folder / tag, ignore_errors=True)
         newest = complete_tags(self.folder)
         kept = f"{newest[-1].name} is intact" if newest else "no checkpoint was saved before"
-        return ConfigError(
+        return StorageError(
             f"cannot save checkpoint {tag} in {self.folder}: {reason} (the save needs about {needed} bytes, "
             f"{free_bytes(self.folder)} free); the partial {tag} was removed, {kept}: make room and run the "
             "same command to resume"

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from pipeline.config import ConfigError
 from pipeline.console import note
 from pipeline.data.loader import LoaderState, TrainLoader
-from pipeline.train.agreement import RankAgreedError, on_rank0
+from pipeline.train.agreement import on_rank0
 from pipeline.train.checkpoint import (
     TrainerState,
     checkpoint_folder,
@@ -90,9 +90,10 @@ def resume_point(cfg: Config, world: int, skip: list[Path]) -> ResumePoint | Non
     point = ResumePoint(tag_dir, read_trainer_state(tag_dir), cfg.checkpoint.weights_only, world)
     changes = config_changes(point.state.config, cfg)
     if changes and not point.weights_only:
-        raise RankAgreedError(
+        raise ConfigError(
             f"config changed since checkpoint {tag_dir} ({'; '.join(changes[:3])}): resume with the original "
-            "config, or set checkpoint.weights_only=true to continue from its weights"
+            "config, or set checkpoint.weights_only=true to continue from its weights",
+            every_rank=True,
         )
     return point
 
@@ -108,8 +109,8 @@ def batch_of_run(cfg: Config, point: ResumePoint | None, world: int) -> tuple[in
         return batch_for_world(
             point.state.global_batch, world, cfg.data.batch_size, cfg.data.aug.repeated_aug
         )
-    except ConfigError as err:
-        raise RankAgreedError(str(err)) from None
+    except ConfigError as err:  # every rank computes the same
+        raise ConfigError(str(err), every_rank=True) from None
 
 
 def with_batch(cfg: Config, micro_batch: int, grad_accum: int) -> Config:
@@ -139,15 +140,18 @@ def load_engine_state(engine: Any, point: ResumePoint, zero_stage: int) -> None:
     if point.elastic and needs_universal_checkpoint(zero_stage):
         tag_dir = universal_folder(point.tag_dir)
 
-        def convert() -> None:
+        def convert() -> str | None:
+            """Why the conversion failed, or None."""
             if not tag_dir.is_dir():
                 note("train", f"converting {point.tag_dir} for {point.world_size} ranks")
-                convert_to_universal(point.tag_dir, tag_dir, zero_stage)
+                try:
+                    convert_to_universal(point.tag_dir, tag_dir, zero_stage)
+                except RuntimeError as err:
+                    return str(err)
+            return None
 
-        try:
-            on_rank0(convert, errors=(ConfigError, RuntimeError))
-        except RankAgreedError as err:
-            raise CheckpointLoadError(point.tag_dir, str(err)) from None
+        if problem := on_rank0(convert):
+            raise CheckpointLoadError(point.tag_dir, problem)
     try:
         load_checkpoint(engine, tag_dir.parent, tag_dir.name)
         if tag_dir != point.tag_dir:

@@ -24,12 +24,13 @@ from pipeline.config import ConfigError, config_hash, save_config, to_dict
 from pipeline.console import note
 from pipeline.data.loader import build_eval_loader, build_train_loader
 from pipeline.data.transforms import shuffle_frames
+from pipeline.errors import DivergenceError
 from pipeline.io import atomic_write_json
 from pipeline.models import create_model
 from pipeline.models.inflate import load_pretrained, read_weights
 from pipeline.randomness import Stream, derive_seed
 from pipeline.train import pictures, signals
-from pipeline.train.agreement import RankAgreedError, on_rank0
+from pipeline.train.agreement import on_rank0
 from pipeline.train.buffers import buffers_averaged_over_ranks
 from pipeline.train.checkpoint import (
     CheckpointManager,
@@ -69,10 +70,6 @@ from pipeline.train.resume import (
     with_batch,
 )
 from pipeline.train.run_lock import RunLock
-
-
-class NonFiniteError(RankAgreedError):
-    """The loss or the weights stopped being finite: training stops without saving them."""
 
 
 @dataclass
@@ -267,7 +264,7 @@ class Trainer:
 
     def agree_on_step(self, loss: torch.Tensor) -> int:
         """The ranks' one collective (and host sync) of a step: any rank's stop signal, any rank's
-        non-finite loss. Returns the stop signal (0: none); raises NonFiniteError on divergence."""
+        non-finite loss. Returns the stop signal (0: none); raises DivergenceError on divergence."""
         stop_flag = torch.tensor(signals.requested() or 0, device=self.device)
         flags = torch.stack([stop_flag, (~torch.isfinite(loss)).long()])
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -275,9 +272,10 @@ class Trainer:
         self.nonfinite_steps = self.nonfinite_steps + 1 if nonfinite else 0
         limit = self.cfg.optim.max_nonfinite_steps
         if self.nonfinite_steps and (self.nonfinite_steps >= limit or not weights_finite(self.engine)):
-            raise NonFiniteError(
+            raise DivergenceError(
                 f"training diverged at step {self.step}: the loss was not finite for {self.nonfinite_steps} "
-                f"consecutive step(s) (optim.max_nonfinite_steps={limit}); {self.diverged_hint()}"
+                f"consecutive step(s) (optim.max_nonfinite_steps={limit}); {self.diverged_hint()}",
+                every_rank=True,
             )
         return stop_signal
 
@@ -304,8 +302,9 @@ class Trainer:
         """Every rank writes its part of the checkpoint of this step; rank 0 adds the trainer state and,
         once every file is digested, the completion marker."""
         if not weights_finite(self.engine):  # never let non-finite weights become the checkpoint to resume
-            raise NonFiniteError(
-                f"the weights are not finite at step {self.step}: not saving them ({self.diverged_hint()})"
+            raise DivergenceError(
+                f"the weights are not finite at step {self.step}: not saving them ({self.diverged_hint()})",
+                every_rank=True,
             )
         tag = tag_for_step(self.step)
         tag_dir = self.checkpoints.folder / tag
