@@ -8,10 +8,11 @@ Data: scikit-learn's bundled handwritten digits (1,797 8x8 grey images, 10 class
 inside the package, nothing is downloaded), upsampled to --img-size, one fixed stratified 80/20
 split (the seeds vary initialisation, batch order and augmentation, not the split). Or, with
 --shards, an image shard set as `python -m shards` writes it (CIFAR-10 / CIFAR-100 / SVHN /
-Tiny-ImageNet, ImageNet): DIR/train against DIR/test (or DIR/val), each image's PNG or JPEG member
-decoded and brought to --img-size (default: the first image's short side, so 32 px sets stay as they
-are) by the loader's evaluation transform (short-side resize, centre crop), normalised with the
-training images' channel statistics; the ViTs then take the paper's patch (img_size // 8, an 8x8 grid).
+Tiny-ImageNet, ImageNet): DIR/train against DIR/test (or DIR/val; an unlabelled test split, as
+Tiny-ImageNet's, is passed over), each image's PNG or JPEG member decoded and brought to --img-size
+(default: the first image's short side, so 32 px sets stay as they are) by the loader's evaluation
+transform (short-side resize, centre crop), normalised with the training images' channel statistics;
+the ViTs then take the paper's patch (img_size // 8, an 8x8 grid).
 
 Recipe: the small-datasets ViT paper's (Lee et al. 2021: AdamW lr 1e-3, wd 0.05, 10% linear
 warm-up then cosine, label smoothing 0.1, stochastic depth 0.1, 100 epochs of CIFAR's 50k images)
@@ -115,12 +116,17 @@ def load_shards(
     root: Path, img_size: int | None, max_train: int | None, max_test: int | None
 ) -> tuple[Split, int]:
     """DIR/train and DIR/test (or DIR/val) as normalised float (N, 3, S, S) and labels; the class count
-    of the training manifest."""
-    test_folder = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
-    if not (root / "train").is_dir() or test_folder is None:
+    of the training manifest. A test split without labels (Tiny-ImageNet's) is passed over for val/."""
+    test_folders = [root / name for name in ("test", "val") if (root / name).is_dir()]
+    if not (root / "train").is_dir() or not test_folders:
         raise SystemExit(f"error: --shards {root} needs train/ and test/ (or val/) shard folders")
     train_x, train_y = read_image_shards(root / "train", img_size, max_train)
-    test_x, test_y = read_image_shards(test_folder, train_x.shape[-1], max_test)
+    for folder in test_folders:
+        test_x, test_y = read_image_shards(folder, train_x.shape[-1], max_test)
+        if (test_y >= 0).all():
+            break
+    else:
+        raise SystemExit(f"error: --shards {root}: no labelled test/ or val/ shards (label -1)")
     train_x, test_x = train_x.float() / 255, test_x.float() / 255
     mean, std = train_x.mean(dim=(0, 2, 3), keepdim=True), train_x.std(dim=(0, 2, 3), keepdim=True)
     split = ((train_x - mean) / std, train_y, (test_x - mean) / std, test_y)

@@ -44,6 +44,7 @@ from launch.preflight import interpreter_problem  # noqa: E402
 from launch.slurm_task import ShardCommandTask, TrainTask, no_requeue_marker  # noqa: E402
 from pipeline.console import OneLineParser  # noqa: E402
 from pipeline.errors import ConfigError, RunError, report  # noqa: E402
+from pipeline.storage import is_url  # noqa: E402
 from pipeline.train.config import load_train_config  # noqa: E402
 
 PING_TIMEOUT_S = 20  # scontrol's own retries take a minute when no controller answers
@@ -108,7 +109,9 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     add_slurm_options(shard)
     shard.add_argument("dataset")
     shard.add_argument("--root", type=Path, required=True, help="raw dataset folder")
-    shard.add_argument("--out", type=Path, required=True, help="shard folder, as for `python -m shards`")
+    shard.add_argument(
+        "--out", required=True, help="shard folder or object-store URL, as for `python -m shards`"
+    )
     shard.add_argument("--array", type=int, required=True, help="number of parts, one array task each")
     return train, shard
 
@@ -347,7 +350,8 @@ def submit_sharding(args: argparse.Namespace, shard_options: list[str]) -> int:
         raise LaunchError("--part is set for each array task by --array; leave it out")
     if "--split" not in named:
         raise LaunchError("--split is required (passed to `python -m shards` with the other options)")
-    root, out = args.root.absolute(), args.out.absolute()
+    # A URL stays a URL: made absolute it would become a local folder named `s3:`.
+    root, out = args.root.absolute(), args.out if is_url(args.out) else Path(args.out).absolute()
     if not root.is_dir():
         raise LaunchError(f"--root '{args.root}' is not a folder")
     base = [args.dataset, "--root", str(root), "--out", str(out), *shard_options]

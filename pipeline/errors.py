@@ -3,8 +3,9 @@
 A `RunError` is a stop a user can act on, worded as one line that names the key, file or value. Every
 entry point ends one the same way (`report`): the line on stderr, the exit status of its kind from
 `OUTCOMES`. Anything else is a bug and keeps its traceback. A subclass (`BadDataError`, `RunBusyError`,
-the sharder's `OutputError`...) takes its kind's row: a new kind is a class here and a row in `OUTCOMES`
-(and in the README's table of errors, which tests/test_errors.py holds to this one).
+the sharder's `OutputError`, the object store's `pipeline.storage.StorageError`...) takes its kind's
+row: a new kind is a class here and a row in `OUTCOMES` (and in the README's table of errors, which
+tests/test_errors.py holds to this one).
 
 An error every rank raised together (`every_rank`: rank 0 decided it for all, or each rank computed the
 same) is printed once, by rank 0, and the ranks leave the process group together.
@@ -20,7 +21,7 @@ from pipeline.console import one_line
 
 
 class RunError(Exception):
-    """An expected stop, worded as one line. Every subclass is built from that line alone."""
+    """An expected stop, worded as one line. It pickles (rank 0 hands it to every rank)."""
 
     def __init__(self, line: str, *, every_rank: bool = False) -> None:
         super().__init__(line)

@@ -4,10 +4,12 @@
     python -m shards ssv2 ... --part 3/16        # one task of a job array; then: python -m shards merge OUT
     python -m shards verify OUT                  # re-read every shard against manifest.json
     python -m shards synth ssv2 --out RAW        # a tiny raw dataset in the publisher's layout
+    python -m shards ssv2 ... --out s3://bucket/ssv2/train   # OUT may be an object-store URL
 
 A bad option, an annotation file that cannot be read, or an output folder that cannot be written or
 holds another dataset's, split's or options' shards (unless --overwrite) is one line on stderr and exit
-status 2.
+status 2; so is a URL that cannot be served (an unknown protocol, s3fs not installed) or a store that
+refuses it (no such bucket, bad credentials, access denied), before any clip is read.
 """
 
 from __future__ import annotations
@@ -22,15 +24,17 @@ from typing import Any
 from pipeline.console import OneLineParser
 from pipeline.errors import RunError, report
 from shards import synth
-from shards.datasets import READERS, DatasetReader, Reader, read_split
+from shards.datasets import READERS, Reader, read_split
+from shards.folder import ShardFolder, open_folder
 from shards.image import JPEG_QUALITY
 from shards.merge import MergeError, merge_parts
+from shards.records import DatasetIndex
 from shards.verify import verify_shards
 from shards.video import EncodeOptions
 from shards.writer import OutputError, SampleContext, WriteOptions, write_dataset
 
 # Options that do not change what is written (or are recorded elsewhere): kept out of the manifest.
-UNRECORDED_OPTIONS = ("command", "handler", "out", "workers", "part", "overwrite")
+UNRECORDED_OPTIONS = ("command", "handler", "out", "work_dir", "workers", "part", "overwrite")
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -68,19 +72,40 @@ def part_spec(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def add_write_arguments(parser: argparse.ArgumentParser, reencode_by_default: bool = False) -> None:
-    """Flags shared by every dataset subcommand: inputs, output, encoding, shard sizes, parallelism.
-
-    `reencode_by_default`: the dataset's sources cannot be stored as-is, so --reencode is always on.
-    """
+def add_write_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every dataset subcommand: inputs, output, shard sizes, parallelism."""
     parser.add_argument("--root", type=Path, required=True, help="raw dataset root (publisher layout)")
     parser.add_argument("--split", required=True, help="split to shard, e.g. train / val / test")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the shards and manifest.json")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for the shards and manifest.json, or an object-store URL (s3://bucket/prefix, gs://...)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="with a URL --out: the local folder each shard is written in before its upload "
+        "(default: a temporary folder; room for one shard is enough)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="remove the shards, manifests and progress of another dataset, split or options found in --out",
     )
+    layout = parser.add_argument_group("shards")
+    layout.add_argument("--max-samples", type=positive_int, default=1000, help="samples per shard at most")
+    layout.add_argument("--max-bytes", type=byte_size, default=1 << 30, help="bytes per shard at most (1G)")
+    layout.add_argument("--shuffle-seed", type=int, default=0, help="seed of the sample order across shards")
+    layout.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
+    layout.add_argument("--part", type=part_spec, default=None, help="write only part i of n (i/n, from 0)")
+
+
+def add_encode_arguments(parser: argparse.ArgumentParser, reencode_by_default: bool = False) -> None:
+    """The re-encoding flags of clip datasets (videos and frame folders): --reencode and its x264 settings.
+
+    `reencode_by_default`: the dataset's sources cannot be stored as-is, so --reencode is always on.
+    """
     encode = parser.add_argument_group("re-encoding (H.264 yuv420p, constant frame rate, no audio)")
     if reencode_by_default:
         parser.set_defaults(reencode=True)
@@ -92,12 +117,17 @@ def add_write_arguments(parser: argparse.ArgumentParser, reencode_by_default: bo
     encode.add_argument("--gop", type=positive_int, default=16, help="frames per GOP (default 16)")
     encode.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (default 23)")
     encode.add_argument("--preset", default="medium", help="x264 preset (default medium)")
-    layout = parser.add_argument_group("shards")
-    layout.add_argument("--max-samples", type=positive_int, default=1000, help="samples per shard at most")
-    layout.add_argument("--max-bytes", type=byte_size, default=1 << 30, help="bytes per shard at most (1G)")
-    layout.add_argument("--shuffle-seed", type=int, default=0, help="seed of the sample order across shards")
-    layout.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
-    layout.add_argument("--part", type=part_spec, default=None, help="write only part i of n (i/n, from 0)")
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """The one encoding flag of image datasets: images are stored as they are unless shrunk or converted."""
+    images = parser.add_argument_group("images")
+    images.add_argument(
+        "--short-side",
+        type=positive_int,
+        default=None,
+        help=f"shrink images whose short side is above N px (stored as JPEG quality {JPEG_QUALITY})",
+    )
 
 
 def add_store_arguments(parser: argparse.ArgumentParser, modality: str) -> None:
@@ -120,11 +150,10 @@ def add_store_arguments(parser: argparse.ArgumentParser, modality: str) -> None:
     )
 
 
-def check_store_arguments(reader: DatasetReader | type[Reader], args: argparse.Namespace) -> None:
+def check_store_arguments(reader: type[Reader], args: argparse.Namespace) -> None:
     """A bad combination of storage flags is one error line (argparse cannot say it per flag). A dataset
     that re-encodes by default (UCF-101's AVIs) has --reencode on without asking: that is no conflict."""
-    reencode_asked = args.reencode and not getattr(reader, "reencode_by_default", False)
-    if getattr(args, "store", "video") == "frames" and reencode_asked:
+    if args.store == "frames" and args.reencode and not reader.reencode_by_default:
         raise OutputError(
             "--reencode re-encodes videos; with --store frames every frame is a JPEG "
             "(--frame-quality, --short-side set it)"
@@ -137,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, reader in sorted(READERS.items()):
         sub = commands.add_parser(name, help=f"shard {name}")
-        add_write_arguments(sub, getattr(reader, "reencode_by_default", False))
-        if reader.modality != "image":
+        add_write_arguments(sub)
+        if reader.modality == "image":
+            add_image_arguments(sub)
+        else:
+            add_encode_arguments(sub, reader.reencode_by_default)
             add_store_arguments(sub, reader.modality)
         reader.add_arguments(sub)
         sub.set_defaults(handler=partial(run_dataset, reader))
@@ -146,10 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_arguments(sub)
     sub.set_defaults(handler=synth.run)
     sub = commands.add_parser("verify", help="re-read every shard against manifest.json")
-    sub.add_argument("out", type=Path, help="folder with manifest.json and the shards")
+    sub.add_argument("out", help="folder (or object-store URL) with manifest.json and the shards")
     sub.set_defaults(handler=run_verify)
     sub = commands.add_parser("merge", help="combine the partial manifests of --part runs")
-    sub.add_argument("out", type=Path, help="folder with the parts' shards and manifests")
+    sub.add_argument("out", help="folder (or object-store URL) with the parts' shards and manifests")
     sub.set_defaults(handler=run_merge)
     return parser
 
@@ -163,24 +195,42 @@ def recorded_options(args: argparse.Namespace) -> dict[str, Any]:
     return recorded
 
 
-def run_dataset(reader: DatasetReader | type[Reader], args: argparse.Namespace) -> int:
-    """Read the raw split, write its shards and manifest, print the summary line."""
-    check_store_arguments(reader, args)
-    if isinstance(reader, type):
-        index = read_split(reader.from_args(args), args.root, args.split)
-    else:
-        index = reader.read(args.root, args.split, args)
+def sample_context(reader: type[Reader], index: DatasetIndex, args: argparse.Namespace) -> SampleContext:
+    """How the workers build the samples of `index`: the encoding and storage flags of its modality."""
+    if reader.modality == "image":
+        # Images have no --reencode: a JPEG that decodes as RGB or grey is stored byte for byte.
+        encode = EncodeOptions(short_side=args.short_side)
+        return SampleContext(index.dataset, index.split, index.root, False, encode, reader.modality)
     encode = EncodeOptions(short_side=args.short_side, gop=args.gop, crf=args.crf, preset=args.preset)
-    context = SampleContext(
+    return SampleContext(
         index.dataset,
         index.split,
         index.root,
         args.reencode,
         encode,
         reader.modality,
-        store=getattr(args, "store", "video"),
-        frame_quality=getattr(args, "frame_quality", JPEG_QUALITY),
+        store=args.store,
+        frame_quality=args.frame_quality,
     )
+
+
+def run_dataset(reader: type[Reader], args: argparse.Namespace) -> int:
+    """Read the raw split, write its shards and manifest, print the summary line."""
+    if reader.modality != "image":
+        check_store_arguments(reader, args)
+    out = open_folder(args.out, args.work_dir)
+    try:
+        if out.remote:  # a store that refuses the URL says so before the annotations are read
+            out.check_writable()
+        return write_split(reader, args, out)
+    finally:
+        out.close()
+
+
+def write_split(reader: type[Reader], args: argparse.Namespace, out: ShardFolder) -> int:
+    """run_dataset with its output folder open."""
+    index = read_split(reader.from_args(args), args.root, args.split)
+    context = sample_context(reader, index, args)
     options = WriteOptions(
         context=context,
         max_samples=args.max_samples,
@@ -190,7 +240,7 @@ def run_dataset(reader: DatasetReader | type[Reader], args: argparse.Namespace) 
         part=args.part,
         overwrite=args.overwrite,
     )
-    summary = write_dataset(index, args.out, options, recorded_options(args))
+    summary = write_dataset(index, out, options, recorded_options(args))
     print(
         f"{index.dataset}/{index.split}: written {summary.written} samples in {summary.num_shards} shards, "
         f"rejected {summary.rejected}, missing {summary.missing}, {summary.bytes} bytes, "
@@ -230,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except SystemExit as exit_:  # argparse: --help (0) or a bad option (2, already printed)
         return exit_.code if isinstance(exit_.code, int) else 2
-    except RunError as err:  # AnnotationError, OutputError
+    except RunError as err:  # AnnotationError, OutputError, StorageError
         return report(err)
 
 

@@ -1,8 +1,9 @@
 """The dataset registry of the sharder, and the helpers every raw-layout reader shares.
 
-Each reader module (kinetics, ssv2, diving48, finegym, imagenet) registers a `DatasetReader` when imported;
-the CLI looks one up in `READERS` by name, lets it add its flags, and calls `read(root, split, args)`
-to get a `DatasetIndex`. A reader never decodes video: it maps annotation rows to files.
+Each reader module (kinetics, ssv2, ssv1, diving48, finegym, ucf101, hmdb51, imagenet) registers a `Reader`
+subclass when imported; the CLI looks one up in `READERS` by name, adds its flags (one per field of its
+`Options` dataclass) and hands the reader built from them to `read_split`, which turns the rows of
+`Reader.list_split` into a `DatasetIndex`. A reader never decodes media: it maps annotation rows to files.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -21,23 +22,10 @@ from shards.records import AnnotationError, DatasetIndex, Record, Reject
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
-
-@dataclass(frozen=True)
-class DatasetReader:
-    """How the sharder reads one dataset: its flags, its reader, the suffix of its raw files, and whether
-    they are videos or images (which decides how the writer validates them)."""
-
-    name: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    read: Callable[[Path, str, argparse.Namespace], DatasetIndex]
-    store_ext: str
-    modality: str = "video"
+READERS: dict[str, type[Reader]] = {}  # name -> the Reader subclass of that dataset
 
 
-READERS: dict[str, Any] = {}  # name -> DatasetReader, or a Reader subclass (the reader core below)
-
-
-def register(reader: Any) -> Any:
+def register(reader: type[Reader]) -> type[Reader]:
     """Add `reader` to `READERS` (a name registered twice is a programming error)."""
     if reader.name in READERS:
         raise ValueError(f"dataset reader {reader.name!r} registered twice")
@@ -127,11 +115,6 @@ def index_videos(folder: Path, recursive: bool = False) -> dict[str, Path]:
     return found
 
 
-def path_option(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
-    """Add a path-valued override flag defaulting to None (None: use the publisher's default place)."""
-    parser.add_argument(flag, type=Path, default=None, help=help_text)
-
-
 # ---------------------------------------------------------------------------------------------
 # The reader core: a reader says where its files are and yields rows; `read_split` owns the row loop
 # (ids made key-safe, duplicates, missing files, rejects, records) for every dataset alike.
@@ -196,6 +179,9 @@ class Reader(ABC):
     # True for sources no training decoder reads frame-exactly (UCF-101's and HMDB-51's MPEG-4 Part 2
     # AVIs): the CLI then re-encodes by default, as `--reencode` does.
     reencode_by_default: ClassVar[bool] = False
+    # Other names of a split that `read_split` reads, and names its shards, as the split itself
+    # (ImageNet's `validation` is `val`); a split not named here keeps the name it was given.
+    split_aliases: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -248,8 +234,10 @@ class ClassFolders:
 
 
 def read_split(reader: Reader, root: Path, split: str) -> DatasetIndex:
-    """The index of one split: every row of `reader.list_split` becomes a record, a missing id or a reject
-    (a second row with an id already seen is a reject naming the first)."""
+    """The index of one split (named as `reader.split_aliases` names it): every row of `reader.list_split`
+    becomes a record, a missing id or a reject (a second row with an id already seen is a reject naming
+    the first)."""
+    split = reader.split_aliases.get(split, split)
     listing = reader.list_split(root, split)
     index = DatasetIndex(reader.name, split, [], dict(listing.label_map), root=root)
     first_seen: dict[str, str] = {}
@@ -283,4 +271,14 @@ def read_split(reader: Reader, root: Path, split: str) -> DatasetIndex:
 
 
 # Importing the reader modules registers them; they import the helpers above, so this comes last.
-from shards import diving48, finegym, hmdb51, imagenet, kinetics, ssv1, ssv2, ucf101  # noqa: E402, F401
+from shards import (  # noqa: E402, F401
+    diving48,
+    finegym,
+    hmdb51,
+    imagenet,
+    kinetics,
+    small_images,
+    ssv1,
+    ssv2,
+    ucf101,
+)

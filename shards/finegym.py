@@ -10,22 +10,26 @@ Videos are whole YouTube videos, so every record is a window of its `videos/{yti
 
 from __future__ import annotations
 
-import argparse
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shards.datasets import (
-    DatasetReader,
+    Listing,
+    Reader,
+    Row,
     index_videos,
     load_json,
-    path_option,
+    option,
+    path_option_field,
     read_text_lines,
     register,
     resolve_path,
     safe_id,
 )
-from shards.records import AnnotationError, DatasetIndex, Record, Reject
+from shards.records import AnnotationError, Reject
 
 SUBSETS = ("gym99", "gym288")
 SPLIT_LISTS = {"train": ("train_element_v1.1", "train_element"), "val": ("val_element",)}
@@ -34,23 +38,24 @@ ANNOTATION_FILES = ("finegym_annotation_info_v1.1.json", "finegym_annotation_inf
 CATEGORY_LINE = re.compile(r"^Clabel:\s*(\d+);\s*set:\s*(\d+);\s*Glabel:\s*(\d+);\s*(.+?)\s*$")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """FineGym flags: the subset, and where the annotation, split list, categories and videos are."""
-    parser.add_argument(
-        "--subset", choices=SUBSETS, default="gym99", help="element-level subset (default gym99)"
+@dataclass(frozen=True)
+class FineGymOptions:
+    """The subset, and where the annotation, split list, categories and videos are (None: the publisher's
+    places)."""
+
+    subset: str = option("element-level subset (default gym99)", default="gym99", choices=SUBSETS)
+    annotations: Path | None = path_option_field(
+        "temporal annotation JSON (default RAW/annotations/finegym_annotation_info_v1.1.json)"
     )
-    path_option(
-        parser,
-        "--annotations",
-        "temporal annotation JSON (default RAW/annotations/finegym_annotation_info_v1.1.json)",
+    split_list: Path | None = path_option_field(
+        "element list of the split (default RAW/annotations/{subset}_{split}_element*.txt)"
     )
-    path_option(
-        parser,
-        "--split-list",
-        "element list of the split (default RAW/annotations/{subset}_{split}_element*.txt)",
+    categories: Path | None = path_option_field(
+        "category file (default RAW/annotations/{subset}_categories.txt)"
     )
-    path_option(parser, "--categories", "category file (default RAW/annotations/{subset}_categories.txt)")
-    path_option(parser, "--videos", "folder of whole videos {ytid}.{mp4,mkv,webm} (default RAW/videos)")
+    videos: Path | None = path_option_field(
+        "folder of whole videos {ytid}.{mp4,mkv,webm} (default RAW/videos)"
+    )
 
 
 def read_categories(path: Path) -> dict[int, str]:
@@ -133,59 +138,68 @@ def locate(annotation: dict[str, Any], element_id: str) -> tuple[str, dict[str, 
     return ytid, extras, start_s, end_s
 
 
-def read(root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
-    """Read one FineGym element split (train or val) of `args.subset` into records in list order."""
-    canonical = SPLIT_ALIASES.get(split, split)
-    if canonical not in SPLIT_LISTS:
-        raise AnnotationError(f"finegym: unknown split {split!r} (expected train or val)")
-    subset = args.subset
-    folder = root / "annotations"
-    annotation_path = resolve_path(
-        args.annotations, [folder / name for name in ANNOTATION_FILES], "finegym temporal annotation"
-    )
-    list_path = resolve_path(
-        args.split_list,
-        [folder / f"{subset}_{name}.txt" for name in SPLIT_LISTS[canonical]],
-        f"finegym {subset} {split} list",
-    )
-    categories_path = resolve_path(
-        args.categories, [folder / f"{subset}_categories.txt"], f"finegym {subset} categories"
-    )
-    label_map = read_categories(categories_path)
-    annotation = load_json(annotation_path, dict, "FineGym temporal annotation")
-    lines = read_text_lines(list_path, f"FineGym {subset} {split} list")
-    videos = index_videos(args.videos if args.videos is not None else root / "videos")
+class FineGym(Reader):
+    """`python -m shards finegym`: the element lists of one subset, cut from whole videos."""
 
-    index = DatasetIndex(dataset="finegym", split=split, records=[], label_map=label_map, root=root)
+    name = "finegym"
+    Options = FineGymOptions
+
+    def list_split(self, root: Path, split: str) -> Listing:
+        canonical = SPLIT_ALIASES.get(split, split)
+        if canonical not in SPLIT_LISTS:
+            raise AnnotationError(f"finegym: unknown split {split!r} (expected train or val)")
+        options = self.options
+        subset = options.subset
+        folder = root / "annotations"
+        annotation_path = resolve_path(
+            options.annotations, [folder / name for name in ANNOTATION_FILES], "finegym temporal annotation"
+        )
+        list_path = resolve_path(
+            options.split_list,
+            [folder / f"{subset}_{name}.txt" for name in SPLIT_LISTS[canonical]],
+            f"finegym {subset} {split} list",
+        )
+        categories_path = resolve_path(
+            options.categories, [folder / f"{subset}_categories.txt"], f"finegym {subset} categories"
+        )
+        label_map = read_categories(categories_path)
+        annotation = load_json(annotation_path, dict, "FineGym temporal annotation")
+        lines = read_text_lines(list_path, f"FineGym {subset} {split} list")
+        videos = index_videos(options.videos if options.videos is not None else root / "videos")
+        rows = element_rows(lines, list_path, categories_path.name, label_map, annotation, videos, subset)
+        return Listing(label_map, rows)
+
+
+def element_rows(
+    lines: list[str],
+    list_path: Path,
+    categories_name: str,
+    label_map: dict[int, str],
+    annotation: dict[str, Any],
+    videos: dict[str, Path],
+    subset: str,
+) -> Iterator[Row | Reject]:
+    """One row per line of the element list, in list order: the element's window of its whole video."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        source = f"{list_path}:{number}"
+        origin = f"{list_path}:{number}"
         fields = line.split()
         if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-            index.rejects.append(
-                Reject(fields[0], source, f"expected '<element id> <label>', got {line.strip()!r}")
-            )
+            yield Reject(fields[0], origin, f"expected '<element id> <label>', got {line.strip()!r}")
             continue
         element_id, label = fields[0], int(fields[1])
         record_id = safe_id(element_id)
         if label not in label_map:
-            index.rejects.append(Reject(record_id, source, f"label {label} is not in {categories_path.name}"))
+            yield Reject(record_id, origin, f"label {label} is not in {categories_name}")
             continue
         try:
             ytid, extras, start_s, end_s = locate(annotation, element_id)
         except ValueError as err:
-            index.rejects.append(Reject(record_id, source, str(err)))
-            continue
-        if not index.claim(record_id, source, "duplicate element id"):
-            continue
-        video = videos.get(ytid)
-        if video is None:
-            index.missing.append(record_id)
+            yield Reject(record_id, origin, str(err))
             continue
         extras["subset"] = subset
-        index.records.append(Record(record_id, label, label_map[label], video, start_s, end_s, extras))
-    return index
+        yield Row(element_id, origin, label, label_map[label], videos.get(ytid), start_s, end_s, extras)
 
 
-register(DatasetReader(name="finegym", add_arguments=add_arguments, read=read, store_ext="mp4"))
+register(FineGym)

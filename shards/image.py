@@ -1,10 +1,14 @@
-"""Image validation and JPEG re-encoding for image datasets (ImageNet), with Pillow.
+"""Image validation, JPEG re-encoding and lossless PNGs for image datasets (ImageNet, CIFAR), with Pillow.
 
 A JPEG is stored as-is when it decodes completely to RGB or greyscale: every decoder the loader may
 use (Pillow, nvJPEG) reads those alike. Anything else that decodes (ImageNet's CMYK JPEGs, its PNG
 named .JPEG) is converted to an RGB JPEG, and the sample's json says from what. With a short side
 limit, every image larger than it is resized (aspect kept) and re-encoded. A file that does not
 decode to its last byte (truncated, empty, not an image) is an ImageError with a one-line reason.
+
+Datasets published as raw pixel arrays (CIFAR's pickles, SVHN's .mat) are stored as lossless PNGs
+(`encode_png`, member `png`): decoded, they give the published array exactly. `prepare_image` keeps such a
+PNG as it is when asked to (`keep_png`), as it keeps a JPEG.
 """
 
 from __future__ import annotations
@@ -13,11 +17,17 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.console import one_line
 
-IMAGE_EXT = "jpg"  # the member suffix of an image sample
+IMAGE_EXT = "jpg"  # the member suffix of a JPEG image sample
+PNG_EXT = "png"  # the member suffix of a lossless one (raw pixels: CIFAR, SVHN)
+IMAGE_EXTS = (IMAGE_EXT, PNG_EXT)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# zlib level of the PNGs made from raw pixels: fixed, so the same pixels give the same bytes.
+PNG_COMPRESS_LEVEL = 6
 # Re-encoded copies: quality 90 with 4:2:0 chroma, the usual setting of resized ImageNet copies.
 JPEG_QUALITY = 90
 # Modes every JPEG decoder gives the same RGB pixels for; other JPEG modes are converted at sharding.
@@ -72,17 +82,36 @@ def encode_jpeg(image: Image.Image, size: tuple[int, int], quality: int = JPEG_Q
     return out.getvalue()
 
 
+def encode_png(pixels: np.ndarray) -> bytes:
+    """A uint8 (H, W, 3) RGB or (H, W) greyscale array as a PNG (no metadata: equal pixels, equal bytes)."""
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return out.getvalue()
+
+
+def member_ext(stored: bytes) -> str:
+    """The member suffix of stored image bytes: `png` for a PNG, else `jpg` (every other image is stored
+    as a JPEG)."""
+    return PNG_EXT if stored.startswith(PNG_SIGNATURE) else IMAGE_EXT
+
+
 def prepare_image(
-    data: bytes, short_side: int | None, reencode: bool, quality: int = JPEG_QUALITY
+    data: bytes,
+    short_side: int | None,
+    reencode: bool,
+    quality: int = JPEG_QUALITY,
+    keep_png: bool = False,
 ) -> tuple[bytes, ImageInfo, str | None]:
     """The bytes to store for one image file, its info, and what it was converted from (None: not); an
-    image converted or resized is re-encoded at JPEG `quality`.
+    image converted or resized is re-encoded at JPEG `quality`. `keep_png`: an RGB or greyscale PNG is
+    stored as it is too (the lossless copy of raw pixels); otherwise a PNG is converted like any non-JPEG.
 
     Raises ImageError when the file does not decode.
     """
     image = open_image(data)
     size = output_size(*image.size, short_side)
-    as_is = image.format == "JPEG" and image.mode in STORED_AS_IS_MODES
+    kept_formats = ("JPEG", "PNG") if keep_png else ("JPEG",)
+    as_is = image.format in kept_formats and image.mode in STORED_AS_IS_MODES
     converted = None if as_is else f"{image.format} {image.mode}"
     if as_is and not reencode and size == image.size:
         return data, ImageInfo(image.width, image.height, image.mode), None

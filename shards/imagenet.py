@@ -13,15 +13,26 @@ is missing.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.console import one_line
-from shards.datasets import DatasetReader, path_option, read_text_lines, register, resolve_path, safe_id
-from shards.records import AnnotationError, DatasetIndex, Record, Reject
+from shards.datasets import (
+    Listing,
+    Reader,
+    Row,
+    option,
+    path_option_field,
+    read_text_lines,
+    register,
+    resolve_path,
+    safe_id,
+)
+from shards.records import AnnotationError, Reject
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg")
 WNID = re.compile(r"n\d{8}")
@@ -31,26 +42,27 @@ SPLITS = ("train", "val")
 SPLIT_ALIASES = {"validation": "val"}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """ImageNet flags: where the images, the synset list and the validation labels are."""
-    path_option(
-        parser,
-        "--images",
-        "image folder of the split (default RAW/{split} or RAW/ILSVRC/Data/CLS-LOC/{split})",
+@dataclass(frozen=True)
+class ImageNetOptions:
+    """Where the images, the synset list and the validation labels are (None: the publishers' places)."""
+
+    images: Path | None = path_option_field(
+        "image folder of the split (default RAW/{split} or RAW/ILSVRC/Data/CLS-LOC/{split})"
     )
-    path_option(
-        parser, "--synsets", "LOC_synset_mapping.txt or the devkit's meta.mat (default: whichever is in RAW)"
+    synsets: Path | None = path_option_field(
+        "LOC_synset_mapping.txt or the devkit's meta.mat (default: whichever is in RAW)"
     )
-    parser.add_argument(
-        "--val-labels",
-        choices=("auto", "devkit", "kaggle"),
+    val_labels: str = option(
+        "validation labels: devkit ground truth + meta.mat, or LOC_val_solution.csv (auto: devkit)",
         default="auto",
-        help="validation labels: devkit ground truth + meta.mat, or LOC_val_solution.csv (auto: devkit)",
+        choices=("auto", "devkit", "kaggle"),
     )
-    path_option(
-        parser, "--ground-truth", "devkit ILSVRC2012_validation_ground_truth.txt (default in RAW/devkit)"
+    ground_truth: Path | None = path_option_field(
+        "devkit ILSVRC2012_validation_ground_truth.txt (default in RAW/devkit)"
     )
-    path_option(parser, "--solution", "Kaggle LOC_val_solution.csv (default RAW/LOC_val_solution.csv)")
+    solution: Path | None = path_option_field(
+        "Kaggle LOC_val_solution.csv (default RAW/LOC_val_solution.csv)"
+    )
 
 
 def read_synset_mapping(path: Path) -> dict[str, str]:
@@ -115,24 +127,24 @@ def list_images(folder: Path) -> dict[str, Path]:
 
 
 def val_labels(
-    root: Path, args: argparse.Namespace, ilsvrc_ids: dict[int, str]
+    root: Path, options: ImageNetOptions, ilsvrc_ids: dict[int, str]
 ) -> dict[str, tuple[str, str]]:
     """Validation image stem -> (wnid, where the label comes from), from the devkit or the Kaggle CSV."""
     devkit = [root / DEVKIT / "ILSVRC2012_validation_ground_truth.txt"]
     kaggle = [root / "LOC_val_solution.csv"]
-    choice = args.val_labels
+    choice = options.val_labels
     if choice == "auto":
-        devkit_found = args.ground_truth is not None or devkit[0].is_file()
-        choice = "devkit" if devkit_found and args.solution is None else "kaggle"
+        devkit_found = options.ground_truth is not None or devkit[0].is_file()
+        choice = "devkit" if devkit_found and options.solution is None else "kaggle"
     if choice == "devkit":
-        path = resolve_path(args.ground_truth, devkit, "imagenet devkit validation ground truth")
+        path = resolve_path(options.ground_truth, devkit, "imagenet devkit validation ground truth")
         if not ilsvrc_ids:
             meta = resolve_path(
                 None, [path.parent / "meta.mat", root / DEVKIT / "meta.mat"], "devkit meta.mat"
             )
             ilsvrc_ids = read_meta_mat(meta)[1]
         return read_ground_truth(path, ilsvrc_ids)
-    return read_solution(resolve_path(args.solution, kaggle, "imagenet LOC_val_solution.csv"))
+    return read_solution(resolve_path(options.solution, kaggle, "imagenet LOC_val_solution.csv"))
 
 
 def read_ground_truth(path: Path, ilsvrc_ids: dict[int, str]) -> dict[str, tuple[str, str]]:
@@ -162,45 +174,61 @@ def read_solution(path: Path) -> dict[str, tuple[str, str]]:
     return labels
 
 
-def read(root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
-    """Read the train split (class folders) or the validation split (flat images + labels)."""
-    split = SPLIT_ALIASES.get(split, split)
-    if split not in SPLITS:
-        raise AnnotationError(f"imagenet: unknown split {split!r} (expected train or val)")
-    words, ilsvrc_ids = read_synsets(root, args.synsets)
-    wnids = sorted(words)
-    classes = {wnid: index for index, wnid in enumerate(wnids)}
-    index = DatasetIndex(
-        dataset="imagenet", split=split, records=[], label_map=dict(enumerate(wnids)), root=root
-    )
-    folder = image_folder(root, split, args.images)
-    if not folder.is_dir():
-        raise AnnotationError(f"imagenet: no {split} image folder at {folder}")
+class ImageNet(Reader):
+    """`python -m shards imagenet`: the train split (class folders) or the validation split (flat images
+    + labels)."""
 
-    def add(record_id: str, wnid: str, path: Path, source: str) -> None:
-        if wnid not in classes:
-            index.rejects.append(Reject(record_id, source, f"class {wnid!r} is not in the synset list"))
-        elif index.claim(record_id, source, "duplicate image id"):
-            extras = {"wnid": wnid, "words": words[wnid]}
-            index.records.append(Record(record_id, classes[wnid], wnid, path, extras=extras))
+    name = "imagenet"
+    modality = "image"
+    Options = ImageNetOptions
+    split_aliases = SPLIT_ALIASES
 
-    if split == "train":
-        with os.scandir(folder) as listing:
-            class_folders = sorted(entry.name for entry in listing if entry.is_dir())
-        for wnid in class_folders:
-            for stem, path in list_images(folder / wnid).items():
-                add(safe_id(stem), wnid, path, f"train/{wnid}/{path.name}")
-        return index
-    images = list_images(folder)
-    for stem, (wnid, source) in sorted(val_labels(root, args, ilsvrc_ids).items()):
+    def list_split(self, root: Path, split: str) -> Listing:
+        if split not in SPLITS:
+            raise AnnotationError(f"imagenet: unknown split {split!r} (expected train or val)")
+        words, ilsvrc_ids = read_synsets(root, self.options.synsets)
+        wnids = sorted(words)
+        classes = {wnid: index for index, wnid in enumerate(wnids)}
+        folder = image_folder(root, split, self.options.images)
+        if not folder.is_dir():
+            raise AnnotationError(f"imagenet: no {split} image folder at {folder}")
+        if split == "train":
+            rows = train_rows(folder, classes, words)
+        else:
+            rows = val_rows(list_images(folder), val_labels(root, self.options, ilsvrc_ids), classes, words)
+        return Listing(dict(enumerate(wnids)), rows)
+
+
+def image_row(
+    stem: str, wnid: str, path: Path, origin: str, classes: dict[str, int], words: dict[str, str]
+) -> Row | Reject:
+    """The row of one labelled image, or a reject when its class is not in the synset list."""
+    if wnid not in classes:
+        return Reject(safe_id(stem), origin, f"class {wnid!r} is not in the synset list")
+    return Row(stem, origin, classes[wnid], wnid, path, extras={"wnid": wnid, "words": words[wnid]})
+
+
+def train_rows(folder: Path, classes: dict[str, int], words: dict[str, str]) -> Iterator[Row | Reject]:
+    """The images of `train/<wnid>/`, class folder by class folder in name order."""
+    with os.scandir(folder) as listing:
+        class_folders = sorted(entry.name for entry in listing if entry.is_dir())
+    for wnid in class_folders:
+        for stem, path in list_images(folder / wnid).items():
+            yield image_row(stem, wnid, path, f"train/{wnid}/{path.name}", classes, words)
+
+
+def val_rows(
+    images: dict[str, Path],
+    labels: dict[str, tuple[str, str]],
+    classes: dict[str, int],
+    words: dict[str, str],
+) -> Iterator[Row | Reject]:
+    """The labelled validation images in id order; a label without its image is a missing row."""
+    for stem, (wnid, origin) in sorted(labels.items()):
         if stem not in images:
-            if index.claim(safe_id(stem), source, "duplicate image id"):
-                index.missing.append(safe_id(stem))
-            continue
-        add(safe_id(stem), wnid, images[stem], source)
-    return index
+            yield Row(stem, origin)
+        else:
+            yield image_row(stem, wnid, images[stem], origin, classes, words)
 
 
-register(
-    DatasetReader(name="imagenet", add_arguments=add_arguments, read=read, store_ext="jpg", modality="image")
-)
+register(ImageNet)

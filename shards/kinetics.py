@@ -10,21 +10,15 @@ The class index is the sorted set of train labels, so the train CSV is read for 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.console import one_line
-from shards.datasets import (
-    DatasetReader,
-    index_videos,
-    path_option,
-    register,
-    resolve_path,
-    safe_id,
-)
-from shards.records import AnnotationError, DatasetIndex, Record, Reject
+from shards.datasets import Listing, Reader, Row, index_videos, path_option_field, register, resolve_path
+from shards.records import AnnotationError, Reject
 
 SPLIT_FILES = {"train": ("train",), "val": ("val", "validate"), "test": ("test",)}
 SPLIT_ALIASES = {"validate": "val", "validation": "val"}
@@ -32,15 +26,15 @@ REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
 CLIP_STEM = re.compile(r"^(?P<ytid>.+)_(?P<start>\d{6})_(?P<end>\d{6})$")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Kinetics flags: where the split CSV, the train CSV (class map) and the videos are."""
-    path_option(parser, "--annotations", "split CSV (default RAW/annotations/{split}.csv)")
-    path_option(
-        parser,
-        "--train-annotations",
-        "train CSV defining the class index (default RAW/annotations/train.csv)",
+@dataclass(frozen=True)
+class KineticsOptions:
+    """Where the split CSV, the train CSV (class map) and the videos are (None: the publisher's places)."""
+
+    annotations: Path | None = path_option_field("split CSV (default RAW/annotations/{split}.csv)")
+    train_annotations: Path | None = path_option_field(
+        "train CSV defining the class index (default RAW/annotations/train.csv)"
     )
-    path_option(parser, "--videos", "video folder of the split (default RAW/videos/{split})")
+    videos: Path | None = path_option_field("video folder of the split (default RAW/videos/{split})")
 
 
 def read_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -94,81 +88,113 @@ def split_videos(folder: Path) -> tuple[dict[tuple[str, int, int], Path], dict[s
     return clips, wholes
 
 
-def read_split(name: str, root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
-    """Read one Kinetics split into records, rejects and missing ids, in CSV order."""
-    canonical = SPLIT_ALIASES.get(split, split)
-    if canonical not in SPLIT_FILES:
-        raise AnnotationError(f"{name}: unknown split {split!r} (expected train, val, validate or test)")
-    names = SPLIT_FILES[canonical]
-    csv_path = resolve_path(
-        args.annotations, [root / "annotations" / f"{n}.csv" for n in names], f"{name} {split} CSV"
-    )
-    train_path = resolve_path(
-        args.train_annotations, [root / "annotations" / "train.csv"], f"{name} train CSV (class index)"
-    )
-    classes = train_classes(train_path)
-    class_index = {label: i for i, label in enumerate(classes)}
-    header, rows = read_table(csv_path)
-    if args.videos is not None:
-        video_dir = args.videos
-    else:
-        video_dir = next(
-            (root / "videos" / n for n in names if (root / "videos" / n).is_dir()), root / "videos" / names[0]
-        )
-    clips, wholes = split_videos(video_dir)
+class Kinetics(Reader):
+    """A Kinetics release: one CSV per split, videos flat or in label folders, either naming scheme."""
 
-    index = DatasetIndex(dataset=name, split=split, records=[], label_map=dict(enumerate(classes)), root=root)
+    Options = KineticsOptions
+
+    def list_split(self, root: Path, split: str) -> Listing:
+        canonical = SPLIT_ALIASES.get(split, split)
+        if canonical not in SPLIT_FILES:
+            raise AnnotationError(
+                f"{self.name}: unknown split {split!r} (expected train, val, validate or test)"
+            )
+        names = SPLIT_FILES[canonical]
+        options = self.options
+        csv_path = resolve_path(
+            options.annotations,
+            [root / "annotations" / f"{n}.csv" for n in names],
+            f"{self.name} {split} CSV",
+        )
+        train_path = resolve_path(
+            options.train_annotations,
+            [root / "annotations" / "train.csv"],
+            f"{self.name} train CSV (class index)",
+        )
+        classes = train_classes(train_path)
+        header, rows = read_table(csv_path)
+        if options.videos is not None:
+            video_dir = options.videos
+        else:
+            video_dir = next(
+                (root / "videos" / n for n in names if (root / "videos" / n).is_dir()),
+                root / "videos" / names[0],
+            )
+        clips, wholes = split_videos(video_dir)
+        return Listing(
+            dict(enumerate(classes)), csv_rows(csv_path, header, rows, classes, clips, wholes, split)
+        )
+
+
+def csv_rows(
+    csv_path: Path,
+    header: list[str],
+    rows: list[tuple[int, list[str]]],
+    classes: list[str],
+    clips: dict[tuple[str, int, int], Path],
+    wholes: dict[str, Path],
+    split: str,
+) -> Iterator[Row | Reject]:
+    """One row per CSV line, in CSV order: its clip file, else the window of its whole video, else missing.
+    An empty label is a reject unless the split is unlabelled (test)."""
+    labelled = SPLIT_ALIASES.get(split, split) != "test"
+    class_index = {label: i for i, label in enumerate(classes)}
     column = {key: i for i, key in enumerate(header)}
     for line, row in rows:
-        source = f"{csv_path}:{line}"
+        origin = f"{csv_path}:{line}"
         ytid = row[column["youtube_id"]].strip() if column["youtube_id"] < len(row) else ""
         row_id = ytid or f"line-{line}"
         if len(row) != len(header):
-            index.rejects.append(
-                Reject(row_id, source, f"malformed row: {len(row)} fields, header has {len(header)}")
-            )
+            yield Reject(row_id, origin, f"malformed row: {len(row)} fields, header has {len(header)}")
             continue
         try:
             start, end = float(row[column["time_start"]]), float(row[column["time_end"]])
         except ValueError:
             times = f"{row[column['time_start']]!r}, {row[column['time_end']]!r}"
-            index.rejects.append(Reject(row_id, source, f"time_start/time_end not numbers: {times}"))
+            yield Reject(row_id, origin, f"time_start/time_end not numbers: {times}")
             continue
         if not ytid or start < 0 or end <= start:
-            index.rejects.append(Reject(row_id, source, f"bad youtube_id or window {start}-{end}"))
+            yield Reject(row_id, origin, f"bad youtube_id or window {start}-{end}")
             continue
         label_name = row[column["label"]].strip() if "label" in column else ""
         if label_name and label_name not in class_index:
-            index.rejects.append(Reject(row_id, source, f"label {label_name!r} is not a train class"))
+            yield Reject(row_id, origin, f"label {label_name!r} is not a train class")
             continue
-        if not label_name and canonical != "test":
-            index.rejects.append(Reject(row_id, source, f"empty label in the {split} split"))
+        if not label_name and labelled:
+            yield Reject(row_id, origin, f"empty label in the {split} split")
             continue
-        record_id = safe_id(f"{ytid}_{int(start):06d}_{int(end):06d}")
-        if not index.claim(record_id, source, "duplicate row (same youtube_id and times)"):
-            continue
+        clip_id = f"{ytid}_{int(start):06d}_{int(end):06d}"
         label = class_index[label_name] if label_name else -1
         extras = {"youtube_id": ytid, "time_start": start, "time_end": end}
         clip = clips.get((ytid, int(start), int(end)))
         whole = wholes.get(ytid)
         if clip is not None:
-            index.records.append(Record(record_id, label, label_name, clip, extras=extras))
+            yield Row(clip_id, origin, label, label_name, clip, extras=extras)
         elif whole is not None:
             # A `{ytid}.mp4` may be the whole video or already the clip: the writer decides from
             # its duration whether to cut this window.
-            index.records.append(Record(record_id, label, label_name, whole, start, end, extras))
+            yield Row(clip_id, origin, label, label_name, whole, start, end, extras)
         else:
-            index.missing.append(record_id)
-    return index
+            yield Row(clip_id, origin, label, label_name)
 
 
-def _reader(name: str) -> DatasetReader:
-    def read(root: Path, split: str, args: argparse.Namespace) -> DatasetIndex:
-        return read_split(name, root, split, args)
+class Kinetics400(Kinetics):
+    """`python -m shards kinetics400`."""
 
-    read.__doc__ = f"Read a {name} split from its publisher layout."
-    return DatasetReader(name=name, add_arguments=add_arguments, read=read, store_ext="mp4")
+    name = "kinetics400"
 
 
-for _name in ("kinetics400", "kinetics600", "kinetics700"):
-    register(_reader(_name))
+class Kinetics600(Kinetics):
+    """`python -m shards kinetics600`."""
+
+    name = "kinetics600"
+
+
+class Kinetics700(Kinetics):
+    """`python -m shards kinetics700`."""
+
+    name = "kinetics700"
+
+
+for _reader in (Kinetics400, Kinetics600, Kinetics700):
+    register(_reader)

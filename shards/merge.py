@@ -3,7 +3,8 @@
 Each part (one task of a Slurm job array) writes its own shard range `<dataset>-<split>-pIII-NNNNNN.tar`
 and `manifest-pIII-of-NNN.json`. Merging checks that all n parts are there and were made by the
 same tool with the same options and label map, then lists their shards in part order: the merged
-manifest holds the same samples as a single run over all records.
+manifest holds the same samples as a single run over all records. OUT may be an object-store URL: the
+parts are read from the store and manifest.json is uploaded there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from pipeline.data.manifest import MANIFEST_NAME, PART_MANIFEST, Manifest, ManifestError
+from shards.folder import ShardFolder, open_folder
 
 # Fields every part must have in common for the merge to mean one dataset split.
 SHARED_FIELDS = ("dataset", "split", "modality", "tool_version", "options", "label_map")
@@ -21,21 +23,24 @@ class MergeError(RuntimeError):
     """Parts that cannot be merged; the message is one line naming the file or the field."""
 
 
-def load_parts(out: Path) -> list[Manifest]:
-    """Read every partial manifest under `out`, checking that parts 0..n-1 are all present, in order."""
+def load_parts(folder: ShardFolder) -> list[Manifest]:
+    """Read every partial manifest in `folder`, checking that parts 0..n-1 are all present, in order."""
     found: dict[int, Manifest] = {}
     counts: set[int] = set()
-    for path in sorted(out.glob("manifest-p*.json")):
-        match = PART_MANIFEST.fullmatch(path.name)
+    out = folder.location
+    for name in folder.names():
+        match = PART_MANIFEST.fullmatch(name)
         if match is None:
             continue
         try:
-            manifest = Manifest.load(path)
+            manifest = folder.load_manifest(name)
         except ManifestError as err:
             raise MergeError(str(err)) from None
         index, count = int(match.group(1)), int(match.group(2))
         if manifest.part != (index, count):
-            raise MergeError(f"{path}: its 'part' field {manifest.part} does not match its name")
+            raise MergeError(
+                f"{folder.path_of(name)}: its 'part' field {manifest.part} does not match its name"
+            )
         found[index] = manifest
         counts.add(count)
     if not found:
@@ -71,8 +76,14 @@ def merge_manifests(parts: list[Manifest]) -> Manifest:
     )
 
 
-def merge_parts(out: Path) -> Manifest:
-    """Merge the partial manifests under `out` into `out/manifest.json` (atomically) and return it."""
-    merged = merge_manifests(load_parts(out))
-    merged.save(out / MANIFEST_NAME)
+def merge_parts(out: str | Path) -> Manifest:
+    """Merge the partial manifests in `out` (a folder or a URL) into its manifest.json (atomically: a
+    rename, or one upload) and return it. A store that cannot be reached is a StorageError line."""
+    folder = open_folder(out)
+    try:
+        folder.check_readable()
+        merged = merge_manifests(load_parts(folder))
+        folder.save_manifest(merged, MANIFEST_NAME)
+    finally:
+        folder.close()
     return merged

@@ -1,9 +1,9 @@
 """What a dataset reader hands the writer: one `Record` per annotation row, plus the label map.
 
-Readers (one module per dataset) turn a publisher's raw layout into a `DatasetIndex`; the writer
-never looks at annotation files. A row whose video file does not exist is listed in `missing`
-(it is not a Record). A row that cannot be parsed (malformed line, unknown label) is a reject
-with its reason: it is reported, never silently dropped.
+`shards.datasets.read_split` turns the rows a reader (one module per dataset) finds in a publisher's
+raw layout into a `DatasetIndex`; the writer never looks at annotation files. A row whose video file
+does not exist is listed in `missing` (it is not a Record). A row that cannot be parsed (malformed
+line, unknown label) is a reject with its reason: it is reported, never silently dropped.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Reject:
 
 @dataclass
 class DatasetIndex:
-    """Everything a reader found for one dataset split."""
+    """Everything `read_split` found for one dataset split."""
 
     dataset: str
     split: str
@@ -70,12 +70,3 @@ class DatasetIndex:
     missing: list[str] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     root: Path = Path(".")
-    _claimed: set[str] = field(default_factory=set, repr=False, compare=False)
-
-    def claim(self, record_id: str, source: str, duplicate_reason: str) -> bool:
-        """Reserve `record_id` for one row; a later row with the same id becomes a reject (False)."""
-        if record_id in self._claimed:
-            self.rejects.append(Reject(record_id, source, duplicate_reason))
-            return False
-        self._claimed.add(record_id)
-        return True

@@ -1,6 +1,7 @@
 """Tiny raw datasets in each publisher's layout, with real encoded videos whose motion is the label.
 
-(ImageNet's tree, with JPEGs whose shape is the label, is written by `shards.synth_imagenet`.)
+(ImageNet's tree, with JPEGs whose shape is the label, is written by `shards.synth_imagenet`; the small image
+sets' (CIFAR pickles, SVHN .mat files, Tiny-ImageNet JPEGs) by `shards.synth_small_images`.)
 
 `python -m shards synth <dataset> --out RAW --num-videos N --classes K` writes annotations and videos
 exactly as the publisher ships them (see the dataset readers), so the sharder, the loader and the
@@ -26,6 +27,7 @@ from PIL import Image
 from pipeline.io import atomic_open, atomic_write_json, atomic_write_text
 from shards.image import encode_jpeg
 from shards.synth_imagenet import write_imagenet
+from shards.synth_small_images import write_cifar10, write_cifar100, write_svhn, write_tinyimagenet
 
 # Container format per file suffix, and the encoder behind each codec name.
 CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
@@ -152,9 +154,14 @@ PUBLISHER_SPLITS = {
     "diving48": ("train", "test"),
     "finegym": ("train", "val"),
     "imagenet": ("train", "val"),
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "svhn": ("train", "test"),
+    "tinyimagenet": ("train", "val", "test"),
     "ucf101": ("train", "test"),
     "hmdb51": ("train", "test"),
 }
+IMAGE_DATASETS = ("imagenet", "cifar10", "cifar100", "svhn", "tinyimagenet")
 DEFAULT_FPS = {"ssv1": 12.0, "ssv2": 12.0, "finegym": 10.0, "ucf101": 25.0, "hmdb51": 30.0}  # others: 15 fps
 # 4:3 (UCF-101 is 320x240, HMDB-51 240 px high, mostly 4:3); others: 16:9
 ASPECT = {"kinetics400": 4 / 3, "kinetics600": 4 / 3, "kinetics700": 4 / 3, "ucf101": 4 / 3, "hmdb51": 4 / 3}
@@ -581,6 +588,10 @@ WRITERS = {
     "diving48": _diving48,
     "finegym": _finegym,
     "imagenet": write_imagenet,
+    "cifar10": write_cifar10,
+    "cifar100": write_cifar100,
+    "svhn": write_svhn,
+    "tinyimagenet": write_tinyimagenet,
     "ucf101": _ucf101,
     "hmdb51": _hmdb51,
 }
@@ -631,7 +642,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `python -m shards synth`."""
     parser.add_argument("dataset", choices=sorted(WRITERS), help="publisher layout to imitate")
     parser.add_argument("--out", type=Path, required=True, help="raw root to create (new or empty)")
-    parser.add_argument("--num-videos", type=int, default=8, help="clips per split (default 8)")
+    parser.add_argument("--num-videos", type=int, default=8, help="clips (or images) per split (default 8)")
     parser.add_argument("--classes", type=int, default=4, help="number of classes = motion directions")
     parser.add_argument("--seed", type=int, default=0, help="same seed and options give the same bytes")
     parser.add_argument("--frames", type=int, default=24, help="frames per clip (default 24)")
@@ -666,6 +677,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"shards synth: error: {err}", file=sys.stderr)
         return 2
-    kind = "images" if args.dataset == "imagenet" else "videos"
+    kind = "images" if args.dataset in IMAGE_DATASETS else "videos"
     print(f"wrote {written} {kind} of a synthetic {args.dataset} tree to {args.out}")
     return 0

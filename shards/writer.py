@@ -14,6 +14,11 @@ file, shards not named after this dataset and split) are refused with one line, 
 --overwrite. The manifests this run rewrites are removed before the first shard is written and the new
 one appears last, atomically, so a killed run leaves a folder without manifest.json (clearly
 unfinished, resumable), never an old manifest beside new shards.
+
+An object-store output (`--out s3://bucket/prefix`, `shards.folder.StoreFolder`) is the same run with
+each file staged locally and uploaded once complete: the progress file after every shard, the manifest
+last. The progress file in the store is what a rerun resumes from (on any machine): its shards that the
+store still holds with the size and checksum they were uploaded with are not redone.
 """
 
 from __future__ import annotations
@@ -25,10 +30,9 @@ import multiprocessing
 import random
 import re
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from functools import partial
@@ -46,11 +50,12 @@ from pipeline.data.manifest import (
     ShardEntry,
     manifest_name,
 )
-from pipeline.errors import StorageError
 from pipeline.io import atomic_open, atomic_write_json, free_bytes, storage_problem
+from pipeline.storage import StorageError
 from shards import __version__
+from shards.folder import OutputError, ShardFolder
 from shards.frames import FramesError, encode_frames, read_frame_folder
-from shards.image import IMAGE_EXT, JPEG_QUALITY, ImageError, prepare_image
+from shards.image import JPEG_QUALITY, ImageError, member_ext, prepare_image
 from shards.records import DatasetIndex, Record, Reject
 from shards.verify import SHARD_FILE
 from shards.video import (
@@ -87,10 +92,6 @@ class SampleContext:
     # shards.frames), the JPEGs of decoded video at frame_quality.
     store: str = "video"
     frame_quality: int = JPEG_QUALITY
-
-
-class OutputError(StorageError):
-    """An output folder that cannot be written or holds another job's files; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class RunSummary:
     num_shards: int
     bytes: int
     seconds: float
-    manifest: Path
+    manifest: str
 
 
 @dataclass
@@ -249,20 +250,25 @@ def build_sample_from_frames(context: SampleContext, record: Record) -> VideoSam
 def build_image_sample(context: SampleContext, record: Record) -> VideoSample | Reject:
     """Validate one image file, convert or shrink it if needed (`shards.image`), and build its sample.
 
-    The sample has the video samples' shape (a `jpg` member, num_frames 1), so shards, manifests,
-    resume, merge and verify are the same code for both.
+    The sample has the video samples' shape (a `jpg` or `png` member, num_frames 1), so shards, manifests,
+    resume, merge and verify are the same code for both. A record's `content` (raw pixels a reader
+    encoded: CIFAR, SVHN) is already in its stored format: a PNG stays a PNG, lossless, unless
+    --short-side or --reencode asks for a JPEG.
     """
     source = _relative_source(record.source, context.root)
     try:
         data = record.content if record.content is not None else record.source.read_bytes()
-        image, info, converted = prepare_image(data, context.encode.short_side, context.reencode)
+        image, info, converted = prepare_image(
+            data, context.encode.short_side, context.reencode, keep_png=record.content is not None
+        )
     except ImageError as err:
         return Reject(record.id, source, str(err))
     except OSError as err:
         return Reject(record.id, source, f"cannot read the image: {err.strerror or err}")
     extra = {} if converted is None else {"converted_from": converted}
     key = f"{context.dataset}/{context.split}/{record.id}"
-    return finish_sample(context, record, source, key, ((IMAGE_EXT, image),), {**asdict(info), **extra})
+    media = ((member_ext(image), image),)
+    return finish_sample(context, record, source, key, media, {**asdict(info), **extra})
 
 
 def finish_sample(
@@ -325,9 +331,9 @@ def shard_prefix(dataset: str, split: str, part: tuple[int, int] | None) -> str:
 
 
 def write_dataset(
-    index: DatasetIndex, out: Path, options: WriteOptions, recorded: dict[str, Any]
+    index: DatasetIndex, out: ShardFolder, options: WriteOptions, recorded: dict[str, Any]
 ) -> RunSummary:
-    """Write `index` as shards under `out` and its (partial) manifest; resume a killed run of the same job.
+    """Write `index` as shards in `out` and its (partial) manifest; resume a killed run of the same job.
 
     `recorded` holds the command-line options that go into the manifest as they were given.
     """
@@ -339,12 +345,12 @@ def write_dataset(
     ordered = [ordered[i] for i in part_range(len(ordered), options.part)]
     first_part = options.part is None or options.part[0] == 0
     prefix = shard_prefix(index.dataset, index.split, options.part)
-    progress_path = out / f"{prefix}progress.json"
-    progress = _resume(progress_path, _fingerprint(ordered, recorded), job, out)
+    progress_name = f"{prefix}progress.json"
+    progress = _resume(out, progress_name, _fingerprint(ordered, recorded), job)
     _remove_leftovers(out, prefix, manifest_name(options.part), keep=len(progress.shards))
     # Manifests that this run makes stale go before the first shard is written (see the module doc).
-    for stale in {MANIFEST_NAME, manifest_name(options.part)}:
-        (out / stale).unlink(missing_ok=True)
+    for stale in sorted({MANIFEST_NAME, manifest_name(options.part)}):
+        out.delete(stale)
 
     context = options.context
     pending = ordered[progress.consumed :]
@@ -361,22 +367,26 @@ def write_dataset(
         try:
             for result in results:
                 if isinstance(result, VideoSample) and shard is not None and not shard.fits(result, options):
-                    _finish_shard(shard, progress, progress_path)
+                    _finish_shard(shard, progress, out, progress_name)
                     shard = None
                 if isinstance(result, Reject):
                     progress.rejects.append(asdict(result))
                 else:
                     if shard is None:
-                        shard = _ShardFile(out / f"{prefix}{len(progress.shards):06d}.tar")
+                        shard = _ShardFile(out.staging / f"{prefix}{len(progress.shards):06d}.tar")
                     shard.add(result)
                 progress.consumed += 1
                 bar.update()
                 if shard is not None and shard.num_samples >= options.max_samples:
-                    _finish_shard(shard, progress, progress_path)
+                    _finish_shard(shard, progress, out, progress_name)
                     shard = None
             if shard is not None:
-                _finish_shard(shard, progress, progress_path)
+                _finish_shard(shard, progress, out, progress_name)
                 shard = None
+        except StorageError as err:  # an upload the store refused or the network lost
+            raise OutputError(
+                f"{err}; run the same command: it continues after the last uploaded shard"
+            ) from None
         except OSError as err:
             if (problem := storage_problem(err)) is None:
                 raise
@@ -402,20 +412,27 @@ def write_dataset(
         tool_version=__version__,
         options=recorded,
         label_map=dict(index.label_map),
-        shards=[ShardEntry.from_json(e, progress_path, i) for i, e in enumerate(progress.shards)],
+        shards=[
+            ShardEntry.from_json(e, out.path_of(progress_name), i) for i, e in enumerate(progress.shards)
+        ],
         total=sum(s["num_samples"] for s in progress.shards),
         rejects=rejects,
         missing=sorted(index.missing) if first_part else [],
         part=options.part,
     )
-    manifest_path = out / manifest_name(options.part)
+    manifest_path = out.path_of(manifest_name(options.part))
     try:
-        manifest.save(manifest_path)
+        out.save_manifest(manifest, manifest_name(options.part))
+        out.delete(progress_name)
+    except StorageError as err:
+        raise OutputError(f"{err}; run the same command: it writes the manifest") from None
     except OSError as err:
         if (problem := storage_problem(err)) is None:
             raise
-        raise OutputError(f"cannot write {manifest_path}: {problem} ({free_bytes(out)} bytes free)") from None
-    progress_path.unlink(missing_ok=True)
+        staged = out.staging / manifest_name(options.part)
+        raise OutputError(
+            f"cannot write {staged}: {problem} ({free_bytes(out.staging)} bytes free)"
+        ) from None
     return RunSummary(
         written=manifest.total,
         rejected=len(rejects),
@@ -427,76 +444,98 @@ def write_dataset(
     )
 
 
-def unwritable_line(out: Path, problem: str, pending: int, remaining: int, bytes_per_sample: float) -> str:
-    """The one line of a run whose output refused a write: the bytes it still needs (the unfinished
-    shard's, plus the samples left at the bytes per sample written so far) and those free."""
+def unwritable_line(
+    out: ShardFolder, problem: str, pending: int, remaining: int, bytes_per_sample: float
+) -> str:
+    """The one line of a run whose output (or staging folder) refused a write: the bytes it still needs
+    (the unfinished shard's, plus the samples left at the bytes per sample written so far) and those free."""
     needed = pending + int(bytes_per_sample * remaining)
+    where = f"to {out.location}" if not out.remote else f"for {out.location} in {out.staging}"
     return (
-        f"cannot write shards to {out}: {problem} (about {needed} more bytes needed, "
-        f"{free_bytes(out)} free); "
+        f"cannot write shards {where}: {problem} (about {needed} more bytes needed, "
+        f"{free_bytes(out.staging)} free); "
         "make room and run the same command: it continues after the last complete shard"
     )
 
 
-def prepare_output(out: Path, job: dict[str, Any], overwrite: bool) -> None:
-    """Create `out`, check that it is writable, and refuse (or, with `overwrite`, remove) other jobs' files.
+def prepare_output(out: ShardFolder, job: dict[str, Any], overwrite: bool) -> None:
+    """Check that `out` can be written (creating a local folder), and refuse (or, with `overwrite`,
+    remove) other jobs' files.
 
-    Raises OutputError with one line. Files of the same dataset, split and options stay: they are
-    this job's own (a resume, a rerun, or the other parts of a job array writing beside it).
+    Raises OutputError or StorageError with one line. Files of the same dataset, split and options
+    stay: they are this job's own (a resume, a rerun, or the other parts of a job array writing beside it).
     """
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise OutputError(f"cannot write to the output folder {out}: {err.strerror or err}") from None
+    out.check_writable()
     foreign = foreign_files(out, job)
     if foreign and not overwrite:
         others = f" and {len(foreign) - 1} more files" if len(foreign) > 1 else ""
         raise OutputError(
-            f"{out} holds files of another dataset, split or options ({foreign[0].name}{others}); "
+            f"{out.location} holds files of another dataset, split or options "
+            f"({foreign[0]}{others}{changed_options(out, foreign[0], job)}); "
             "pass --overwrite to replace them, or choose another --out"
         )
-    for path in foreign:
-        path.unlink(missing_ok=True)
+    for name in foreign:
+        out.delete(name)
 
 
-def foreign_files(out: Path, job: dict[str, Any]) -> list[Path]:
-    """The manifests, progress files and shards under `out` that another job (dataset, split, options) wrote.
+def changed_options(out: ShardFolder, name: str, job: dict[str, Any]) -> str:
+    """`; manifest.json was written with other options: crf 23 -> unset, ...` when file `name` of `out` is a
+    manifest or progress file of this job's dataset and split written with other options (a flag changed,
+    or one this version no longer has: ImageNet's video flags); '' for any other file."""
+    saved = _read_json(out, name)
+    saved_job = saved.get("job") if name.endswith("progress.json") else saved
+    if not isinstance(saved_job, dict) or not isinstance(saved_job.get("options"), dict):
+        return ""
+    if (saved_job.get("dataset"), saved_job.get("split")) != (job["dataset"], job["split"]):
+        return ""
+    before, now = saved_job["options"], job["options"]
+
+    def shown(options: dict[str, Any], key: str) -> str:
+        return json.dumps(options[key]) if key in options else "unset"
+
+    changes = [
+        f"{key} {shown(before, key)} -> {shown(now, key)}"
+        for key in sorted(before.keys() | now.keys())
+        if key not in before or key not in now or before[key] != now[key]
+    ]
+    return f"; {name} was written with other options: {', '.join(changes)}" if changes else ""
+
+
+def foreign_files(out: ShardFolder, job: dict[str, Any]) -> list[str]:
+    """The manifests, progress files and shards in `out` that another job (dataset, split, options) wrote.
 
     A manifest or progress file belongs to this job when its dataset, split and options are this
     job's (an unreadable or invalid one does not); the shards a foreign manifest lists are foreign, and so is
     any shard not named `<dataset>-<split>-...` of this job.
     """
-    foreign: list[Path] = []
+    foreign: list[str] = []
     listed_by_foreign: set[str] = set()
-    for path in sorted(out.iterdir()):
-        if path.name == MANIFEST_NAME or PART_MANIFEST.fullmatch(path.name):
+    names = out.names()
+    for name in names:
+        if name == MANIFEST_NAME or PART_MANIFEST.fullmatch(name):
             try:
-                manifest = Manifest.load(path)
+                manifest = out.load_manifest(name)
             except ManifestError:
-                foreign.append(path)
+                foreign.append(name)
                 continue
             if {"dataset": manifest.dataset, "split": manifest.split, "options": manifest.options} != job:
-                foreign.append(path)
+                foreign.append(name)
                 listed_by_foreign |= {entry.name for entry in manifest.shards}
-        elif path.name.endswith("progress.json") and _read_json(path).get("job") != job:
-            foreign.append(path)
+        elif name.endswith("progress.json") and _read_json(out, name).get("job") != job:
+            foreign.append(name)
     own_prefix = shard_prefix(job["dataset"], job["split"], None)
-    for path in sorted(out.iterdir()):
-        if SHARD_FILE.fullmatch(path.name) and (
-            path.name in listed_by_foreign or not path.name.startswith(own_prefix)
-        ):
-            foreign.append(path)
+    for name in names:
+        if SHARD_FILE.fullmatch(name) and (name in listed_by_foreign or not name.startswith(own_prefix)):
+            foreign.append(name)
     return foreign
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; {} when it cannot be read (which makes it nobody's)."""
+def _read_json(out: ShardFolder, name: str) -> dict[str, Any]:
+    """A JSON object from file `name` of `out`; {} when it cannot be read (which makes it nobody's)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(out.read_text(name) or "")
+    except StorageError:  # the store failing is not the file being nobody's
+        raise
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -567,8 +606,11 @@ class _ShardFile:
         return entry.to_json()
 
     def discard(self) -> None:
-        """Drop the unfinished shard: atomic_open removes the temp file when it sees an exception."""
-        self._stack.__exit__(RuntimeError, RuntimeError("shard discarded"), None)
+        """Drop the unfinished shard: atomic_open removes the temp file when it sees an exception. Closing
+        flushes what the file still buffers; on a full disk that fails too, and does not matter: those
+        bytes are being thrown away."""
+        with suppress(OSError):
+            self._stack.__exit__(RuntimeError, RuntimeError("shard discarded"), None)
 
 
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
@@ -590,10 +632,12 @@ def _finished_size(offset: int) -> int:
     return -(-(offset + TAR_END) // TAR_RECORD) * TAR_RECORD
 
 
-def _finish_shard(shard: _ShardFile, progress: _Progress, progress_path: Path) -> None:
-    # The shard is renamed into place first; only then does the saved progress count it.
-    progress.shards.append(shard.close())
-    atomic_write_json(progress_path, asdict(progress))
+def _finish_shard(shard: _ShardFile, progress: _Progress, out: ShardFolder, progress_name: str) -> None:
+    # The shard is renamed into place (and uploaded) first; only then does the saved progress count it.
+    entry = shard.close()
+    progress.shards.append({**entry, **out.publish(entry["name"])})
+    atomic_write_json(out.staging / progress_name, asdict(progress))
+    out.publish(progress_name)
 
 
 def _fingerprint(ordered: list[Record], recorded: dict[str, Any]) -> str:
@@ -610,31 +654,35 @@ def _fingerprint(ordered: list[Record], recorded: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _resume(progress_path: Path, fingerprint: str, job: dict[str, Any], out: Path) -> _Progress:
-    """The saved progress of the same job if its shards are still intact in size, else a fresh start."""
+def _resume(out: ShardFolder, progress_name: str, fingerprint: str, job: dict[str, Any]) -> _Progress:
+    """The saved progress of the same job if `out` still holds its shards as written, else a fresh start."""
     try:
-        saved = json.loads(progress_path.read_text(encoding="utf-8"))
-        progress = _Progress(**saved)
+        progress = _Progress(**json.loads(out.read_text(progress_name) or ""))
+    except StorageError:
+        raise
     except (OSError, ValueError, TypeError):
         return _Progress(fingerprint, job)
-    if progress.fingerprint != fingerprint:
+    if progress.fingerprint != fingerprint or not all(out.holds(entry) for entry in progress.shards):
         return _Progress(fingerprint, job)
-    for entry in progress.shards:
-        path = out / entry["name"]
-        if not path.is_file() or path.stat().st_size != entry["bytes"]:
-            return _Progress(fingerprint, job)
     return progress
 
 
-def _remove_leftovers(out: Path, prefix: str, manifest: str, keep: int) -> None:
+def _remove_leftovers(out: ShardFolder, prefix: str, manifest: str, keep: int) -> None:
     """Delete this job's temp files (a killed run's) and its shards numbered `keep` and up (older runs').
 
     Only this job's names are touched: other parts of a job array may be writing in the same folder.
+    A store's staging folder keeps nothing of this job: what a killed run staged is written again.
     """
     shard_name = re.compile(re.escape(prefix) + r"(\d{6})\.tar")
-    for path in out.iterdir():
-        match = shard_name.fullmatch(path.name)
+    for name in out.names():
+        match = shard_name.fullmatch(name)
         stale_shard = match is not None and int(match.group(1)) >= keep
-        temp_file = path.name.startswith((f".{prefix}", f".{manifest}.")) and path.name.endswith(".tmp")
+        temp_file = name.startswith((f".{prefix}", f".{manifest}.")) and name.endswith(".tmp")
         if stale_shard or temp_file:
-            path.unlink()
+            out.delete(name)
+    if out.remote and out.staging.is_dir():
+        for path in out.staging.iterdir():
+            staged = shard_name.fullmatch(path.name) or path.name in (f"{prefix}progress.json", manifest)
+            temp_file = path.name.startswith((f".{prefix}", f".{manifest}.")) and path.name.endswith(".tmp")
+            if staged or temp_file:
+                path.unlink()

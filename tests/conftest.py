@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from shards.__main__ import main as shards_main
+from tests.disks import Tmpfs
+from tests.object_store import Bucket, ObjectStore
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -63,3 +65,35 @@ def make_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]
         return out
 
     return make
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """A real S3-compatible server (SeaweedFS on 127.0.0.1, free ports) for the whole session."""
+    store = ObjectStore(tmp_path_factory.mktemp("object-store"))
+    store.start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def s3_bucket(object_store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh bucket on `object_store`; this process's AWS variables point at it (as a user sets them)."""
+    for name, value in object_store.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return object_store.bucket()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Tmpfs]]:
+    """`tmpfs(size)` mounts a tmpfs of `size` (e.g. "64k") under tmp_path; unmounted after the test."""
+    mounted: list[Tmpfs] = []
+
+    def mount(size: str) -> Tmpfs:
+        mounted.append(Tmpfs(tmp_path / f"tmpfs{len(mounted)}", size))
+        return mounted[-1]
+
+    yield mount
+    for disk in mounted:
+        disk.unmount()

@@ -129,3 +129,18 @@ def test_small_data_quick_trains_both_vits_on_an_image_shard_set(tmp_path: Path)
         assert seed == 0 and 0 < params < 10 and math.isfinite(loss) and 0 <= minutes < 60, out
         assert 0 <= top1 <= 100 and abs(mean - top1) < 0.06, out
         assert std == 0 and low == high == mean, out  # one seed
+
+
+@pytest.mark.slow
+def test_remote_quick_prints_its_ratios() -> None:
+    out = run_bench("remote.py", "--quick")
+    passes = ("local", "streamed", "first", "second")
+    for title, unit in (("read only", "MB/s"), ("training loader", "clips/s")):
+        section = out[out.index(title) :]
+        rates = figures(rf"^  (\w+) +{NUMBER} {re.escape(unit)}\b", section)[:4]
+        assert [name for name, _ in rates] == list(passes), out
+        assert_positive([value for _, value in rates], out)
+        (ratios,) = figures(
+            rf"^  ratio to local disk: streamed {NUMBER}, first {NUMBER}, second {NUMBER}$", section
+        )[:1]
+        assert_positive(ratios, out)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+from pipeline import storage
 from pipeline.config import ConfigError, read_yaml
 from pipeline.data.loader import BadDataError
 from pipeline.errors import (
@@ -23,8 +24,8 @@ from pipeline.errors import (
 )
 from pipeline.train.agreement import on_rank0
 from pipeline.train.run_lock import RunBusyError
+from shards.folder import OutputError
 from shards.records import AnnotationError
-from shards.writer import OutputError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLE_HEADER = "| error | exit status | Slurm requeues | for example |"
@@ -60,6 +61,7 @@ def test_a_divergence_is_not_a_configuration_error() -> None:
         (BadDataError("too many bad samples"), DataError),
         (AnnotationError("labels.csv:3: no label"), DataError),
         (OutputError("--out x is a file"), StorageError),
+        (storage.StorageError("s3://bucket/train", "no such bucket", "missing bucket"), StorageError),
         (RunBusyError("held by pid 1"), ConfigError),
     ],
 )
@@ -108,4 +110,12 @@ def test_rank_0s_error_reaches_every_rank_as_its_kind_marked_every_rank(process_
     with pytest.raises(StorageError, match=r"^cannot save checkpoint step_00000004: disk full$") as caught:
         on_rank0(refuse)
     assert caught.value.every_rank and not StorageError("x").every_rank
+
+    def unreachable() -> None:  # an error with its own arguments crosses as itself
+        raise storage.StorageError("s3://bucket/train", "the store did not answer", "timeout")
+
+    with pytest.raises(storage.StorageError) as caught:
+        on_rank0(unreachable)
+    crossed = caught.value
+    assert (crossed.url, crossed.cause, crossed.every_rank) == ("s3://bucket/train", "timeout", True)
     assert on_rank0(lambda: 7) == 7

@@ -139,6 +139,29 @@ def tiny_image_training(words: list[str], clone: Path) -> list[str]:
     return [*words, *overrides, "data.batch_size=2", "data.workers=0"]
 
 
+SMALL_IMAGE_RECIPE = re.compile(r"configs/(cifar10|cifar100|svhn|tinyimagenet)_vit_tiny")
+
+
+def tiny_small_image_training(words: list[str], clone: Path) -> list[str]:
+    """A CIFAR / SVHN / Tiny-ImageNet recipe on tiny synthetic shards of its dataset, two steps of one image
+    (the recipe's 3 repeated views)."""
+    match = SMALL_IMAGE_RECIPE.search(" ".join(words))
+    assert match is not None
+    dataset = match[1]
+    raw, shards = clone / "tiny-small" / dataset / "raw", clone / "tiny-small" / dataset
+    splits = ("train", "val" if dataset == "tinyimagenet" else "test")
+    if not raw.exists():
+        synth = ["synth", dataset, "--out", str(raw), "--num-videos", "6", "--classes", "3"]
+        assert shards_main(synth) == 0
+        for split in splits:
+            assert (
+                shards_main([dataset, "--root", str(raw), "--split", split, "--out", str(shards / split)])
+                == 0
+            )
+    overrides = [f"data.train=[{shards / splits[0]}]", f"data.val=[{shards / splits[1]}]", "max_steps=2"]
+    return [*words, *overrides, "data.batch_size=3", "data.workers=0"]
+
+
 def dry_run(words: list[str], clone: Path) -> list[str]:
     """--dry-run added: the sbatch script is printed, nothing is submitted."""
     return [*words, "--dry-run"]
@@ -173,7 +196,7 @@ SAFE_FORMS = (
     SafeForm(r"(^| )RAW( |$)", "RAW is a downloaded dataset", raw_dataset),
     SafeForm(r"^python launch/local\.py .*--nproc ", "a process per GPU; here 2 CPU cores", one_process),
     SafeForm(
-        r"^python launch/(local|slurm)\.py .*--config (?!configs/(demo_)?imagenet)",
+        r"^python launch/(local|slurm)\.py .*--config (?!configs/((demo_)?imagenet|cifar|svhn|tinyimagenet))",
         "the recipes need real shards, pretrained weights and GPU-days",
         tiny_training,
     ),
@@ -181,6 +204,11 @@ SAFE_FORMS = (
         r"^python launch/(local|slurm)\.py .*--config configs/(demo_)?imagenet",
         "the ImageNet recipes need ImageNet and GPU-days",
         tiny_image_training,
+    ),
+    SafeForm(
+        r"^python launch/local\.py .*--config configs/(cifar|svhn|tinyimagenet)",
+        "the small-image recipes need the published sets and a GPU (100 epochs)",
+        tiny_small_image_training,
     ),
     SafeForm(r"^python launch/slurm\.py ", "no Slurm here (tests/slurm submits to a real one)", dry_run),
     SafeForm(

@@ -1,6 +1,7 @@
 """The data loader: webdataset shards -> sampled, decoded, augmented batches.
 
-config (DataConfig, AugConfig), manifest (shard manifests), digest (per-sample sha256 that the
+config (DataConfig, AugConfig), manifest (shard manifests), shard_io (shard bytes from a file or an
+object-store URL: retries, the local cache), digest (per-sample sha256 that the
 sharder writes and the loader checks), plan (how epochs are cut between ranks and workers),
 sampling (frame indices), decoders (CPU decoders), transforms and randaugment (augmentation),
 stream (the loader's stages), loader (build_train_loader / build_eval_loader, LoaderState), dali

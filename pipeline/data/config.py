@@ -112,6 +112,9 @@ class DataConfig:
       checked); "repeat" trains on them, repeating their last frame (a warning says how many clips).
     test_clips: temporal views per evaluation video; test_crops: spatial views (1 = centre, 3 = along
       the long side).
+    cache_dir: a local folder where shards read from an object-store URL are kept for the next epoch
+      ("" = stream them every epoch); shared by the ranks and workers of a node. cache_gb: its bound in
+      GB (10^9 bytes): past it the least recently used shards are removed.
     """
 
     train: list[str] = field(default_factory=list)
@@ -132,6 +135,8 @@ class DataConfig:
     short_clips: Literal["error", "repeat"] = "error"
     test_clips: int = 1
     test_crops: int = 1
+    cache_dir: str = ""
+    cache_gb: float = 100.0
     aug: AugConfig = field(default_factory=AugConfig)
 
     def __post_init__(self) -> None:
@@ -141,6 +146,8 @@ class DataConfig:
         for name in ("workers", "short_side", "eval_batch_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if self.cache_gb <= 0:
+            raise ValueError(f"data.cache_gb must be positive, got {self.cache_gb}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.modality == "image" and (self.num_frames, self.test_clips) != (1, 1):

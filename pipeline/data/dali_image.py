@@ -2,7 +2,8 @@
 
 The DALI back end's image half (see `pipeline.data.dali`): fn.decoders.image (device "mixed" = nvJPEG
 on a GPU, "cpu" = libjpeg-turbo without one) -> fn.resize of each view's box to S x S -> flip -> uint8.
-A view's box is drawn on the host before decoding, from the JPEG's size in the sample's json:
+PNG members (the lossless copies of CIFAR's and SVHN's pixels) go through the same operator, which reads
+PNG too. A view's box is drawn on the host before decoding, from the image's size in the sample's json:
 
 - training: DeiT's random resized crop and flip, from the generator the CPU path uses for the sample
   (`plan_views`), then RandAugment and the erased box in torch from the same generator, so with one
@@ -30,11 +31,12 @@ from pipeline.data.dali import (
     plan_views,
 )
 from pipeline.data.sampling import eval_crop_boxes, eval_resized_shape
-from pipeline.data.stream import IMAGE_EXT, Item, each_sample, read_label
+from pipeline.data.stream import Item, each_sample, image_member, read_label
 
 
 def build_image_pipeline(crop_size: int, max_views: int, device: int | None) -> Any:
-    """The DALI graph: JPEG bytes -> decode (nvJPEG on a GPU) -> box to S x S -> flip -> uint8 (1,3,S,S)."""
+    """The DALI graph: JPEG or PNG bytes -> decode (nvJPEG on a GPU; a PNG by DALI's host decoder) -> box
+    to S x S -> flip -> uint8 (1,3,S,S)."""
     from nvidia.dali import fn, types
     from nvidia.dali.pipeline import Pipeline
 
@@ -52,7 +54,7 @@ def build_image_pipeline(crop_size: int, max_views: int, device: int | None) -> 
 
 
 class PlanImageViews:
-    """Raw image samples -> `encoded` JPEG bytes, `label` and `boxes`: each view's (box, flip).
+    """Raw image samples -> `encoded` JPEG or PNG bytes, `label` and `boxes`: each view's (box, flip).
 
     Training (`seed_parts` given): `plan_views`, the generator kept in `rng` for the torch-side steps;
     evaluation (`seed_parts` None): the test crops.
@@ -71,12 +73,15 @@ class PlanImageViews:
         meta = json.loads(item["json"])
         label = read_label(item, meta)
         height, width = int(meta["height"]), int(meta["width"])
+        image = image_member(item)
+        if image is None:
+            raise KeyError("no image member (jpg or png) in sample")
         planned = {
             "__key__": item["__key__"],
             "__url__": item.get("__url__", ""),
             "__pos__": item["__pos__"],
             "label": label,
-            "encoded": np.frombuffer(item[IMAGE_EXT], dtype=np.uint8),
+            "encoded": np.frombuffer(image, dtype=np.uint8),
         }
         if self.seed_parts is None:
             return {**planned, "boxes": [(box, False) for box in self.eval_boxes(height, width)]}

@@ -227,7 +227,8 @@ def resolve_decoder_name(name: str) -> str:
 
 
 def decode_image(data: bytes) -> torch.Tensor:
-    """A JPEG (or any image Pillow reads) -> uint8 (1, H, W, 3) RGB: an image is a one-frame clip.
+    """A JPEG or PNG (any image Pillow reads) -> uint8 (1, H, W, 3) RGB: an image is a one-frame clip
+    (a PNG's pixels exactly as stored).
 
     Pillow's libjpeg-turbo decodes on the CPU; greyscale becomes RGB here (CMYK was converted at
     sharding). A corrupt file raises OSError, which fails the sample like a broken video.

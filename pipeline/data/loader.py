@@ -51,6 +51,7 @@ from pipeline.data.plan import (
     shard_order,
     slice_stream,
 )
+from pipeline.data.shard_io import ShardReader
 from pipeline.data.stream import (
     AppendPadding,
     BadEntry,
@@ -163,6 +164,7 @@ class TrainStream(IterableDataset):
         self.cfg, self.shard_set, self.plan, self.backend = cfg, shard_set, plan, backend
         self.rank, self.seed, self.start = rank, seed, start
         self.flip = all(should_flip(cfg.aug, name) for name in shard_set.datasets)
+        self.reader = shard_reader(cfg, shard_set)
 
     @property
     def epoch(self) -> int:
@@ -199,7 +201,7 @@ class TrainStream(IterableDataset):
         done = batches_of_worker(self.start_batch, plan.workers, worker)
         return [
             self.source(worker),
-            ReadShardSlices(),
+            ReadShardSlices(self.reader),
             wds.shuffle(
                 self.cfg.shuffle_buffer,
                 initial=self.cfg.shuffle_buffer,
@@ -222,7 +224,7 @@ class TrainStream(IterableDataset):
         return [
             *self.read_stages(worker),
             *pixels,
-            ReplaceBad(self.shard_set.shards, seed_parts, [CheckDigest(), *pixels]),
+            ReplaceBad(self.shard_set.shards, seed_parts, [CheckDigest(), *pixels], self.reader),
             BatchTrain(
                 plan.clips_per_batch,
                 row_shape(cfg),
@@ -231,6 +233,11 @@ class TrainStream(IterableDataset):
                 batch_step=plan.workers,
             ),
         ]
+
+
+def shard_reader(cfg: DataConfig, shard_set: ShardSet) -> ShardReader:
+    """What opens the shards of `shard_set`: local files, or URLs through data.cache_dir when it is set."""
+    return ShardReader.for_shards(shard_set.shards, cfg.cache_dir, cfg.cache_gb)
 
 
 def row_shape(cfg: DataConfig) -> tuple[int, ...]:
@@ -456,7 +463,7 @@ class EvalStream(IterableDataset):
         begin, end, padding = self.plan.worker_span(self.rank, worker)
         return [
             SliceSource(slice_stream(self.shard_set.shards, begin, end)),
-            ReadShardSlices(),
+            ReadShardSlices(shard_reader(cfg, self.shard_set)),
             NumberAndSkip(0),
             CheckDigest(),
             AppendPadding(padding),

@@ -6,7 +6,8 @@ turns one or more into a ShardSet. No torch here: the sharder imports this modul
 
 A split may be spread over several shard folders (each with its own manifest.json); they are
 concatenated in the order given and must agree on the label map. Any problem is one ManifestError
-line naming the file and the key.
+line naming the file and the key. A folder may be an object-store URL (`s3://bucket/prefix`): its manifest
+is fetched and its shards listed through `pipeline.storage`, and the ShardSet holds the shards' URLs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pipeline import storage
 from pipeline.console import one_line
+from pipeline.data.shard_io import ShardReader, read_manifest_bytes
 from pipeline.io import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
@@ -49,7 +52,7 @@ class ShardEntry:
     frame_counts: dict[int, int] | None = None
 
     @classmethod
-    def from_json(cls, entry: Any, path: Path, index: int) -> ShardEntry:
+    def from_json(cls, entry: Any, path: Path | str, index: int) -> ShardEntry:
         """Entry `index` of the manifest (or progress file) at `path`, checked."""
         if not isinstance(entry, dict):
             raise ManifestError(f"{path}: key 'shards[{index}]' is not an object")
@@ -105,11 +108,21 @@ class Manifest:
     part: tuple[int, int] | None = None
 
     @classmethod
-    def load(cls, path: Path) -> Manifest:
-        """Read and check `path`; any problem is one ManifestError line naming the file and the key."""
+    def load(cls, path: Path | str) -> Manifest:
+        """Read and check `path` (a file or a URL); any problem is one ManifestError line naming the file
+        (or URL, credentials left out) and the key."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            if storage.is_url(str(path)):
+                data = json.loads(read_manifest_bytes(str(path)).decode("utf-8"))
+            else:
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except storage.StorageError as err:
+            if err.cause == "no such key":
+                folder, name = str(path).rsplit("/", 1)
+                raise ManifestError(f"shard folder {storage.describe(folder)} has no {name}") from None
+            raise ManifestError(str(err)) from None
         except FileNotFoundError:
+            path = Path(path)
             raise ManifestError(f"shard folder {path.parent} has no {path.name}") from None
         except (OSError, ValueError) as err:
             raise ManifestError(f"{path} cannot be read as JSON: {one_line(err)}") from None
@@ -118,7 +131,7 @@ class Manifest:
         return cls.from_json(data, path)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], path: Path) -> Manifest:
+    def from_json(cls, data: dict[str, Any], path: Path | str) -> Manifest:
         """The manifest stored as `data` (read from `path`, which error messages name)."""
         fields = _Fields(data, path)
         label_map = {}
@@ -174,7 +187,7 @@ _MISSING = object()
 class _Fields:
     """Typed access to a JSON object's keys: a missing key or a wrong type is a ManifestError naming it."""
 
-    def __init__(self, data: dict[str, Any], path: Path, prefix: str = "") -> None:
+    def __init__(self, data: dict[str, Any], path: Path | str, prefix: str = "") -> None:
         self.data, self.path, self.prefix = data, path, prefix
 
     def get(self, key: str, kind: type, default: Any = _MISSING) -> Any:
@@ -197,10 +210,13 @@ def _as_int(text: str) -> int | None:
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One tar file and the number of samples the manifest says it holds."""
+    """One tar file (a path or a URL), the number of samples the manifest says it holds, and its size
+    and sha256 as the manifest records them (what a cached copy of a remote shard is checked against)."""
 
     path: str
     num_samples: int
+    bytes: int = 0
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -228,21 +244,41 @@ class ShardSet:
         return len(self.label_map)
 
 
-def _shard_infos(folder: Path, manifest: Manifest) -> list[ShardInfo]:
+def _shard_infos(folder: str, manifest: Manifest) -> list[ShardInfo]:
+    sizes = _file_sizes(folder)
+    manifest_path = _manifest_path(folder)
     infos = []
     for entry in manifest.shards:
-        path = folder / entry.name
-        if not path.is_file():
-            raise ManifestError(f"{folder / MANIFEST_NAME}: shard {entry.name} does not exist in {folder}")
-        size = path.stat().st_size
+        size = sizes.get(entry.name)
+        if size is None:
+            where = storage.describe(folder)
+            raise ManifestError(f"{manifest_path}: shard {entry.name} does not exist in {where}")
         if size != entry.bytes:
             raise ManifestError(
-                f"{folder / MANIFEST_NAME}: shard {entry.name} holds {size} bytes, the manifest says "
+                f"{manifest_path}: shard {entry.name} holds {size} bytes, the manifest says "
                 f"{entry.bytes} (truncated or rewritten since it was sharded)"
             )
         if entry.num_samples:
-            infos.append(ShardInfo(str(path), entry.num_samples))
+            path = storage.join(folder, entry.name)
+            infos.append(ShardInfo(path, entry.num_samples, entry.bytes, entry.sha256))
     return infos
+
+
+def _manifest_path(folder: str) -> str:
+    """The manifest of `folder` as messages name it."""
+    if storage.is_url(folder):
+        return storage.describe(storage.join(folder, MANIFEST_NAME))
+    return str(Path(folder) / MANIFEST_NAME)
+
+
+def _file_sizes(folder: str) -> dict[str, int]:
+    """Name -> size of the files in `folder` (one listing of a URL; a local folder's regular files)."""
+    if not storage.is_url(folder):
+        return {path.name: path.stat().st_size for path in Path(folder).iterdir() if path.is_file()}
+    try:
+        return storage.list_sizes(folder)
+    except storage.StorageError as err:
+        raise ManifestError(str(err)) from None
 
 
 def load_shard_set(folders: list[str]) -> ShardSet:
@@ -254,17 +290,17 @@ def load_shard_set(folders: list[str]) -> ShardSet:
     label_map: dict[int, str] | None = None
     frame_counts: dict[int, int] | None = {}
     modalities: set[str] = set()
-    for folder_name in folders:
-        folder = Path(folder_name)
-        manifest = Manifest.load(folder / MANIFEST_NAME)
+    for folder in folders:
+        where = _manifest_path(folder)
+        manifest = Manifest.load(storage.join(folder, MANIFEST_NAME))
         modalities.add(manifest.modality)
         if len(modalities) > 1:
-            raise ManifestError(f"{folder / MANIFEST_NAME}: images and videos mixed in one split ({folders})")
+            raise ManifestError(f"{where}: images and videos mixed in one split ({folders})")
         labels = manifest.label_map
         if sorted(labels) != list(range(len(labels))):
-            raise ManifestError(f"{folder / MANIFEST_NAME}: label_map indexes are not 0..{len(labels) - 1}")
+            raise ManifestError(f"{where}: label_map indexes are not 0..{len(labels) - 1}")
         if label_map is not None and labels != label_map:
-            raise ManifestError(f"{folder / MANIFEST_NAME}: its label_map differs from that of {folders[0]}")
+            raise ManifestError(f"{where}: its label_map differs from that of {storage.describe(folders[0])}")
         label_map = labels
         shards += _shard_infos(folder, manifest)
         frame_counts = _add_frame_counts(frame_counts, manifest.shards)
@@ -286,8 +322,8 @@ def _add_frame_counts(counts: dict[int, int] | None, entries: list[ShardEntry]) 
 
 
 @lru_cache(maxsize=4096)
-def sample_offsets(path: str) -> tuple[int, ...]:
-    """Byte offset of each sample's first tar header in shard `path`, in order.
+def sample_offsets(path: str, reader: ShardReader | None = None) -> tuple[int, ...]:
+    """Byte offset of each sample's first tar header in shard `path` (opened by `reader`), in order.
 
     Reading only the headers (tarfile seeks over the data) lets a worker start a shard in the
     middle without reading the samples before it. Cached per process.
@@ -297,7 +333,7 @@ def sample_offsets(path: str) -> tuple[int, ...]:
 
     offsets: list[int] = []
     last_key = None
-    with tarfile.open(path, mode="r:") as tar:
+    with (reader or ShardReader()).open(path) as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
         for member in tar:
             if not member.isreg():
                 continue

@@ -8,7 +8,7 @@ then puts a deterministic stand-in in its place, so every batch has all its rows
 and decode errors (`SAMPLE_ERRORS`) fail a sample: any other exception is a bug and propagates.
 Each stage can be run on a plain list.
 
-An image sample (a `jpg` member) is decoded as a one-frame clip, so every stage serves both; the
+An image sample (a `jpg` or `png` member) is decoded as a one-frame clip, so every stage serves both; the
 finishing step squeezes the time axis of image batches.
 
 Workers ship pixels, not floats: the batch stages stack the views before normalisation ((B, T, 3,
@@ -37,11 +37,12 @@ from pipeline.data.digest import digest_problem
 from pipeline.data.manifest import ShardInfo, sample_offsets
 from pipeline.data.plan import ShardSlice
 from pipeline.data.sampling import Sampling, eval_indices, train_indices
+from pipeline.data.shard_io import ShardReader
 from pipeline.data.transforms import EvalTransform, TrainTransform, mix_batch, normalise_batch
 from pipeline.randomness import Stream, make_rng
 
 VIDEO_EXTS = ("mp4", "webm", "mkv")
-IMAGE_EXT = "jpg"
+IMAGE_EXTS = ("jpg", "png")  # JPEG, or PNG: the lossless copy of raw pixels (CIFAR, SVHN)
 Item = dict[str, Any]
 
 Stage = Callable[[Iterable[Item]], Iterator[Item]]
@@ -103,8 +104,14 @@ class ReadShardSlices:
     """ShardSlice items -> raw samples, exactly `stop - start` items per slice.
 
     A slice that starts inside a shard seeks straight to its first sample (offsets from a header-only
-    scan). A shard that ends early or breaks off yields error items for its missing samples.
+    scan); one streamed from an object store reads and drops the samples before it. A shard that ends
+    early or breaks off (a local read error, an object-store request that failed after its retries)
+    yields error items for its missing samples. `reader` opens the shards (local files, or URLs
+    streamed or cached: `pipeline.data.shard_io`).
     """
+
+    def __init__(self, reader: ShardReader | None = None) -> None:
+        self.reader = reader or ShardReader()
 
     def __call__(self, slices: Iterable[ShardSlice]) -> Iterator[Item]:
         for piece in slices:
@@ -120,16 +127,19 @@ class ReadShardSlices:
             for position in range(piece.start + produced, piece.stop):
                 yield bad_item(f"{piece.path}#{position}", reason, piece.path)
 
-    @staticmethod
-    def _read(piece: ShardSlice) -> Iterator[Item]:
-        with open(piece.path, "rb") as stream:
-            if piece.start:
-                stream.seek(sample_offsets(piece.path)[piece.start])
+    def _read(self, piece: ShardSlice) -> Iterator[Item]:
+        with self.reader.open(piece.path) as stream:
+            skip = piece.start
+            # A streamed shard is read from its start instead: the header scan would fetch it all first.
+            if skip and not ShardReader.streams(stream):
+                stream.seek(sample_offsets(piece.path, self.reader)[piece.start])
+                skip = 0
             files = ({**f, "__url__": piece.path} for f in tar_file_iterator(stream))
             for count, sample in enumerate(group_by_keys(files)):
-                if count == piece.stop - piece.start:
+                if count == skip + piece.stop - piece.start:
                     return
-                yield sample
+                if count >= skip:
+                    yield sample
 
 
 class NumberAndSkip:
@@ -167,6 +177,11 @@ def read_label(sample: Item, meta: dict) -> int:
     if "cls" in sample:
         return int(sample["cls"].decode("utf-8").strip())
     return int(meta["label"])
+
+
+def image_member(sample: Item) -> bytes | None:
+    """The encoded image of an image sample (JPEG or PNG), None for a clip."""
+    return next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
 
 
 def video_member(sample: Item) -> bytes:
@@ -218,8 +233,9 @@ class DecodeClips:
         label = read_label(item, meta)
         if not 0 <= label < self.num_classes and self.sampler.seed_parts is not None:
             raise ValueError(f"label {label} outside [0, {self.num_classes})")
-        if IMAGE_EXT in item:  # an image is a one-frame clip: the transforms run on (1, H, W, 3)
-            clips, frames = [[0]], decode_image(item[IMAGE_EXT])
+        image = image_member(item)
+        if image is not None:  # an image is a one-frame clip: the transforms run on (1, H, W, 3)
+            clips, frames = [[0]], decode_image(image)
         else:
             if self._decoder is None:  # built on first use: finding the video decoders takes seconds
                 self._decoder = build_decoder(self.decoder_name)
@@ -268,9 +284,14 @@ class ReplaceBad:
     """
 
     def __init__(
-        self, shards: Sequence[ShardInfo], seed_parts: tuple[int, ...], process: Sequence[Stage]
+        self,
+        shards: Sequence[ShardInfo],
+        seed_parts: tuple[int, ...],
+        process: Sequence[Stage],
+        reader: ShardReader | None = None,
     ) -> None:
         self.shards, self.seed_parts, self.process = shards, seed_parts, process
+        self.read = ReadShardSlices(reader)
         self.ends = list(accumulate(shard.num_samples for shard in shards))
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
@@ -293,7 +314,7 @@ class ReplaceBad:
         shard_index = bisect.bisect_right(self.ends, index)
         shard = self.shards[shard_index]
         start = index - (self.ends[shard_index] - shard.num_samples)
-        (raw,) = ReadShardSlices()([ShardSlice(shard.path, start, start + 1)])
+        (raw,) = self.read([ShardSlice(shard.path, start, start + 1)])
         items: Iterator[Item] = iter([{**raw, "__pos__": position}])
         for stage in self.process:
             items = stage(items)

@@ -21,10 +21,10 @@ def on_rank0(action: Callable[[], T]) -> T:
         try:
             box = [("ok", action())]
         except RunError as err:
-            box = [("error", (type(err), str(err)))]
+            box = [("error", err)]  # pickled without its traceback
     dist.broadcast_object_list(box, src=0)
     kind, value = box[0]  # type: ignore[misc]
     if kind == "error":
-        error_type, line = value  # type: ignore[misc]
-        raise error_type(line, every_rank=True)
+        value.every_rank = True  # type: ignore[union-attr]
+        raise value  # type: ignore[misc]
     return value

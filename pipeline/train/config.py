@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline import storage
 from pipeline.config import ConfigError, load_config, to_dict
 from pipeline.console import note
 from pipeline.data.config import DECODER_PACKAGES, DataConfig
@@ -178,6 +179,8 @@ RESUMABLE_CHANGES = (
     "optim.max_nonfinite_steps",
     "data.max_bad_fraction",
     "data.short_clips",
+    "data.cache_dir",
+    "data.cache_gb",
 )
 
 
@@ -201,6 +204,10 @@ def check_config(cfg: Config, world_size: int) -> None:
         if not folders:
             raise ConfigError(f"data.{key}: no shard folder given")
         for folder in folders:
+            # A URL's manifest is fetched by check_shards: a missing bucket or key, a refused request is
+            # one line there, before any process starts.
+            if storage.is_url(folder):
+                continue
             if not (Path(folder) / MANIFEST_NAME).is_file():
                 unfinished = any(Path(folder).glob("*progress.json"))
                 why = "an unfinished sharding run: rerun it" if unfinished else f"no {MANIFEST_NAME} in it"

@@ -1,5 +1,4 @@
-"""Full and read-only disks, for real: a small tmpfs mounted for the test (the suite runs as root), grown
-with `mount -o remount,size=...` or made read-only with `remount,ro` (chmod does not stop root).
+"""Full and read-only disks, for real, on the `tmpfs` fixture's small tmpfs (tests/disks.py).
 
 Sharding onto a full disk is one line and exit 2, and the same command, once there is room, ends with the
 bytes of an uninterrupted run; a training run whose disk fills during a save stops with one line on
@@ -8,8 +7,6 @@ every rank (exit 2), its partial tag removed and the earlier one intact, and res
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,39 +14,6 @@ import pytest
 from pipeline.train.checkpoint import complete_tags, find_resume_checkpoint, read_trainer_state, tag_for_step
 from shards.__main__ import main as shards_main
 from tests.train.conftest import job_overrides, run_local, synth_split
-
-
-class Tmpfs:
-    """A tmpfs mounted at `path` for one test; `resize` and `read_only` remount it."""
-
-    def __init__(self, path: Path, size: str) -> None:
-        self.path = path
-        path.mkdir(parents=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or 'mount failed'}")
-
-    def remount(self, options: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True)
-
-    def unmount(self) -> None:
-        subprocess.run(["umount", str(self.path)], check=False)
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[callable]:
-    """`tmpfs(size)` mounts a tmpfs of `size` (e.g. "64k") under tmp_path; unmounted after the test."""
-    mounted: list[Tmpfs] = []
-
-    def mount(size: str) -> Tmpfs:
-        mounted.append(Tmpfs(tmp_path / f"tmpfs{len(mounted)}", size))
-        return mounted[-1]
-
-    yield mount
-    for disk in mounted:
-        disk.unmount()
 
 
 @pytest.fixture(scope="module")

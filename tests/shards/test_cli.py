@@ -12,12 +12,15 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 import webdataset as wds
 
-from shards.__main__ import main
+from shards.__main__ import build_parser, main
+from shards.datasets import READERS
 from shards.synth import synth_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +55,58 @@ def ssv2_single(ssv2_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("single") / "out"
     assert main(shard_command("ssv2", ssv2_raw, out, "--max-samples", "3")) == 0
     return out
+
+
+VIDEO_ENCODE_FLAGS = ("--reencode", "--gop", "--crf", "--preset", "--store", "--frame-quality")
+
+
+@pytest.mark.parametrize("dataset", sorted(READERS))
+def test_only_clip_datasets_take_the_video_encode_flags(dataset: str, capsys: pytest.CaptureFixture) -> None:
+    """`--help` of an image dataset lists --short-side and no video flag (giving one is a one-line error);
+    a video or frame-folder dataset lists them all."""
+    assert main([dataset, "--help"]) == 0
+    usage = capsys.readouterr().out
+    assert "--short-side" in usage and "--max-samples" in usage
+    if READERS[dataset].modality == "image":
+        assert [flag for flag in VIDEO_ENCODE_FLAGS if flag in usage] == []
+        assert main([dataset, "--root", "r", "--split", "train", "--out", "o", "--crf", "20"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--crf" in err[0]
+    else:
+        assert [flag for flag in VIDEO_ENCODE_FLAGS if flag not in usage] == []
+
+
+def flag_value(spec: Field) -> tuple[list[str], Any]:
+    """Command-line words that set a reader option to something other than its default, and the value."""
+    flag = "--" + spec.name.replace("_", "-")
+    kwargs = spec.metadata
+    if kwargs.get("action") == "store_true":
+        return [flag], True
+    if "choices" in kwargs:
+        value = next(choice for choice in reversed(kwargs["choices"]) if choice != spec.default)
+        return [flag, str(value)], value
+    if kwargs.get("type") is Path:
+        return [flag, "some/where"], Path("some/where")
+    if kwargs.get("type") is not None:
+        return [flag, "7"], kwargs["type"]("7")
+    raise AssertionError(f"{spec.name}: no rule for an option declared with {dict(kwargs)}")
+
+
+@pytest.mark.parametrize("dataset", sorted(READERS))
+def test_each_reader_option_is_a_flag_of_its_subcommand(dataset: str, capsys: pytest.CaptureFixture) -> None:
+    """Every field of a reader's Options is `--field-name` on its subcommand, with the field's default and
+    help; the value given reaches the reader's options."""
+    reader = READERS[dataset]
+    base = [dataset, "--root", "r", "--split", "train", "--out", "o"]
+    assert reader.from_args(build_parser().parse_args(base)).options == reader.Options()
+    assert main([dataset, "--help"]) == 0
+    usage = capsys.readouterr().out
+    for spec in fields(reader.Options):
+        assert spec.default is not MISSING and spec.metadata["help"], spec.name
+        words, value = flag_value(spec)
+        assert words[0] in usage, words[0]
+        options = reader.from_args(build_parser().parse_args([*base, *words])).options
+        assert getattr(options, spec.name) == value != spec.default, spec.name
 
 
 def test_bad_inputs_are_listed_and_good_clips_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

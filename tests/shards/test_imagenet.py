@@ -16,8 +16,9 @@ from PIL import Image
 
 from pipeline.data.decoders import decode_image
 from shards.__main__ import main as shards_main
-from shards.datasets import READERS
+from shards.datasets import READERS, read_split
 from shards.imagenet import DEVKIT, read_meta_mat, read_synset_mapping
+from shards.records import DatasetIndex
 from shards.synth import synth_dataset
 
 
@@ -38,10 +39,11 @@ def test_same_seed_gives_the_same_tree(raw: Path, tmp_path: Path) -> None:
     assert all((raw / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in files)
 
 
-def reader_args(*argv: str) -> argparse.Namespace:
+def read(root: Path, split: str, *argv: str) -> DatasetIndex:
+    """The index the CLI reads: the reader's flags parsed into its options, then read_split."""
     parser = argparse.ArgumentParser()
     READERS["imagenet"].add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return read_split(READERS["imagenet"].from_args(parser.parse_args(list(argv))), root, split)
 
 
 def sample_members(folder: Path) -> dict[str, dict[str, bytes]]:
@@ -62,14 +64,24 @@ def test_devkit_and_kaggle_validation_labels_agree_through_meta_mat(raw: Path) -
     assert [ilsvrc_ids[i] for i in sorted(ilsvrc_ids)] != wnids, (
         "the devkit order must differ from wnid order"
     )
-    devkit = READERS["imagenet"].read(raw, "val", reader_args("--val-labels", "devkit"))
-    kaggle = READERS["imagenet"].read(raw, "val", reader_args("--val-labels", "kaggle"))
+    devkit = read(raw, "val", "--val-labels", "devkit")
+    kaggle = read(raw, "val", "--val-labels", "kaggle")
     assert devkit.label_map == kaggle.label_map == dict(enumerate(wnids))
     labels = {r.id: r.label for r in devkit.records}
     assert labels == {r.id: r.label for r in kaggle.records} and len(labels) == 12
     assert devkit.missing == kaggle.missing == ["ILSVRC2012_val_00000013"]
-    train = READERS["imagenet"].read(raw, "train", reader_args())
+    train = read(raw, "train")
     assert all(r.label_name == r.source.parent.name == r.id.split("_")[0] for r in train.records)
+
+
+def test_split_validation_is_read_and_named_as_val(raw: Path) -> None:
+    """`--split validation` reads the val split, and its index (so its shard names and keys) says val."""
+    validation, val = read(raw, "validation"), read(raw, "val")
+    assert validation.split == val.split == "val"
+    assert [(r.id, r.label, r.source) for r in validation.records] == [
+        (r.id, r.label, r.source) for r in val.records
+    ]
+    assert validation.missing == val.missing and validation.records
 
 
 def test_kaggle_folder_layout_reads_the_same(raw: Path, tmp_path: Path) -> None:
@@ -80,8 +92,8 @@ def test_kaggle_folder_layout_reads_the_same(raw: Path, tmp_path: Path) -> None:
     for name in ("LOC_synset_mapping.txt", "LOC_val_solution.csv"):
         shutil.copy(raw / name, root / name)
     for split in ("train", "val"):
-        ours = READERS["imagenet"].read(root, split, reader_args())
-        published = READERS["imagenet"].read(raw, split, reader_args("--val-labels", "kaggle"))
+        ours = read(root, split)
+        published = read(raw, split, "--val-labels", "kaggle")
         assert [(r.id, r.label) for r in ours.records] == [(r.id, r.label) for r in published.records]
         assert ours.missing == published.missing
 
@@ -124,6 +136,34 @@ def test_bad_jpegs_are_rejects_with_reasons_and_missing_images_are_listed(
     png = json.loads(sample_members(out)[f"imagenet/train/{folder.name}_4"]["json"])
     assert png["converted_from"] == "PNG RGB" and (png["width"], png["height"]) == (30, 20)
     assert shards_main(["verify", str(out)]) == 0
+
+
+def test_a_folder_sharded_with_the_old_video_flags_is_refused_in_one_line_until_overwrite(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`imagenet` once took --reencode/--gop/--crf/--preset and recorded them in the manifest: a folder
+    written then holds other options, so it is refused with one line naming them and --overwrite; with
+    --overwrite the same shards come back (those flags never changed an image)."""
+    out = tmp_path / "val"
+    command = ["imagenet", "--root", str(raw), "--split", "val", "--out", str(out)]
+    assert shards_main(command) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    shards = {path.name: path.read_bytes() for path in out.glob("*.tar")}
+    old_flags = {"crf": 23, "gop": 16, "preset": "medium", "reencode": False}
+    older = {**manifest, "options": {**manifest["options"], **old_flags}}
+    (out / "manifest.json").write_text(json.dumps(older))
+    capsys.readouterr()
+    assert shards_main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --overwrite to replace them" in err[0]
+    assert (
+        'with other options: crf 23 -> unset, gop 16 -> unset, preset "medium" -> unset, reencode false'
+        in err[0]
+    )
+    assert json.loads((out / "manifest.json").read_text()) == older  # nothing touched
+    assert shards_main([*command, "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert {path.name: path.read_bytes() for path in out.glob("*.tar")} == shards
 
 
 def test_short_side_parts_and_merge(raw: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.datasets import READERS, safe_id
+from shards.datasets import READERS, read_split, safe_id
 from shards.records import AnnotationError, DatasetIndex
 from shards.synth import encode_video, motion_clip, synth_dataset
 
@@ -19,10 +19,11 @@ Put = Callable[[Path], Path]
 
 
 def read(dataset: str, root: Path, split: str, *flags: str) -> DatasetIndex:
-    """Run a reader the way the CLI does: its own flags parsed, then read(root, split, args)."""
+    """Run a reader the way the CLI does: its own flags parsed into its options, then read_split."""
     parser = argparse.ArgumentParser()
-    READERS[dataset].add_arguments(parser)
-    return READERS[dataset].read(root, split, parser.parse_args(list(flags)))
+    reader = READERS[dataset]
+    reader.add_arguments(parser)
+    return read_split(reader.from_args(parser.parse_args(list(flags))), root, split)
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -57,13 +58,13 @@ def put(clip_bytes: dict[str, bytes]) -> Put:
     return place
 
 
-def test_registry_has_the_six_video_datasets_and_imagenet() -> None:
-    old_style = {name: reader for name, reader in READERS.items() if hasattr(reader, "store_ext")}
-    assert {name: reader.store_ext for name, reader in old_style.items()} == {
-        "kinetics400": "mp4", "kinetics600": "mp4", "kinetics700": "mp4",
-        "ssv2": "webm", "diving48": "mp4", "finegym": "mp4", "imagenet": "jpg",
-    }  # fmt: skip
-    assert READERS["ssv1"].modality == "frames"  # a Reader class: folders of JPEG frames
+def test_registry_has_every_dataset_with_its_modality() -> None:
+    modalities = {name: reader.modality for name, reader in READERS.items()}
+    assert modalities.items() >= {
+        "kinetics400": "video", "kinetics600": "video", "kinetics700": "video", "ssv2": "video",
+        "diving48": "video", "finegym": "video", "ucf101": "video", "hmdb51": "video",
+        "ssv1": "frames", "imagenet": "image",
+    }.items()  # fmt: skip
     assert safe_id("a.b.c") == "a_b_c"
 
 
@@ -457,3 +458,39 @@ def test_synth_ssv2_diving48_finegym_label_maps(synth_trees: dict[str, Path]) ->
     gym99 = read("finegym", synth_trees["finegym"], "train", "--subset", "gym99")
     gym288 = read("finegym", synth_trees["finegym"], "train", "--subset", "gym288")
     assert [r.label for r in gym288.records] == [2 - r.label for r in gym99.records]
+
+
+# The split list of each reader that has one, by its override flag: a second copy of a row is a duplicate.
+SPLIT_LISTS = {
+    "kinetics400": ("--annotations", "annotations/train.csv"),
+    "ssv2": ("--annotations", "labels/train.json"),
+    "diving48": ("--annotations", "Diving48_V2_train.json"),
+    "finegym": ("--split-list", "annotations/gym99_train_element_v1.1.txt"),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(SPLIT_LISTS))
+def test_a_repeated_row_is_one_duplicate_reject_naming_the_first(
+    synth_trees: dict[str, Path], dataset: str, tmp_path: Path
+) -> None:
+    """The core claims ids for every reader alike: the second row of an id is a reject naming the first
+    row's place, and the records, missing ids and other rejects stay as they were."""
+    root = synth_trees[dataset]
+    flag, relative = SPLIT_LISTS[dataset]
+    listed = root / relative
+    copy = tmp_path / listed.name
+    if listed.suffix == ".json":
+        entries = json.loads(listed.read_text(encoding="utf-8"))
+        copy.write_text(json.dumps([*entries, entries[0]]), encoding="utf-8")
+        first, again = f"{copy}[0]", f"{copy}[{len(entries)}]"
+    else:
+        lines = listed.read_text(encoding="utf-8").splitlines()
+        row = 1 if listed.suffix == ".csv" else 0  # a CSV's first line is its header
+        copy.write_text("\n".join([*lines, lines[row]]) + "\n", encoding="utf-8")
+        first, again = f"{copy}:{row + 1}", f"{copy}:{len(lines) + 1}"
+    plain, repeated = read(dataset, root, "train"), read(dataset, root, "train", flag, str(copy))
+    assert [r.id for r in repeated.records] == [r.id for r in plain.records] and repeated.records
+    assert repeated.missing == plain.missing
+    (duplicate,) = repeated.rejects[len(plain.rejects) :]
+    assert (duplicate.source, duplicate.reason) == (again, f"duplicate id (first at {first})")
+    assert duplicate.id in {r.id for r in plain.records} | set(plain.missing)

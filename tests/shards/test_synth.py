@@ -189,11 +189,7 @@ def test_synth_videos_decode_and_move_as_labelled(trees: dict[str, Path], datase
     READERS[dataset].add_arguments(parser)
     args = parser.parse_args([])
     for split in VIDEO_SPLITS[dataset]:
-        reader = READERS[dataset]
-        if isinstance(reader, type):  # a Reader of the reader core
-            index = read_split(reader.from_args(args), trees[dataset], split)
-        else:
-            index = reader.read(trees[dataset], split, args)
+        index = read_split(READERS[dataset].from_args(args), trees[dataset], split)
         assert len(index.records) == 6 and len(index.missing) == 1 and not index.rejects
         for record in index.records[:2]:
             frames = decode_window(record.source, record.start_s, record.end_s)
