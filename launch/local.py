@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launch.preflight import interpreter_problem
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError, RunError, StorageError, report
 from pipeline.io import folder_problem
 from pipeline.train.config import load_train_config
 from pipeline.train.run_lock import RunLock
@@ -145,23 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", type=int, default=1, help="processes (one per GPU; CPU: 2 is plenty)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
     args = parser.parse_args(argv)
-    if args.nproc < 1:
-        print(f"error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
-        return 2
     try:
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
         cfg = load_train_config(args.config, args.overrides, world_size=args.nproc)
         if problem := folder_problem(cfg.run_dir):  # a read-only run folder: before any process starts
-            raise ConfigError(f"cannot write to the run folder {cfg.run_dir}: {problem}")
+            raise StorageError(f"cannot write to the run folder {cfg.run_dir}: {problem}")
         if cfg.run_dir.is_dir():  # refused here once, rather than by rank 0 after every rank started
             lock = RunLock(cfg.run_dir)
             lock.acquire()
             lock.release()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if problem := interpreter_problem():  # every rank runs this interpreter
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        if problem := interpreter_problem():  # every rank runs this interpreter
+            raise ConfigError(problem)
+    except RunError as err:
+        return report(err)
     return run([sys.executable, "-m", "pipeline.train", "--config", args.config, *args.overrides], args.nproc)
 
 

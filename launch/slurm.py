@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from launch.preflight import interpreter_problem  # noqa: E402
 from launch.slurm_task import ShardCommandTask, TrainTask, no_requeue_marker  # noqa: E402
-from pipeline.config import ConfigError  # noqa: E402
 from pipeline.console import OneLineParser  # noqa: E402
+from pipeline.errors import ConfigError, RunError, report  # noqa: E402
 from pipeline.storage import is_url  # noqa: E402
 from pipeline.train.config import load_train_config  # noqa: E402
 
@@ -51,7 +51,7 @@ PING_TIMEOUT_S = 20  # scontrol's own retries take a minute when no controller a
 SINFO_TIMEOUT_S = 60
 
 
-class LaunchError(RuntimeError):
+class LaunchError(ConfigError):
     """A problem that stops the submission, worded as one line."""
 
 
@@ -398,9 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             args, shard_options = shard_parser.parse_known_args(argv[1:])
             return submit_sharding(args, shard_options)
         return submit_training(train_parser.parse_args(argv))
-    except (LaunchError, ConfigError) as err:
-        print(f"launch/slurm.py: error: {err}", file=sys.stderr)
-        return 2
+    except RunError as err:
+        return report(err, prog="launch/slurm.py")
 
 
 if __name__ == "__main__":

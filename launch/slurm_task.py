@@ -7,8 +7,8 @@ objects on the login node; torch and the trainer are imported inside the task on
 - `TrainTask`: one rank of a training run. It turns the Slurm environment into the torchrun-style
   variables the trainer reads and runs `pipeline.train.trainer.train`. Its exit status tells the batch
   script (see `launch/slurm.py: with_requeue_on_interruption`) what to do: 0 the run is finished,
-  EXIT_REQUEUE it saved on a stop signal and must continue; an error a restart cannot fix (a config
-  error, diverged training) leaves a no-requeue marker with its one-line reason.
+  EXIT_REQUEUE it saved on a stop signal and must continue; an error whose kind is not requeued
+  (`pipeline.errors.OUTCOMES`: a restart would meet it again) leaves a no-requeue marker with its line.
 - `ShardCommandTask`: one `python -m shards ...` command (a part of a job array, or the merge).
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError
+from pipeline.errors import OUTCOMES, Interrupted, RunError, outcome, report
 from pipeline.train import signals
 from pipeline.train.config import load_train_config
 
@@ -35,7 +35,7 @@ MASTER_PORT_SPAN = 9000
 # Settings every requeued run needs whatever the user asked for the first start: continue from this
 # run's own newest checkpoint, with its full state (optimizer moments, loader position).
 REQUEUE_OVERRIDES = ("checkpoint.resume=auto", "checkpoint.weights_only=false")
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: saved on a stop signal, not finished
+EXIT_REQUEUE = OUTCOMES[Interrupted].exit_status  # saved on a stop signal, not finished
 
 
 def no_requeue_marker(job_dir: Path | str, job_id: str) -> Path:
@@ -118,18 +118,18 @@ class TrainTask:
         try:
             with leaving_process_group():
                 result = self._train(job_env)
-        except ConfigError as err:  # also diverged training: a restart would meet it again
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            no_requeue_marker(job_env.paths.folder, job_env.job_id).write_text(f"{err}\n")
-            sys.exit(2)
-        if not result.stopped_by_signal:
-            return result
-        rank, step = job_env.global_rank, result.step
-        print(f"[slurm] rank {rank} stopped by {result.signal} at step {step} after saving", flush=True)
-        # Leave without a result (submitit writes one only when this returns): the run is not finished,
-        # and a result file from this start must not be mistaken for the requeued job's. The status tells
-        # the batch script to requeue (a preempted job whose tasks exit 0 would end COMPLETED).
-        sys.exit(EXIT_REQUEUE)
+            if result.stopped_by_signal:
+                rank, step = job_env.global_rank, result.step
+                raise Interrupted(f"rank {rank} saved step {step} on {result.signal}, to go on when requeued")
+        except RunError as err:
+            if not outcome(err).requeued:
+                no_requeue_marker(job_env.paths.folder, job_env.job_id).write_text(f"{err}\n")
+            # Leave without a result (submitit writes one only when this returns): the run is not
+            # finished, and a result file from this start must not be mistaken for a requeued job's. The
+            # status tells the batch script whether to requeue (a preempted job whose tasks exit 0 would
+            # end COMPLETED).
+            sys.exit(report(err))
+        return result
 
     def _train(self, job_env: Any) -> Any:
         """Join the job's process group from Slurm's variables and train (the config as of this start)."""

@@ -21,15 +21,12 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from pipeline.errors import ConfigError
 from pipeline.io import atomic_write_text
 
 T = TypeVar("T")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 BASE_KEY = "_base_"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, worded as one line that names the key or file."""
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from pipeline.config import ConfigError
+from pipeline.errors import RunError, report
 from pipeline.io import atomic_open, atomic_write_json
 from pipeline.models.exported import exported_arguments_path
 from pipeline.train.checkpoint import checkpoint_folder, find_resume_checkpoint, read_trainer_state
@@ -58,9 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_checkpoint(args.run_dir, args.tag, args.out)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except RunError as err:
+        return report(err)
     print(out)
     return 0
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from pipeline import errors
 from pipeline.console import note, one_line
 
 # A scheme of two or more letters followed by `://`: `C:/data` or `C:\data` (a Windows drive) is a path.
@@ -54,10 +55,11 @@ TRANSIENT = frozenset({"cannot connect", "timeout", "throttled", "server error"}
 T = TypeVar("T")
 
 
-class StorageError(OSError):
+class StorageError(errors.StorageError, OSError):
     """An object-store request that failed; its str is one line naming the URL and the cause.
 
-    An OSError, so a shard read that fails this way is a failed sample like any other read error.
+    Of the storage kind (`pipeline.errors`: exit 2, not requeued) where it stops a command. An OSError,
+    so a shard read that fails this way is a failed sample like any other read error.
     `cause` is a short label: "missing bucket", "no such key", "access denied", "cannot connect",
     "timeout", "throttled", "server error" or "error".
     """

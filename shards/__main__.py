@@ -21,14 +21,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.console import OneLineParser, one_line
-from pipeline.storage import StorageError
+from pipeline.console import OneLineParser
+from pipeline.errors import RunError, report
 from shards import synth
 from shards.datasets import READERS, Reader, read_split
 from shards.folder import ShardFolder, open_folder
 from shards.image import JPEG_QUALITY
 from shards.merge import MergeError, merge_parts
-from shards.records import AnnotationError, DatasetIndex
+from shards.records import DatasetIndex
 from shards.verify import verify_shards
 from shards.video import EncodeOptions
 from shards.writer import OutputError, SampleContext, WriteOptions, write_dataset
@@ -280,9 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except SystemExit as exit_:  # argparse: --help (0) or a bad option (2, already printed)
         return exit_.code if isinstance(exit_.code, int) else 2
-    except (AnnotationError, OutputError, StorageError) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
+    except RunError as err:  # AnnotationError, OutputError, StorageError
+        return report(err)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from pipeline import errors
 from pipeline.data.manifest import Manifest
 from pipeline.data.shard_io import ShardReader
 from pipeline.storage import StorageError, describe, filesystem, is_url, join, with_retries
@@ -29,7 +30,7 @@ from pipeline.storage import StorageError, describe, filesystem, is_url, join, w
 T = TypeVar("T")
 
 
-class OutputError(RuntimeError):
+class OutputError(errors.StorageError):
     """An output folder that cannot be written or holds another job's files; the message is one line."""
 
 

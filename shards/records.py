@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import DataError
 
-class AnnotationError(RuntimeError):
+
+class AnnotationError(DataError):
     """An annotation file that cannot be read at all (missing, unreadable, wrong format).
 
     Its message is one line naming the file; the CLI prints it and exits non-zero.

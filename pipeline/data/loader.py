@@ -38,7 +38,6 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.config import ConfigError
 from pipeline.console import note
 from pipeline.data.backends import DecodeBackend, decode_backend
 from pipeline.data.config import DataConfig
@@ -68,6 +67,7 @@ from pipeline.data.stream import (
     finish_train_batch,
 )
 from pipeline.data.transforms import should_flip
+from pipeline.errors import DataError
 from pipeline.randomness import Stream, make_rng, python_rng
 
 BAD_SAMPLES_FILE = "bad_samples.jsonl"
@@ -76,8 +76,8 @@ BAD_SAMPLES_FILE = "bad_samples.jsonl"
 MIN_BAD_SAMPLES = 8
 
 
-class BadDataError(ConfigError):
-    """Too many samples failed: the data is broken, not one clip. One line; entry points exit 2."""
+class BadDataError(DataError):
+    """Too many samples failed: the data is broken, not one clip."""
 
 
 @dataclass

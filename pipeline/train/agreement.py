@@ -8,28 +8,23 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
-from pipeline.config import ConfigError
+from pipeline.errors import RunError
 
 T = TypeVar("T")
 
 
-class RankAgreedError(ConfigError):
-    """A one-line error every rank raised together; the entry points print it on rank 0 only."""
-
-    agreed_by_all_ranks = True
-
-
-def on_rank0(action: Callable[[], T], errors: tuple[type[Exception], ...] = (ConfigError,)) -> T:
-    """Run `action()` on rank 0 and hand its result to every rank; an exception of `errors` is raised on
-    every rank as a RankAgreedError with the same line."""
+def on_rank0(action: Callable[[], T]) -> T:
+    """Run `action()` on rank 0 and hand its result to every rank; a RunError it raises is raised on
+    every rank, of the same kind and line, marked `every_rank`."""
     box: list[object] = [None]
     if dist.get_rank() == 0:
         try:
             box = [("ok", action())]
-        except errors as err:
-            box = [("error", str(err))]
+        except RunError as err:
+            box = [("error", err)]  # pickled without its traceback
     dist.broadcast_object_list(box, src=0)
     kind, value = box[0]  # type: ignore[misc]
     if kind == "error":
-        raise RankAgreedError(value)
+        value.every_rank = True  # type: ignore[union-attr]
+        raise value  # type: ignore[misc]
     return value

@@ -3,7 +3,8 @@
 Layout of `<run>/checkpoints/`:
   step_00000120/            one DeepSpeed checkpoint (every rank wrote its part)
     trainer_state.pt        client state: step, epoch, config + hash, world size, batch per rank, and
-                            one `RankState` per rank (loader position, random generators, BN statistics)
+                            one `RankState` per rank (loader position, random generators, BN statistics:
+                            what `RankParts` saves and loads)
     COMPLETE                written by rank 0 last: the name, size and sha256 of every other file
   step_00000120_universal/  the same state re-cut for another world size (made on demand, see engine.py)
   latest                    the newest complete tag, written after its marker (atomically)
@@ -32,8 +33,10 @@ from torch import nn
 
 from pipeline.config import ConfigError
 from pipeline.console import note
-from pipeline.data.loader import LoaderState
+from pipeline.data.loader import LoaderState, TrainLoader
+from pipeline.errors import StorageError
 from pipeline.io import atomic_open, atomic_write_json, atomic_write_text, free_bytes, storage_problem
+from pipeline.randomness import Stream, derive_seed
 from pipeline.train.buffers import rank_buffers, restore_rank_buffers
 from pipeline.train.config import CHECKPOINT_FOLDER
 
@@ -232,17 +235,6 @@ class RankState:
     frame_rng: torch.Tensor
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    @classmethod
-    def capture(cls, loader: LoaderState, frame_generator: torch.Generator, module: nn.Module) -> RankState:
-        """This rank's state now."""
-        return cls(loader, rng_state(), frame_generator.get_state(), rank_buffers(module))
-
-    def restore(self, frame_generator: torch.Generator, module: nn.Module) -> None:
-        """Put this rank's generators and buffers back (the loader restores its own position)."""
-        restore_rng_state(self.rng)
-        frame_generator.set_state(self.frame_rng)
-        restore_rank_buffers(module, self.buffers)
-
     def to_dict(self) -> dict[str, Any]:
         """Plain containers for the trainer state file."""
         return {
@@ -258,6 +250,34 @@ class RankState:
         return cls(
             LoaderState.from_dict(data["loader"]), data["rng"], data["frame_rng"], data.get("buffers", {})
         )
+
+
+class RankParts:
+    """This rank's parts besides DeepSpeed's, saved and loaded as one `RankState` (as DeepSpeed's engine
+    saves and loads its own): the loader's position, the generators, the BatchNorm statistics."""
+
+    def __init__(self, loader: TrainLoader, frame_generator: torch.Generator, module: nn.Module) -> None:
+        self.loader, self.frame_generator, self.module = loader, frame_generator, module
+
+    def state_dict(self) -> RankState:
+        """This rank's state now."""
+        return RankState(
+            self.loader.state(), rng_state(), self.frame_generator.get_state(), rank_buffers(self.module)
+        )
+
+    def load_state_dict(self, state: RankState) -> None:
+        """Continue from a saved `state`."""
+        self.loader.restore(state.loader)
+        restore_rng_state(state.rng)
+        self.frame_generator.set_state(state.frame_rng)
+        restore_rank_buffers(self.module, state.buffers)
+
+    def start_streams(self, position: LoaderState, seed: int, rank: int, step: int) -> None:
+        """A rank with no saved state of its own: the loader at `position`, the generators derived from
+        the run's seed, the rank and the step, the buffers as built."""
+        self.loader.restore(position)
+        torch.manual_seed(derive_seed(Stream.RANK_TORCH, seed, rank, step))
+        self.frame_generator.manual_seed(derive_seed(Stream.FRAME_ORDER, seed, rank, step))
 
 
 @dataclass
@@ -327,12 +347,12 @@ class CheckpointManager:
                 "this save may not fit (make room, or lower checkpoint.keep)",
             )
 
-    def discard(self, tag: str, reason: str, needed: int) -> ConfigError:
+    def discard(self, tag: str, reason: str, needed: int) -> StorageError:
         """Remove the partial `tag` of a save the storage refused; the one line that stops the run."""
         shutil.rmtree(self.folder / tag, ignore_errors=True)
         newest = complete_tags(self.folder)
         kept = f"{newest[-1].name} is intact" if newest else "no checkpoint was saved before"
-        return ConfigError(
+        return StorageError(
             f"cannot save checkpoint {tag} in {self.folder}: {reason} (the save needs about {needed} bytes, "
             f"{free_bytes(self.folder)} free); the partial {tag} was removed, {kept}: make room and run the "
             "same command to resume"

@@ -24,6 +24,7 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from torch import nn
 
+from pipeline.errors import RunError
 from pipeline.train.buffers import restore_rank_buffers
 from pipeline.train.checkpoint import refused_write
 from pipeline.train.config import EngineConfig
@@ -96,13 +97,13 @@ def teardown_distributed(wait_for_peers: bool = True) -> None:
 @contextmanager
 def leaving_process_group() -> Iterator[None]:
     """Leave the process group when the block ends, however it ends: entry points run the training in
-    it. After an error every rank raised together (`agreed_by_all_ranks`) the ranks leave together;
+    it. After an error every rank raised together (`RunError.every_rank`) the ranks leave together;
     after one this rank met alone, at once."""
     agreed = True
     try:
         yield
     except BaseException as err:
-        agreed = getattr(err, "agreed_by_all_ranks", False)
+        agreed = isinstance(err, RunError) and err.every_rank
         raise
     finally:
         teardown_distributed(wait_for_peers=agreed)

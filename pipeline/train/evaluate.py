@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from pipeline.config import ConfigError
 from pipeline.data.loader import build_eval_loader
+from pipeline.errors import RunError, report
 from pipeline.models.exported import load_exported
 from pipeline.train.config import load_train_config
 
@@ -125,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = evaluate_exported(args.config, args.weights, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except RunError as err:
+        return report(err)
     print(json.dumps({k: v for k, v in asdict(result).items() if k != "confusion"}))
     return 0
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.config import ConfigError
+from pipeline.errors import StorageError
 from pipeline.io import storage_problem
 
 LOCK_FILE = "LOCK"
@@ -51,7 +52,7 @@ class RunLock:
             file = self.path.open("a+", encoding="utf-8")
         except OSError as err:  # a read-only or foreign folder: the run could never save
             why = storage_problem(err) or err.strerror or str(err)
-            raise ConfigError(f"cannot write to the run folder {self.path.parent}: {why}") from None
+            raise StorageError(f"cannot write to the run folder {self.path.parent}: {why}") from None
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

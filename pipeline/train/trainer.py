@@ -1,10 +1,11 @@
 """The training run: `train(cfg)` holds the process group and the run folder, and a `Trainer` built from
 the newest usable checkpoint runs the loop.
 
-A `Trainer` builds its parts in a fixed order (where to start, data, model, engine and saved state,
-schedule, metrics), then `fit()` repeats `train_step`, the ranks' one agreement per step, the epoch's
-evaluation and `maybe_save` until the schedule ends or a stop signal arrives. An interrupted run ends
-bit-identical to an uninterrupted one (see `pipeline.train.resume`); a checkpoint whose files do not
+A `Trainer` builds its parts in a fixed order (how the run starts, data, model, engine and saved state,
+schedule, metrics) from one `pipeline.train.start.Start` value, which knows its kind (fresh, exact,
+elastic, weights only) so that the Trainer does not; then `fit()` repeats `train_step`, the ranks' one
+agreement per step, the epoch's evaluation and `maybe_save` until the schedule ends or a stop signal
+arrives. An interrupted run ends bit-identical to an uninterrupted one; a checkpoint whose files do not
 verify or that fails to load is skipped for the next older one.
 """
 
@@ -18,22 +19,20 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from pipeline.config import ConfigError, config_hash, save_config, to_dict
 from pipeline.console import note
 from pipeline.data.loader import build_eval_loader, build_train_loader
 from pipeline.data.transforms import shuffle_frames
+from pipeline.errors import DivergenceError
 from pipeline.io import atomic_write_json
 from pipeline.models import create_model
-from pipeline.models.inflate import load_pretrained, read_weights
-from pipeline.randomness import Stream, derive_seed
 from pipeline.train import pictures, signals
-from pipeline.train.agreement import RankAgreedError, on_rank0
+from pipeline.train.agreement import on_rank0
 from pipeline.train.buffers import buffers_averaged_over_ranks
 from pipeline.train.checkpoint import (
     CheckpointManager,
-    RankState,
+    RankParts,
     TrainerState,
     checkpoint_files,
     checkpoint_folder,
@@ -49,9 +48,7 @@ from pipeline.train.engine import (
     apply_activation_checkpointing,
     build_engine,
     checkpoint_bytes_estimate,
-    consolidated_state_dict,
     input_dtype,
-    needs_universal_checkpoint,
     save_checkpoint,
     setup_distributed,
     weights_finite,
@@ -60,19 +57,8 @@ from pipeline.train.evaluate import EvalResult, evaluate
 from pipeline.train.loss import classification_loss
 from pipeline.train.metrics import MetricsProcessor, StepProfiler
 from pipeline.train.optim import LrSchedule, build_optimizer, set_lr
-from pipeline.train.resume import (
-    CheckpointLoadError,
-    batch_of_run,
-    load_engine_state,
-    restore_loader,
-    resume_point,
-    with_batch,
-)
 from pipeline.train.run_lock import RunLock
-
-
-class NonFiniteError(RankAgreedError):
-    """The loss or the weights stopped being finite: training stops without saving them."""
+from pipeline.train.start import CheckpointLoadError, choose_start
 
 
 @dataclass
@@ -97,12 +83,6 @@ def model_arguments(cfg: Config, num_classes: int) -> dict[str, Any]:
     if cfg.model.drop_path_rate is not None:
         arguments["drop_path_rate"] = cfg.model.drop_path_rate
     return arguments
-
-
-def load_pretrained_weights(model: nn.Module, path: str) -> None:
-    """Start from a weights file: image weights are inflated to video, a head of another class
-    count (e.g. the Kinetics model fine-tuned on SSv2) is re-initialised."""
-    load_pretrained(model, read_weights(path))
 
 
 def train(cfg: Config) -> TrainResult:
@@ -134,31 +114,25 @@ class Trainer:
         self.rank, self.world = rank, world = dist_info.rank, dist_info.world_size
         self.checkpoints = CheckpointManager(checkpoint_folder(cfg.run_dir), cfg.checkpoint.keep)
 
-        # 1. Where to start: the newest valid checkpoint, or nothing (start and resume are one path).
-        #    Its batch layout: on another world size, the micro-batch adapts to keep the global batch.
-        point = resume_point(cfg, world, skip)
-        self.micro_batch, self.accum = batch_of_run(cfg, point, world)
-        self.global_batch = self.micro_batch * self.accum * world
+        # 1. How this start begins (fresh, exact, elastic, weights only: see `pipeline.train.start`), and
+        #    its batch layout.
+        start = choose_start(cfg, world, skip)
+        layout = start.layout()
+        self.micro_batch, self.accum = layout.micro_batch, layout.grad_accum
+        self.global_batch = layout.global_batch(world)
         if self.rank == 0:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, cfg.run_dir / "config.yaml")
-            start = point.describe() if point else "starting fresh"
             note(
                 "train",
-                f"run {cfg.run_dir}: {start}: {self.micro_batch} clips per rank x {self.accum} "
+                f"run {cfg.run_dir}: {start.describe()}: {self.micro_batch} clips per rank x {self.accum} "
                 f"accumulation steps (global batch {self.global_batch})",
             )
 
-        # 2. Data: the loader continues from its saved position (re-cut for another world size).
+        # 2. Data (its position is this rank's part of the start, put in place in step 4).
         self.loader = build_train_loader(
-            with_batch(cfg, self.micro_batch, self.accum).data,
-            rank=rank,
-            world_size=world,
-            seed=cfg.seed,
-            run_dir=cfg.run_dir,
+            layout.applied(cfg).data, rank=rank, world_size=world, seed=cfg.seed, run_dir=cfg.run_dir
         )
-        if point is not None:
-            restore_loader(self.loader, point, rank, cfg)
         self.steps_per_epoch = self.loader.steps_per_epoch // self.accum
         if self.steps_per_epoch == 0:
             raise ConfigError(
@@ -167,47 +141,34 @@ class Trainer:
                 "or add data"
             )
 
-        # 3. Model: the same initial weights on every rank, then pretrained weights on a fresh start.
+        # 3. Model: the same initial weights on every rank, then those the start begins from.
         torch.manual_seed(cfg.seed)
         self.model_arguments = model_arguments(cfg, self.loader.num_classes)
         model = create_model(**self.model_arguments)
-        if point is not None and point.weights_only:
-            model.load_state_dict(consolidated_state_dict(point.tag_dir.parent, point.tag_dir.name))
-        elif point is None and cfg.init.pretrained:
-            load_pretrained_weights(model, cfg.init.pretrained)
+        start.prepare_model(model)
         apply_activation_checkpointing(model, cfg.engine.activation_checkpointing)
 
-        # 4. Engine: ZeRO partitions, precision, accumulation and clipping around AdamW; then the saved
-        #    state and this rank's generators and BatchNorm statistics (a rank new to the run, or a
-        #    weights-only start, derives its own generators from the step instead).
+        # 4. Engine: ZeRO partitions, precision, accumulation and clipping around AdamW, and the DeepSpeed
+        #    state the start loads; then this rank's parts (loader position, generators, BatchNorm
+        #    statistics), saved and loaded as one.
         self.engine = build_engine(
             model,
             build_optimizer(model, cfg.optim),
-            with_batch(cfg, self.micro_batch, self.accum).engine,
+            layout.applied(cfg).engine,
             self.micro_batch,
             world,
-            load_universal=point is not None
-            and point.elastic
-            and needs_universal_checkpoint(cfg.engine.zero_stage),
+            load_universal=start.load_universal,
         )
         self.dtype = input_dtype(self.engine)
+        start.load_engine(self.engine)
         self.frame_generator = torch.Generator()
-        if point is not None and not point.weights_only:
-            load_engine_state(self.engine, point, cfg.engine.zero_stage)
-        if point is not None and not point.weights_only and rank < point.state.world_size:
-            point.state.ranks[rank].restore(self.frame_generator, self.engine.module)
-        else:
-            start_step = point.state.step if point else 0
-            torch.manual_seed(derive_seed(Stream.RANK_TORCH, cfg.seed, rank, start_step))
-            self.frame_generator.manual_seed(derive_seed(Stream.FRAME_ORDER, cfg.seed, rank, start_step))
+        self.rank_parts = RankParts(self.loader, self.frame_generator, self.engine.module)
+        start.load_rank(self.rank_parts, rank)
 
         # 5. Schedule, in optimizer steps.
         self.schedule = LrSchedule.of_run(cfg.optim, self.steps_per_epoch, self.global_batch)
         self.stop_step = min(self.schedule.total_steps, cfg.max_steps or self.schedule.total_steps)
-        self.step = point.state.step if point is not None else 0
-        self.epoch = point.state.epoch if point is not None else 0
-        if point is not None and point.weights_only:
-            self.step = self.epoch * self.steps_per_epoch
+        self.step, self.epoch = start.position(self.steps_per_epoch)
         self.first_step = self.step
 
         # 6. Metrics: scalars and pictures (rank 0), an optional profiler trace.
@@ -267,7 +228,7 @@ class Trainer:
 
     def agree_on_step(self, loss: torch.Tensor) -> int:
         """The ranks' one collective (and host sync) of a step: any rank's stop signal, any rank's
-        non-finite loss. Returns the stop signal (0: none); raises NonFiniteError on divergence."""
+        non-finite loss. Returns the stop signal (0: none); raises DivergenceError on divergence."""
         stop_flag = torch.tensor(signals.requested() or 0, device=self.device)
         flags = torch.stack([stop_flag, (~torch.isfinite(loss)).long()])
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -275,9 +236,10 @@ class Trainer:
         self.nonfinite_steps = self.nonfinite_steps + 1 if nonfinite else 0
         limit = self.cfg.optim.max_nonfinite_steps
         if self.nonfinite_steps and (self.nonfinite_steps >= limit or not weights_finite(self.engine)):
-            raise NonFiniteError(
+            raise DivergenceError(
                 f"training diverged at step {self.step}: the loss was not finite for {self.nonfinite_steps} "
-                f"consecutive step(s) (optim.max_nonfinite_steps={limit}); {self.diverged_hint()}"
+                f"consecutive step(s) (optim.max_nonfinite_steps={limit}); {self.diverged_hint()}",
+                every_rank=True,
             )
         return stop_signal
 
@@ -304,8 +266,9 @@ class Trainer:
         """Every rank writes its part of the checkpoint of this step; rank 0 adds the trainer state and,
         once every file is digested, the completion marker."""
         if not weights_finite(self.engine):  # never let non-finite weights become the checkpoint to resume
-            raise NonFiniteError(
-                f"the weights are not finite at step {self.step}: not saving them ({self.diverged_hint()})"
+            raise DivergenceError(
+                f"the weights are not finite at step {self.step}: not saving them ({self.diverged_hint()})",
+                every_rank=True,
             )
         tag = tag_for_step(self.step)
         tag_dir = self.checkpoints.folder / tag
@@ -319,7 +282,7 @@ class Trainer:
             self.checkpoints.prepare(tag)
         with buffers_averaged_over_ranks(self.engine.module):
             refusal = save_checkpoint(self.engine, self.checkpoints.folder, tag, refused)
-        mine = RankState.capture(self.loader.state(), self.frame_generator, self.engine.module)
+        mine = self.rank_parts.state_dict()
         ranks: list[Any] = [None] * self.world
         dist.all_gather_object(ranks, mine)
         if self.rank == 0 and refusal is None:

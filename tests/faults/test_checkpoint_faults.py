@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.errors import OUTCOMES, DivergenceError
 from pipeline.export import export_checkpoint
 from pipeline.train.checkpoint import (
     LATEST,
@@ -115,7 +116,7 @@ def test_a_diverging_run_stops_with_one_line_and_never_saves_or_exports_non_fini
 ) -> None:
     # An absurd learning rate: the weights overflow within a few steps.
     result = run_local(overrides(small_shards, tmp_path, "optim.lr=1e30", "checkpoint.every_steps=1"))
-    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.returncode == OUTCOMES[DivergenceError].exit_status == 3, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "training diverged at step" in errors[0], result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ConfigError, from_dict
+from pipeline.config import from_dict
 from pipeline.data.config import DataConfig
 from pipeline.data.loader import BadDataError, build_eval_loader, build_train_loader
 from pipeline.data.stream import ClipSampler, DecodeClips
+from pipeline.errors import outcome
 from tests.faults.conftest import (
     bad_sample_rows,
     copy_shards,
@@ -101,7 +102,7 @@ def test_mostly_broken_data_stops_with_one_line_naming_the_worst_shards(shards: 
     with pytest.raises(BadDataError) as caught:
         list(loader)
     message = str(caught.value)
-    assert isinstance(caught.value, ConfigError) and "\n" not in message  # entry points: one line, exit 2
+    assert outcome(caught.value).exit_status == 2 and "\n" not in message  # entry points: one line, exit 2
     assert "data.max_bad_fraction" in message and broken[0].name in message
 
 

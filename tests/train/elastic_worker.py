@@ -16,9 +16,9 @@ import torch
 from pipeline.models import create_model
 from pipeline.train.checkpoint import checkpoint_folder, read_trainer_state
 from pipeline.train.config import load_train_config
-from pipeline.train.engine import build_engine, needs_universal_checkpoint, save_checkpoint, setup_distributed
+from pipeline.train.engine import build_engine, save_checkpoint, setup_distributed
 from pipeline.train.optim import build_optimizer
-from pipeline.train.resume import ResumePoint, batch_of_run, load_engine_state, with_batch
+from pipeline.train.start import checkpoint_start
 from pipeline.train.trainer import model_arguments
 
 
@@ -27,19 +27,21 @@ def main(run_dir: str, tag: str, out: str) -> None:
     cfg = load_train_config(Path(run_dir) / "config.yaml")
     world = setup_distributed().world_size
     tag_dir = checkpoint_folder(cfg.run_dir) / tag
-    point = ResumePoint(tag_dir, read_trainer_state(tag_dir), weights_only=False, world_size=world)
-    micro, accum = batch_of_run(cfg, point, world)
+    saved = read_trainer_state(tag_dir)
+    start = checkpoint_start(cfg, world, tag_dir, saved)
+    layout = start.layout()
+    micro, accum = layout.micro_batch, layout.grad_accum
     torch.manual_seed(cfg.seed)
-    model = create_model(**model_arguments(cfg, point.state.model_arguments["num_classes"]))
+    model = create_model(**model_arguments(cfg, saved.model_arguments["num_classes"]))
     engine = build_engine(
         model,
         build_optimizer(model, cfg.optim),
-        with_batch(cfg, micro, accum).engine,
+        layout.applied(cfg).engine,
         micro,
         world,
-        load_universal=point.elastic and needs_universal_checkpoint(cfg.engine.zero_stage),
+        load_universal=start.load_universal,
     )
-    load_engine_state(engine, point, cfg.engine.zero_stage)
+    start.load_engine(engine)
     save_checkpoint(engine, Path(out), tag, refused=lambda err: None)  # no refusal: every write error raises
     torch.distributed.barrier()
     print(f"world {world}: micro-batch {micro} x {accum} accumulation steps", flush=True)

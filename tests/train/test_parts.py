@@ -30,7 +30,7 @@ from pipeline.train.config import OptimConfig
 from pipeline.train.evaluate import video_accuracy
 from pipeline.train.loss import classification_loss
 from pipeline.train.optim import build_param_groups, cosine_lr, layer_ids, scaled_lr
-from pipeline.train.trainer import load_pretrained_weights
+from pipeline.train.start import load_pretrained_weights
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_the_floor() -> None:
