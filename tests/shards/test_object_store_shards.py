@@ -338,9 +338,10 @@ def test_a_sigkilled_run_resumes_from_the_store_to_the_same_bytes(
 ) -> None:
     """SIGKILL a real run once the store's progress file counts two shards, rerun it (with a fresh
     staging folder, as on another machine): the bytes of an uninterrupted run, those two not redone."""
-    # A slow preset keeps the run long enough to be killed part-way on any machine.
+    # A slow preset and one clip per shard (10 shards: 8 still to do when 2 are recorded) keep the run
+    # long enough to be killed part-way on any machine, however late the polling sees the progress.
     # Two workers: the pool is forked from a process that holds the store's client.
-    slow = ("--max-samples", "2", "--reencode", "--preset", "veryslow", "--workers", "2")
+    slow = ("--max-samples", "1", "--reencode", "--preset", "veryslow", "--workers", "2")
     reference = tmp_path / "reference"
     assert main(shard_command(raw, reference, *slow)) == 0
     url = f"{s3_bucket.url}/killed"
