@@ -696,6 +696,7 @@ def run_frame_rows(args: argparse.Namespace, tmp: Path) -> None:
             collate_fn=tuple,
         ),
     }
+    os.sync()  # the trees just written go to disk now, not during the first passes (as before the cold ones)
     throughput = interleaved_rates(loaders, args.repeats, warm_batches=args.workers)
     rates = {name: measured.rate for name, measured in throughput.items()}
     cores = max(args.workers, 1)
