@@ -591,15 +591,16 @@ def storage_read_bytes() -> int:
 
 
 class ColdPasses:
-    """`with cold(name): ...` drops the page cache before the block and adds what the block read from
-    storage to that loader's bytes."""
+    """`with cold(name): ...` adds what the block read from storage to that loader's bytes, after dropping
+    the page cache first where `name` is one of `cold_names`."""
 
-    def __init__(self) -> None:
-        self.read_bytes: dict[str, int] = {}
+    def __init__(self, cold_names: set[str]) -> None:
+        self.cold_names, self.read_bytes = cold_names, {}
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        drop_page_cache()
+        if name in self.cold_names:
+            drop_page_cache()
         before = storage_read_bytes()
         yield
         self.read_bytes[name] = self.read_bytes.get(name, 0) + storage_read_bytes() - before
@@ -611,6 +612,17 @@ FRAME_ROWS = {
     "b": "(b) frame folders + Pillow, list   ",
     "c": "(c) decode only, the sampled JPEGs ",
 }
+
+
+def cold_rows_possible() -> bool:
+    """Whether the page cache can be dropped here (opened for writing, nothing written); if not, one line
+    saying so."""
+    try:
+        DROP_CACHES.open("w").close()
+    except OSError as error:
+        print(f"cold frame rows skipped: cannot write {DROP_CACHES} ({error.strerror}; it needs root)")
+        return False
+    return True
 
 
 def read_ms(paths: list[Path], clips: int) -> tuple[float, float]:
@@ -627,36 +639,26 @@ def read_ms(paths: list[Path], clips: int) -> tuple[float, float]:
 
 
 def print_cold_frame_rows(
-    loaders: dict[str, object], args: argparse.Namespace, warm: dict[str, float], shards: Path, clips: int
+    rates: dict[str, float], passes: ColdPasses, args: argparse.Namespace, folder: FolderFrames, shards: Path
 ) -> None:
-    """The frame rows again with the page cache dropped before every pass (passes interleaved): (a) reads
-    its shard tars and (b) opens its per-frame files from the disk, as where a data set does not stay
-    cached; (c) decodes bytes held in memory (a control). With the bytes each pass read from storage, and
-    the reads alone: (a)'s shard tars vs the files of (b)'s sampled frames."""
-    try:
-        drop_page_cache()
-    except OSError as error:
-        print(f"  cold rows skipped: cannot write {DROP_CACHES} ({error.strerror}; it needs root)")
-        return
+    """The cold passes' figures beside the warm ones, the bytes each read from storage per clip, and the
+    reads alone: (a)'s shard tars vs the files of (b)'s sampled frames, cold and warm."""
+    clips = len(folder)
     shard_ms = read_ms([Path(shard.path) for shard in load_shard_set([str(shards)]).shards], clips)
-    folder = loaders["b"].dataset
     files = [path for i in range(clips) for path in folder.frame_paths(i, make_rng(Stream.SAMPLE, 0, i))]
     file_ms = read_ms(files, clips)
-    cold = ColdPasses()
-    rates = {
-        name: measured.rate
-        for name, measured in interleaved_rates(loaders, args.repeats, args.workers, cold).items()
-    }
-    print("  cold (page cache, dentries and inodes dropped before every pass):")
+    print("  cold (page cache, dentries and inodes dropped before every pass), each before a warm pass:")
     for name, text in FRAME_ROWS.items():
         print(
-            f"  {text} {rates[name]:8.2f} clips/s  (warm {warm[name]:.2f})  "
-            f"{cold.read_bytes[name] / (clips * args.repeats):,.0f} B per clip read from storage"
+            f"  {text} {rates[f'{name} cold']:8.2f} clips/s  (warm {rates[name]:.2f})  B per clip read from "
+            f"storage {passes.read_bytes[f'{name} cold'] / (clips * args.repeats):,.0f} "
+            f"(warm {passes.read_bytes[name] / (clips * args.repeats):,.0f})"
         )
+    warm_ab, warm_ac = rates["a frames"] / rates["b"], rates["a frames"] / rates["c"]
     print(
-        f"  cold a/b = {rates['a frames'] / rates['b']:.2f} (warm {warm['a frames'] / warm['b']:.2f})   "
-        f"cold a/c = {rates['a frames'] / rates['c']:.2f} (warm {warm['a frames'] / warm['c']:.2f})   "
-        f"cold frames / video = {rates['a frames'] / rates['a video']:.2f}"
+        f"  cold a/b = {rates['a frames cold'] / rates['b cold']:.2f} (warm {warm_ab:.2f})   "
+        f"cold a/c = {rates['a frames cold'] / rates['c cold']:.2f} (warm {warm_ac:.2f})   "
+        f"cold frames / video = {rates['a frames cold'] / rates['a video cold']:.2f}"
     )
     print(
         f"  reads alone, one process, ms per clip cold / warm: frame-sample tars {shard_ms[0]:.2f} / "
@@ -696,8 +698,15 @@ def run_frame_rows(args: argparse.Namespace, tmp: Path) -> None:
             collate_fn=tuple,
         ),
     }
+    cold = args.cold and cold_rows_possible()
+    # With --cold, each loader's warm pass follows its cold one (the page cache dropped first), which has
+    # read back the files the warm one reads.
+    measured: dict[str, object] = {}
+    for name, loader in loaders.items():
+        measured |= {f"{name} cold": loader, name: loader} if cold else {name: loader}
+    passes = ColdPasses(set(measured) - set(loaders))
     os.sync()  # the trees just written go to disk now, not during the first passes (as before the cold ones)
-    throughput = interleaved_rates(loaders, args.repeats, warm_batches=args.workers)
+    throughput = interleaved_rates(measured, args.repeats, args.workers, passes)
     rates = {name: measured.rate for name, measured in throughput.items()}
     cores = max(args.workers, 1)
     source = dataclasses.replace(SSV1_SOURCES, clips=args.frame_clips)
@@ -722,8 +731,8 @@ def run_frame_rows(args: argparse.Namespace, tmp: Path) -> None:
         f"  frames decoded per frame delivered: {frame_amplification(samples, cfg):.2f} frame samples, "
         f"{amplification(read_samples(video), cfg):.2f} short-GOP video"
     )
-    if args.cold:
-        print_cold_frame_rows(loaders, args, rates, frames, len(samples))
+    if cold:
+        print_cold_frame_rows(rates, passes, args, loaders["b"].dataset, frames)
 
 
 def main() -> None:
