@@ -41,11 +41,11 @@ same transforms: (a) this loader on frame samples (`shards ssv1`, the JPEGs as t
 video samples (`--store video`), (b) a TSM / mmaction2-style loader (a list file of `folder num_frames
 label`, Pillow opening each sampled frame's file from the raw folder), (c) decode-only of the sampled JPEG
 bytes with Pillow; they print a/b, a/c, frame vs video samples, bytes per clip (shards and raw files) and
-frames decoded per frame delivered. With --cold (root: it writes /proc/sys/vm/drop_caches), they run again
-with the page cache, dentries and inodes dropped before every pass, so that (a) reads its shard tars and (b)
-looks up and opens its frame files from the disk, as where a data set does not stay cached; they print
-beside the warm figures, with the bytes each pass read from storage per clip (/proc/PID/io of this process
-and its workers).
+frames decoded per frame delivered. With --cold (root: it writes /proc/sys/vm/drop_caches), each loader's
+warm pass also comes after a cold one, the page cache, dentries and inodes dropped first, so that (a) reads
+its shard tars and (b) looks up and opens its frame files from the disk, as where a data set does not stay
+cached; the cold figures print beside the warm ones, with the bytes each pass read from storage per clip
+(/proc/PID/io of this process and its workers), and the reads alone (one process, no decoding) cold and warm.
 Rates are steady rates: each pass's first batch per worker (worker start-up, paid once per epoch of
 thousands of clips in training) is timed apart and printed as start-up.
 --quick is CI's smoke run (16 small clips, dense sampling, 16 frame-sample clips, one pass). Hardware,
