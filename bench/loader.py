@@ -701,12 +701,12 @@ def run_frame_rows(args: argparse.Namespace, tmp: Path) -> None:
     cold = args.cold and cold_rows_possible()
     # With --cold, each loader's warm pass follows its cold one (the page cache dropped first), which has
     # read back the files the warm one reads.
-    measured: dict[str, object] = {}
+    timed: dict[str, object] = {}
     for name, loader in loaders.items():
-        measured |= {f"{name} cold": loader, name: loader} if cold else {name: loader}
-    passes = ColdPasses(set(measured) - set(loaders))
+        timed |= {f"{name} cold": loader, name: loader} if cold else {name: loader}
+    passes = ColdPasses(set(timed) - set(loaders))
     os.sync()  # the trees just written go to disk now, not during the first passes (as before the cold ones)
-    throughput = interleaved_rates(measured, args.repeats, args.workers, passes)
+    throughput = interleaved_rates(timed, args.repeats, args.workers, passes)
     rates = {name: measured.rate for name, measured in throughput.items()}
     cores = max(args.workers, 1)
     source = dataclasses.replace(SSV1_SOURCES, clips=args.frame_clips)
