@@ -4,7 +4,7 @@
                            [--batch-size 4] [--randaug 4] [--sampling dense segment]
                            [--segment-sources ssv2|dense] [--profile] [--digest-cost]
                            [--worker-startup GIB]
-                           [--gop-sweep 16 8 4 3 2] [--frame-clips 96] [--quick]
+                           [--gop-sweep 16 8 4 3 2] [--frame-clips 96] [--cold] [--quick]
 
 Builds a synthetic raw tree like downloaded Kinetics videos (H.264 at 30 fps, 10 s, short side 336,
 16:9, one keyframe per 300 frames), shards it twice (as-is, and re-encoded with a GOP of 16), then,
@@ -41,7 +41,11 @@ same transforms: (a) this loader on frame samples (`shards ssv1`, the JPEGs as t
 video samples (`--store video`), (b) a TSM / mmaction2-style loader (a list file of `folder num_frames
 label`, Pillow opening each sampled frame's file from the raw folder), (c) decode-only of the sampled JPEG
 bytes with Pillow; they print a/b, a/c, frame vs video samples, bytes per clip (shards and raw files) and
-frames decoded per frame delivered.
+frames decoded per frame delivered. With --cold (root: it writes /proc/sys/vm/drop_caches), each loader's
+warm pass also comes after a cold one, the page cache, dentries and inodes dropped first, so that (a) reads
+its shard tars and (b) looks up and opens its frame files from the disk, as where a data set does not stay
+cached; the cold figures print beside the warm ones, with the bytes each pass read from storage per clip
+(/proc/PID/io of this process and its workers), and the reads alone (one process, no decoding) cold and warm.
 Rates are steady rates: each pass's first batch per worker (worker start-up, paid once per epoch of
 thousands of clips in training) is timed apart and printed as start-up.
 --quick is CI's smoke run (16 small clips, dense sampling, 16 frame-sample clips, one pass). Hardware,
@@ -63,7 +67,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.reduction import ForkingPickler  # torch adds its shared-memory tensor reductions
 from pathlib import Path
 from typing import NamedTuple
@@ -246,15 +250,20 @@ def timed_pass(loader, warm_batches: int) -> tuple[int, float, float]:
 
 
 def interleaved_rates(
-    loaders: dict[str, object], repeats: int, warm_batches: int = 0
+    loaders: dict[str, object],
+    repeats: int,
+    warm_batches: int = 0,
+    around_pass: Callable[[str], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, Throughput]:
     """Throughput of each loader, passes taken in turn (a, b, c, a, b, c, ...) so that load from other
     processes on a shared machine falls on all of them alike. `warm_batches`: batches of each pass
-    left out of the rate (one per worker: the steady rate), timed as start-up."""
+    left out of the rate (one per worker: the steady rate), timed as start-up. `around_pass(name)`: a
+    context entered around each pass of that loader (ColdPasses)."""
     totals = {name: np.zeros(3) for name in loaders}  # clips, steady seconds, start-up seconds
     for _ in range(repeats):
         for name, loader in loaders.items():
-            totals[name] += timed_pass(loader, warm_batches)
+            with around_pass(name):
+                totals[name] += timed_pass(loader, warm_batches)
     return {
         name: Throughput(clips / seconds, startup / repeats)
         for name, (clips, seconds, startup) in totals.items()
@@ -508,14 +517,18 @@ class FolderFrames(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        folder, num_frames, label = self.rows[index]
         rng = make_rng(Stream.SAMPLE, 0, index)
-        indices = train_indices(self.cfg.sampling, int(num_frames), self.cfg.num_frames, 1, rng)
         frames = []
-        for i in indices:
-            with Image.open(Path(folder) / f"{i + 1:05d}.jpg") as image:
+        for path in self.frame_paths(index, rng):
+            with Image.open(path) as image:
                 frames.append(np.asarray(image.convert("RGB")))
-        return self.transform(torch.from_numpy(np.stack(frames)), rng)[0], int(label)
+        return self.transform(torch.from_numpy(np.stack(frames)), rng)[0], int(self.rows[index][2])
+
+    def frame_paths(self, index: int, rng: np.random.Generator) -> list[Path]:
+        """The files of clip `index`'s sampled frames."""
+        folder, num_frames, _ = self.rows[index]
+        indices = train_indices(self.cfg.sampling, int(num_frames), self.cfg.num_frames, 1, rng)
+        return [Path(folder) / f"{i + 1:05d}.jpg" for i in indices]
 
 
 class DecodeOnlyFrames(Dataset):
@@ -554,6 +567,106 @@ def bytes_per_clip(folder: Path) -> float:
     return sum(entry.bytes for entry in manifest.shards) / manifest.total
 
 
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_page_cache() -> None:
+    """Write dirty pages out, then drop the page cache, dentries and inodes: the next pass reads every file
+    and looks up every path from the disk (needs root)."""
+    os.sync()
+    DROP_CACHES.write_text("3\n")
+
+
+def storage_read_bytes() -> int:
+    """Bytes this process and its live children (the loaders' workers) have read from storage, page-cache
+    hits not counted (`read_bytes` of /proc/PID/io; a reaped child's count moves to its parent's)."""
+    me, total = os.getpid(), 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):  # a process that exited meanwhile
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])  # after "(comm) state"
+            if me in (int(proc.name), ppid):
+                io_lines = (proc / "io").read_text().splitlines()
+                total += int(next(line for line in io_lines if line.startswith("read_bytes:")).split()[1])
+    return total
+
+
+class ColdPasses:
+    """`with cold(name): ...` adds what the block read from storage to that loader's bytes, after dropping
+    the page cache first where `name` is one of `cold_names`."""
+
+    def __init__(self, cold_names: set[str]) -> None:
+        self.cold_names, self.read_bytes = cold_names, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if name in self.cold_names:
+            drop_page_cache()
+        before = storage_read_bytes()
+        yield
+        self.read_bytes[name] = self.read_bytes.get(name, 0) + storage_read_bytes() - before
+
+
+FRAME_ROWS = {
+    "a frames": "(a) this loader, frame samples     ",
+    "a video": "(a) this loader, short-GOP video   ",
+    "b": "(b) frame folders + Pillow, list   ",
+    "c": "(c) decode only, the sampled JPEGs ",
+}
+
+
+def cold_rows_possible() -> bool:
+    """Whether the page cache can be dropped here (opened for writing, nothing written); if not, one line
+    saying so."""
+    try:
+        DROP_CACHES.open("w").close()
+    except OSError as error:
+        print(f"cold frame rows skipped: cannot write {DROP_CACHES} ({error.strerror}; it needs root)")
+        return False
+    return True
+
+
+def read_ms(paths: list[Path], clips: int) -> tuple[float, float]:
+    """Milliseconds per clip to read `paths` whole, one after the other in one process (the I/O a worker
+    waits for, without its decoding): from a dropped page cache, then again from the warm one."""
+    drop_page_cache()
+    seconds = []
+    for _ in range(2):
+        started = time.perf_counter()
+        for path in paths:
+            path.read_bytes()
+        seconds.append(time.perf_counter() - started)
+    return seconds[0] * 1e3 / clips, seconds[1] * 1e3 / clips
+
+
+def print_cold_frame_rows(
+    rates: dict[str, float], passes: ColdPasses, args: argparse.Namespace, folder: FolderFrames, shards: Path
+) -> None:
+    """The cold passes' figures beside the warm ones, the bytes each read from storage per clip, and the
+    reads alone: (a)'s shard tars vs the files of (b)'s sampled frames, cold and warm."""
+    clips = len(folder)
+    shard_ms = read_ms([Path(shard.path) for shard in load_shard_set([str(shards)]).shards], clips)
+    files = [path for i in range(clips) for path in folder.frame_paths(i, make_rng(Stream.SAMPLE, 0, i))]
+    file_ms = read_ms(files, clips)
+    print("  cold (page cache, dentries and inodes dropped before every pass), each before a warm pass:")
+    for name, text in FRAME_ROWS.items():
+        print(
+            f"  {text} {rates[f'{name} cold']:8.2f} clips/s  (warm {rates[name]:.2f})  B per clip read from "
+            f"storage {passes.read_bytes[f'{name} cold'] / (clips * args.repeats):,.0f} "
+            f"(warm {passes.read_bytes[name] / (clips * args.repeats):,.0f})"
+        )
+    warm_ab, warm_ac = rates["a frames"] / rates["b"], rates["a frames"] / rates["c"]
+    print(
+        f"  cold a/b = {rates['a frames cold'] / rates['b cold']:.2f} (warm {warm_ab:.2f})   "
+        f"cold a/c = {rates['a frames cold'] / rates['c cold']:.2f} (warm {warm_ac:.2f})   "
+        f"cold frames / video = {rates['a frames cold'] / rates['a video cold']:.2f}"
+    )
+    print(
+        f"  reads alone, one process, ms per clip cold / warm: frame-sample tars {shard_ms[0]:.2f} / "
+        f"{shard_ms[1]:.2f}, the {len(files) // clips} sampled frame files "
+        f"{file_ms[0]:.2f} / {file_ms[1]:.2f}"
+    )
+
+
 def run_frame_rows(args: argparse.Namespace, tmp: Path) -> None:
     """SSv1-like clips, 16 segments: (a) this loader on frame samples and on short-GOP video samples vs (b)
     a frame-folder loader on the raw folders vs (c) decode-only of the sampled JPEGs, passes interleaved."""
@@ -585,18 +698,21 @@ def run_frame_rows(args: argparse.Namespace, tmp: Path) -> None:
             collate_fn=tuple,
         ),
     }
-    throughput = interleaved_rates(loaders, args.repeats, warm_batches=args.workers)
+    cold = args.cold and cold_rows_possible()
+    # With --cold, each loader's warm pass follows its cold one (the page cache dropped first), which has
+    # read back the files the warm one reads.
+    timed: dict[str, object] = {}
+    for name, loader in loaders.items():
+        timed |= {f"{name} cold": loader, name: loader} if cold else {name: loader}
+    passes = ColdPasses(set(timed) - set(loaders))
+    os.sync()  # the trees just written go to disk now, not during the first passes (as before the cold ones)
+    throughput = interleaved_rates(timed, args.repeats, args.workers, passes)
     rates = {name: measured.rate for name, measured in throughput.items()}
     cores = max(args.workers, 1)
     source = dataclasses.replace(SSV1_SOURCES, clips=args.frame_clips)
     print(f"[16-segment, SSv1-like frame samples, sources: {source}]")
     print(f"  config: {json.dumps(to_dict(cfg), sort_keys=True)}")
-    for name, text in (
-        ("a frames", "(a) this loader, frame samples     "),
-        ("a video", "(a) this loader, short-GOP video   "),
-        ("b", "(b) frame folders + Pillow, list   "),
-        ("c", "(c) decode only, the sampled JPEGs "),
-    ):
+    for name, text in FRAME_ROWS.items():
         print(
             f"  {text} {rates[name]:8.2f} clips/s  {rates[name] / cores:6.2f} clips/s per core  "
             f"(start-up {throughput[name].startup_s * 1e3:.0f} ms per pass)"
@@ -615,6 +731,8 @@ def run_frame_rows(args: argparse.Namespace, tmp: Path) -> None:
         f"  frames decoded per frame delivered: {frame_amplification(samples, cfg):.2f} frame samples, "
         f"{amplification(read_samples(video), cfg):.2f} short-GOP video"
     )
+    if cold:
+        print_cold_frame_rows(rates, passes, args, loaders["b"].dataset, frames)
 
 
 def main() -> None:
@@ -659,6 +777,11 @@ def main() -> None:
         help="SSv1-like clips of the frame-sample rows (48 JPEG frames 100 px high, 16 segments; 0 = none)",
     )
     parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="also run the frame-sample rows with the page cache dropped before every pass (needs root)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="16 clips of 64 frames at 128p, dense sampling, and 16 SSv1-like frame clips, one pass (CI)",
@@ -668,6 +791,8 @@ def main() -> None:
         parser.error(
             "--worker-startup and --digest-cost measure the video rows: give --sampling dense|segment"
         )
+    if args.cold and not args.frame_clips:
+        parser.error("--cold runs the frame-sample rows again: give --frame-clips N > 0")
     if args.quick:
         args.clips, args.frames, args.height, args.repeats, args.sampling = 16, 64, 128, 1, ["dense"]
         args.frame_clips = 16  # 4 batches: one steady batch per worker after its first
