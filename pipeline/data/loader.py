@@ -208,7 +208,7 @@ class TrainStream(IterableDataset):
                 rng=python_rng(Stream.SHUFFLE, *seed_parts),
             ),
             TakeFirst(plan.worker_samples(worker)),
-            NumberAndSkip(done * plan.clips_per_batch),
+            NumberAndSkip(done * plan.samples_per_batch),
             CheckDigest(),
         ]
 
@@ -226,7 +226,7 @@ class TrainStream(IterableDataset):
             *pixels,
             ReplaceBad(self.shard_set.shards, seed_parts, [CheckDigest(), *pixels], self.reader),
             BatchTrain(
-                plan.clips_per_batch,
+                plan.samples_per_batch,
                 row_shape(cfg),
                 seed_parts,
                 first_batch=self.first_batch(worker),
@@ -327,12 +327,12 @@ class TrainLoader:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.cfg, self.shard_set, self.rank, self.seed = cfg, shard_set, rank, seed
         self.backend = decode_backend(cfg, training=True)
-        self.full_plan = TrainPlan(shard_set.total, world_size, cfg.clips_per_batch, max(1, cfg.workers))
+        self.full_plan = TrainPlan(shard_set.total, world_size, cfg.samples_per_batch, max(1, cfg.workers))
         self.excluded: Ranges = ()  # positions of this epoch consumed before a change of world size
         if self.plan.steps_per_epoch == 0:
             raise ValueError(
                 f"data.train holds {shard_set.total} samples: fewer than one batch per rank "
-                f"(world size {world_size} x {cfg.clips_per_batch} clips per batch)"
+                f"(world size {world_size} x {cfg.samples_per_batch} samples per batch)"
             )
         self.epoch, self.consumed = 0, 0
         # One DataLoader whose workers persist from epoch to epoch: forking new ones copies the page tables
@@ -391,11 +391,11 @@ class TrainLoader:
         self.excluded = state.excluded
         if (
             state.samples_consumed > self.plan.samples_per_rank
-            or state.samples_consumed % self.plan.clips_per_batch
+            or state.samples_consumed % self.plan.samples_per_batch
         ):
             raise ValueError(
                 f"loader state samples_consumed={state.samples_consumed} does not fit this run's plan "
-                f"({self.plan.samples_per_rank} per epoch in batches of {self.plan.clips_per_batch} clips): "
+                f"({self.plan.samples_per_rank} per epoch in batches of {self.plan.samples_per_batch}): "
                 "the data, world size or batch size changed"
             )
         if state.seed != self.seed:
@@ -415,7 +415,7 @@ class TrainLoader:
         state = self.state()
         plan = dataclasses.replace(self.full_plan, excluded=state.excluded)
         if start is None:
-            start = PassStart(state.epoch, state.samples_consumed // plan.clips_per_batch)
+            start = PassStart(state.epoch, state.samples_consumed // plan.samples_per_batch)
         return TrainStream(self.cfg, self.shard_set, plan, self.rank, state.seed, start, self.backend)
 
     def batches(self) -> DataLoader:
@@ -425,7 +425,7 @@ class TrainLoader:
         if kept is None or (kept.plan, kept.seed) != (self.plan, self.seed):
             workers = self.cfg.workers if self.backend.in_workers else 0
             self._batches = make_dataloader(self.stream(self.pass_start), workers, persistent=True)
-        self.pass_start.set(self.epoch, self.consumed // self.plan.clips_per_batch)
+        self.pass_start.set(self.epoch, self.consumed // self.plan.samples_per_batch)
         return self._batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -433,7 +433,7 @@ class TrainLoader:
         self.epoch, self.consumed, self.excluded = current.epoch, current.samples_consumed, current.excluded
         for batch in self.batches():
             self.account(batch.pop("bad"), len(batch["key"]), self.cfg.batch_size)
-            self.consumed += self.plan.clips_per_batch
+            self.consumed += self.plan.samples_per_batch
             yield finish_train_batch(batch, self.cfg.aug, self.num_classes, self.cfg.modality == "image")
         if self.consumed != self.plan.samples_per_rank:
             raise RuntimeError(

@@ -389,7 +389,8 @@ class TakeFirst:
 
 
 class BatchTrain:
-    """Augmented clips -> training batches of exactly `clips_per_batch` stream positions each.
+    """Augmented samples -> training batches of exactly `samples_per_batch` stream positions each
+    (`samples_per_batch` x repeated_aug rows).
 
     Failed samples come replaced (`ReplaceBad`), their failures in the item's `__bad__`, gathered in the
     batch's `bad` list of (key, shard, reason); an item that is still an error leaves its rows out (the
@@ -400,13 +401,13 @@ class BatchTrain:
 
     def __init__(
         self,
-        clips_per_batch: int,
+        samples_per_batch: int,
         pixel_shape: tuple[int, ...],
         seed_parts: tuple[int, ...],
         first_batch: int,
         batch_step: int,
     ) -> None:
-        self.clips_per_batch, self.pixel_shape = clips_per_batch, pixel_shape
+        self.samples_per_batch, self.pixel_shape = samples_per_batch, pixel_shape
         self.seed_parts, self.first_batch, self.batch_step = seed_parts, first_batch, batch_step
 
     def __call__(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
@@ -414,7 +415,7 @@ class BatchTrain:
         batch_index = self.first_batch
         for item in items:
             group.append(item)
-            if len(group) == self.clips_per_batch:
+            if len(group) == self.samples_per_batch:
                 yield self.collate(group, batch_index)
                 group, batch_index = [], batch_index + self.batch_step
 

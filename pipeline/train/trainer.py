@@ -119,14 +119,13 @@ class Trainer:
         start = choose_start(cfg, world, skip)
         layout = start.layout()
         self.micro_batch, self.accum = layout.micro_batch, layout.grad_accum
-        self.global_batch = layout.global_batch(world)
+        self.global_batch = layout.global_batch(world)  # rows per step: the learning rate scales with them
         if self.rank == 0:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, cfg.run_dir / "config.yaml")
             note(
                 "train",
-                f"run {cfg.run_dir}: {start.describe()}: {self.micro_batch} clips per rank x {self.accum} "
-                f"accumulation steps (global batch {self.global_batch})",
+                f"run {cfg.run_dir}: {start.describe()}: {layout.describe(world, cfg.data.aug.repeated_aug)}",
             )
 
         # 2. Data (its position is this rank's part of the start, put in place in step 4).

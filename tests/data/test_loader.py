@@ -78,7 +78,7 @@ def planned_batches(loader: TrainLoader) -> list[list[str]]:
             for item in wds.DataPipeline(*stream.read_stages((start + physical) % plan.workers))
         ]
         per_worker.append(
-            [keys[i : i + plan.clips_per_batch] for i in range(0, len(keys), plan.clips_per_batch)]
+            [keys[i : i + plan.samples_per_batch] for i in range(0, len(keys), plan.samples_per_batch)]
         )
     return [batch for turn in itertools.zip_longest(*per_worker) for batch in turn if batch is not None]
 
