@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from pipeline.config import ConfigError, config_hash, save_config, to_dict
 from pipeline.console import note
+from pipeline.data.batch import Batch
 from pipeline.data.loader import build_eval_loader, build_train_loader
 from pipeline.data.transforms import shuffle_frames
 from pipeline.errors import DivergenceError
@@ -196,7 +197,7 @@ class Trainer:
                 break
         return self.finish(stop_signal)
 
-    def next_batch(self) -> dict[str, Any]:
+    def next_batch(self) -> Batch:
         """The next micro-batch; a new epoch starts where the last one ran out (a step whose
         micro-batches straddle two epochs goes on). The loader's state is the truth about epochs."""
         batch = next(self.batches, None) if self.batches is not None else None
@@ -213,12 +214,12 @@ class Trainer:
             fetched = time.perf_counter()
             batch = self.next_batch()
             data_wait += time.perf_counter() - fetched
-            inputs = batch["video"].to(self.device, dtype=self.dtype, non_blocking=True)
+            inputs = batch.inputs.to(self.device, dtype=self.dtype, non_blocking=True)
             if self.cfg.shuffle_frames:
                 inputs = shuffle_frames(inputs, self.frame_generator)
             if self.step == self.first_step and self.metrics.writer is not None:  # once per start
                 pictures.log_training_clips(self.metrics.writer, inputs, self.cfg.data.aug, self.step)
-            loss = classification_loss(self.engine(inputs), batch["label"], self.cfg.optim.label_smoothing)
+            loss = classification_loss(self.engine(inputs), batch.label, self.cfg.optim.label_smoothing)
             self.engine.backward(loss)
             set_lr(self.engine.optimizer, self.schedule(self.step))
             self.engine.step()
