@@ -81,6 +81,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import from_dict, to_dict
+from pipeline.data.batch import Batch, ShippedBatch
 from pipeline.data.config import DataConfig
 from pipeline.data.decoders import PyAVDecoder, build_decoder, resolve_decoder_name
 from pipeline.data.digest import DIGEST_MEMBER, sample_digest
@@ -244,7 +245,7 @@ def timed_pass(loader, warm_batches: int) -> tuple[int, float, float]:
         if index < warm_batches:
             warm_s = time.perf_counter() - started
             continue
-        video = batch["video"] if isinstance(batch, dict) else batch[0] if isinstance(batch, list) else batch
+        video = batch.inputs if isinstance(batch, Batch) else batch[0] if isinstance(batch, list) else batch
         clips += len(video)  # a batch tensor's rows, or a tuple of clips (frame sizes that differ)
     return clips, time.perf_counter() - started - warm_s, warm_s
 
@@ -357,12 +358,14 @@ def profile_worker(folder: Path, cfg: DataConfig) -> tuple[dict[str, float], int
         video = torch.stack([pixels for pixels, _ in group])  # as BatchTrain collates them
         with clock("worker IPC"):
             video = ForkingPickler.loads(ForkingPickler.dumps(video))
-        batch = {
-            "video": video,
-            "erase": [box for _, box in group],
-            "label": torch.zeros(len(group), dtype=torch.long),
-            "mix_seed": (0, first),
-        }
+        batch = ShippedBatch(
+            pixels=video,
+            label=torch.zeros(len(group), dtype=torch.long),
+            key=[""] * len(group),
+            view=torch.zeros(len(group), dtype=torch.long),
+            erase=[box for _, box in group],
+            mix_seed=(0, first),
+        )
         with clock("main process: normalise, erase, mix"):
             finish_train_batch(batch, cfg.aug, 4)
     return seconds, len(samples)

@@ -98,7 +98,7 @@ def loader_pass(cfg: DataConfig) -> tuple[float, int, float]:
         if index < warm_batches:
             steady_from = time.perf_counter()
         else:
-            clips += len(batch["key"])
+            clips += len(batch.key)
     return time.perf_counter() - steady_from, clips, steady_from - started
 
 

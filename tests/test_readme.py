@@ -76,7 +76,7 @@ def split_readme() -> tuple[list[Command], str, list[Command]]:
 
 
 # Clips of the training shards: the README's Slurm example has 64 ranks, and the config check (of the
-# dry run too) wants one global batch, here one clip per rank (2 rows = 2 augmented views of a clip).
+# dry run too) wants one global batch, here one sample per rank (2 rows = 2 augmented views of it).
 TRAIN_CLIPS = 64
 TINY_VIDEO = ("--classes", "2", "--frames", "8", "--height", "32")
 

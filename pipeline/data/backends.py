@@ -95,7 +95,7 @@ class DaliBackend:
         from pipeline.data.dali_image import PlanImageViews
 
         plan = PlanImageViews if self.image else PlanClips
-        group = cfg.clips_per_batch  # one DALI run per batch's worth of samples
+        group = cfg.samples_per_batch  # one DALI run per batch's worth of samples
         decoder = self.decoder(cfg, group * cfg.aug.repeated_aug)
         return [
             plan(cfg, num_classes, flip, seed_parts),

@@ -37,7 +37,7 @@ class AugConfig:
     mixup_prob: probability that a batch is mixed at all; mixup_switch_prob: probability of cutmix
       instead of mixup when both are on.
     erasing_prob: probability of erasing one random box (the same box on every frame) per clip.
-    repeated_aug: views augmented from one decoded clip (1 = off); the views sit in the same batch.
+    repeated_aug: views (rows) augmented from one decoded sample (1 = off); the views sit in the same batch.
     mean / std: normalisation per RGB channel, in [0, 1] pixel units.
     """
 
@@ -98,7 +98,8 @@ class DataConfig:
     crop_size: output height and width in pixels. short_side: evaluation resize of the short side
       in pixels before cropping (0 = crop_size).
     batch_size: rows per batch per rank (a row is one augmented view; with repeated_aug = R each
-      batch holds batch_size / R decoded clips). eval_batch_size: rows per evaluation batch (0 = batch_size).
+      batch holds batch_size / R decoded samples). eval_batch_size: rows per evaluation batch
+      (0 = batch_size).
     workers: loader worker processes per rank (0 = in the main process).
     decoder: frame decoder; "auto" picks the fastest installed CPU decoder.
     shuffle_buffer: samples held by each worker's shuffle buffer (1 = no shuffling inside a shard).
@@ -167,8 +168,8 @@ class DataConfig:
             )
 
     @property
-    def clips_per_batch(self) -> int:
-        """Decoded clips (stream samples) per training batch."""
+    def samples_per_batch(self) -> int:
+        """Samples (read from the shards and decoded) per training batch: batch_size rows / repeated_aug."""
         return self.batch_size // self.aug.repeated_aug
 
     @property

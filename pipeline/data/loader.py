@@ -5,10 +5,11 @@ Each worker runs one visible list of stages (see `TrainStream.stages`):
     shard slices of this (rank, worker) -> read tar samples -> shuffle buffer -> number / skip
     -> sample frame indices + decode -> augment -> batch (+ mixup)
 
-Batches are dicts: `video` float (B, C, T, H, W) normalised (images: (B, C, H, W)), `label` (B,) long or
-(B, K) soft targets under mixup/cutmix, `key` list[str], `view` (B,) long (training: the repeated-augmentation
-index; evaluation: the clip x crop view index, -1 on padding rows). Workers send uint8 pixels; the
-loader normalises (and erases, mixes) them in the main process as it yields each batch.
+Batches are `Batch` records (`pipeline.data.batch`): `inputs` float (B, C, T, H, W) normalised (images:
+(B, C, H, W)), `label` (B,) long or (B, K) soft targets under mixup/cutmix, `key` list[str], `view` (B,)
+long (training: the repeated-augmentation index; evaluation: the clip x crop view index, -1 on padding
+rows). Workers send uint8 pixels (a `ShippedBatch`); the loader normalises (and erases, mixes) them in
+the main process as it yields each batch.
 
 The TrainLoader advances itself: iterating it yields the rest of the current epoch, and once an
 epoch is complete the next iteration starts the next epoch (`restore` jumps explicitly). Its
@@ -40,6 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.console import note
 from pipeline.data.backends import DecodeBackend, decode_backend
+from pipeline.data.batch import BadEntry, Batch, ShippedBatch
 from pipeline.data.config import DataConfig
 from pipeline.data.manifest import ShardSet, load_shard_set
 from pipeline.data.plan import (
@@ -54,7 +56,6 @@ from pipeline.data.plan import (
 from pipeline.data.shard_io import ShardReader
 from pipeline.data.stream import (
     AppendPadding,
-    BadEntry,
     BatchEval,
     BatchTrain,
     CheckDigest,
@@ -174,7 +175,7 @@ class TrainStream(IterableDataset):
     def start_batch(self) -> int:
         return self.start.start_batch
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[ShippedBatch]:
         info = get_worker_info()
         # Rotation: physical worker p plays logical worker (start_batch + p) % K, so that the DataLoader's
         # round-robin over workers (and `in_order` here) starts with batch `start_batch`.
@@ -208,7 +209,7 @@ class TrainStream(IterableDataset):
                 rng=python_rng(Stream.SHUFFLE, *seed_parts),
             ),
             TakeFirst(plan.worker_samples(worker)),
-            NumberAndSkip(done * plan.clips_per_batch),
+            NumberAndSkip(done * plan.samples_per_batch),
             CheckDigest(),
         ]
 
@@ -226,7 +227,7 @@ class TrainStream(IterableDataset):
             *pixels,
             ReplaceBad(self.shard_set.shards, seed_parts, [CheckDigest(), *pixels], self.reader),
             BatchTrain(
-                plan.clips_per_batch,
+                plan.samples_per_batch,
                 row_shape(cfg),
                 seed_parts,
                 first_batch=self.first_batch(worker),
@@ -246,7 +247,7 @@ def row_shape(cfg: DataConfig) -> tuple[int, ...]:
     return (frames, 3, cfg.crop_size, cfg.crop_size)
 
 
-def round_robin(iterators: list[Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+def round_robin(iterators: list[Iterator[ShippedBatch]]) -> Iterator[ShippedBatch]:
     """One item from each iterator in turn, skipping those used up: the DataLoader's in-order
     round-robin over its workers, in one process."""
     live = list(iterators)
@@ -327,12 +328,12 @@ class TrainLoader:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.cfg, self.shard_set, self.rank, self.seed = cfg, shard_set, rank, seed
         self.backend = decode_backend(cfg, training=True)
-        self.full_plan = TrainPlan(shard_set.total, world_size, cfg.clips_per_batch, max(1, cfg.workers))
+        self.full_plan = TrainPlan(shard_set.total, world_size, cfg.samples_per_batch, max(1, cfg.workers))
         self.excluded: Ranges = ()  # positions of this epoch consumed before a change of world size
         if self.plan.steps_per_epoch == 0:
             raise ValueError(
                 f"data.train holds {shard_set.total} samples: fewer than one batch per rank "
-                f"(world size {world_size} x {cfg.clips_per_batch} clips per batch)"
+                f"(world size {world_size} x {cfg.samples_per_batch} samples per batch)"
             )
         self.epoch, self.consumed = 0, 0
         # One DataLoader whose workers persist from epoch to epoch: forking new ones copies the page tables
@@ -391,11 +392,11 @@ class TrainLoader:
         self.excluded = state.excluded
         if (
             state.samples_consumed > self.plan.samples_per_rank
-            or state.samples_consumed % self.plan.clips_per_batch
+            or state.samples_consumed % self.plan.samples_per_batch
         ):
             raise ValueError(
                 f"loader state samples_consumed={state.samples_consumed} does not fit this run's plan "
-                f"({self.plan.samples_per_rank} per epoch in batches of {self.plan.clips_per_batch} clips): "
+                f"({self.plan.samples_per_rank} per epoch in batches of {self.plan.samples_per_batch}): "
                 "the data, world size or batch size changed"
             )
         if state.seed != self.seed:
@@ -415,7 +416,7 @@ class TrainLoader:
         state = self.state()
         plan = dataclasses.replace(self.full_plan, excluded=state.excluded)
         if start is None:
-            start = PassStart(state.epoch, state.samples_consumed // plan.clips_per_batch)
+            start = PassStart(state.epoch, state.samples_consumed // plan.samples_per_batch)
         return TrainStream(self.cfg, self.shard_set, plan, self.rank, state.seed, start, self.backend)
 
     def batches(self) -> DataLoader:
@@ -425,15 +426,15 @@ class TrainLoader:
         if kept is None or (kept.plan, kept.seed) != (self.plan, self.seed):
             workers = self.cfg.workers if self.backend.in_workers else 0
             self._batches = make_dataloader(self.stream(self.pass_start), workers, persistent=True)
-        self.pass_start.set(self.epoch, self.consumed // self.plan.clips_per_batch)
+        self.pass_start.set(self.epoch, self.consumed // self.plan.samples_per_batch)
         return self._batches
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         current = self.state()
         self.epoch, self.consumed, self.excluded = current.epoch, current.samples_consumed, current.excluded
         for batch in self.batches():
-            self.account(batch.pop("bad"), len(batch["key"]), self.cfg.batch_size)
-            self.consumed += self.plan.clips_per_batch
+            self.account(batch.bad, len(batch), self.cfg.batch_size)
+            self.consumed += self.plan.samples_per_batch
             yield finish_train_batch(batch, self.cfg.aug, self.num_classes, self.cfg.modality == "image")
         if self.consumed != self.plan.samples_per_rank:
             raise RuntimeError(
@@ -452,7 +453,7 @@ class EvalStream(IterableDataset):
         super().__init__()
         self.cfg, self.shard_set, self.plan, self.rank, self.backend = cfg, shard_set, plan, rank, backend
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[ShippedBatch]:
         info = get_worker_info()
         workers = [info.id] if info is not None else range(self.plan.workers)
         return itertools.chain.from_iterable(wds.DataPipeline(*self.stages(worker)) for worker in workers)
@@ -508,10 +509,10 @@ class EvalLoader:
     def __len__(self) -> int:
         return self.steps
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         stream = EvalStream(self.cfg, self.shard_set, self.plan, self.rank, self.backend)
         for batch in make_dataloader(stream, self.cfg.workers if self.backend.in_workers else 0):
-            self._bad.add(batch.pop("bad"))
+            self._bad.add(batch.bad)
             yield finish_eval_batch(batch, self.cfg.aug, self.cfg.modality == "image")
 
 

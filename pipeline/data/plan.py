@@ -3,8 +3,8 @@
 Training epoch e (not resampled):
 1. the shards are put in a random order drawn from (seed, epoch), and their samples concatenated
    into one stream of N positions;
-2. every rank gets the same number of whole batches, steps = N // (world_size * clips_per_batch),
-   as one contiguous range of that stream (rank r: [r * S, (r + 1) * S), S = steps * clips_per_batch);
+2. every rank gets the same number of whole batches, steps = N // (world_size * samples_per_batch),
+   as one contiguous range of that stream (rank r: [r * S, (r + 1) * S), S = steps * samples_per_batch);
    the N - world_size * S samples left over (fewer than one batch per rank) sit out this epoch only:
    the next epoch's shard order leaves out others;
 3. inside a rank, batch j is made by logical worker j % K (K = max(1, workers)), so worker k owns
@@ -79,7 +79,7 @@ class TrainPlan:
 
     total: int
     world_size: int
-    clips_per_batch: int
+    samples_per_batch: int
     workers: int
     excluded: Ranges = ()
 
@@ -91,16 +91,16 @@ class TrainPlan:
     @property
     def steps_per_epoch(self) -> int:
         """Batches per rank per epoch (equal on every rank)."""
-        return self.available // (self.world_size * self.clips_per_batch)
+        return self.available // (self.world_size * self.samples_per_batch)
 
     @property
     def samples_per_rank(self) -> int:
         """Stream samples each rank consumes per epoch."""
-        return self.steps_per_epoch * self.clips_per_batch
+        return self.steps_per_epoch * self.samples_per_batch
 
     def worker_samples(self, worker: int) -> int:
         """Stream samples logical worker `worker` reads per epoch."""
-        return batches_of_worker(self.steps_per_epoch, self.workers, worker) * self.clips_per_batch
+        return batches_of_worker(self.steps_per_epoch, self.workers, worker) * self.samples_per_batch
 
     def worker_span(self, rank: int, worker: int) -> tuple[int, int]:
         """Available positions [begin, end) of the epoch's shuffled-shard stream that (rank, worker) reads."""
@@ -123,11 +123,11 @@ class TrainPlan:
         Each worker's shuffle buffer is replayed on the integers of its span with the worker's own seed,
         exactly as `TrainStream` draws it.
         """
-        batches = samples_per_rank // self.clips_per_batch
+        batches = samples_per_rank // self.samples_per_batch
         taken: list[tuple[int, int]] = []
         for rank in range(self.world_size):
             for worker in range(self.workers):
-                count = batches_of_worker(batches, self.workers, worker) * self.clips_per_batch
+                count = batches_of_worker(batches, self.workers, worker) * self.samples_per_batch
                 begin, end = self.worker_span(rank, worker)
                 rng = python_rng(Stream.SHUFFLE, seed, epoch, rank, worker)
                 order = wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng)(iter(range(begin, end)))
@@ -135,10 +135,14 @@ class TrainPlan:
         stream = [piece for low, high in merge_ranges(taken) for piece in self.stream_ranges(low, high)]
         return merge_ranges([*self.excluded, *stream])
 
-    def continued(self, world_size: int, clips_per_batch: int, workers: int, consumed: Ranges) -> TrainPlan:
+    def continued(self, world_size: int, samples_per_batch: int, workers: int, consumed: Ranges) -> TrainPlan:
         """The plan for the rest of this epoch on another world size or batch, without `consumed`."""
         return replace(
-            self, world_size=world_size, clips_per_batch=clips_per_batch, workers=workers, excluded=consumed
+            self,
+            world_size=world_size,
+            samples_per_batch=samples_per_batch,
+            workers=workers,
+            excluded=consumed,
         )
 
 

@@ -13,9 +13,10 @@ finishing step squeezes the time axis of image batches. A frame sample (one JPEG
 json's `"storage": "frames"`: `pipeline.data.frame_samples`) is a clip like a video sample; only its
 decoder differs.
 
-Workers ship pixels, not floats: the batch stages stack the views before normalisation ((B, T, 3,
-S, S) uint8), with each row's erased box and the batch's mixing seed, and
-`finish_train_batch` / `finish_eval_batch` normalise, erase and mix in the main process. The uint8
+Workers ship pixels, not floats: the batch stages stack the views before normalisation into a
+`ShippedBatch` ((B, T, 3, S, S) uint8, with each row's erased box and the batch's mixing seed;
+`pipeline.data.batch`), and `finish_train_batch` / `finish_eval_batch` normalise, erase and mix in the
+main process into the `Batch` the model takes. The uint8
 batch is 4x smaller to stack and to pass through shared memory; the result is bit-identical.
 """
 
@@ -33,6 +34,7 @@ import torch
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline.console import one_line
+from pipeline.data.batch import BadEntry, Batch, ShippedBatch
 from pipeline.data.config import AugConfig
 from pipeline.data.decoders import DecodeError, FrameDecoder, build_decoder, decode_image
 from pipeline.data.digest import digest_problem
@@ -49,7 +51,6 @@ IMAGE_EXTS = ("jpg", "png")  # JPEG, or PNG: the lossless copy of raw pixels (CI
 Item = dict[str, Any]
 
 Stage = Callable[[Iterable[Item]], Iterator[Item]]
-BadEntry = tuple[str, str, str]  # key, shard, reason
 
 # What a broken sample raises while it is read, parsed or decoded (a corrupt json or cls, a missing
 # member, a video that does not decode). Anything else (TypeError, AttributeError, ...) is a bug.
@@ -353,14 +354,15 @@ class EvalViews:
             yield item
 
 
-def collate_rows(rows: list[tuple[torch.Tensor, int, str, int]]) -> dict[str, Any]:
-    """(view, label, key, view id) rows -> the batch dict (video: the stacked views, label, key, view)."""
-    return {
-        "video": torch.stack([r[0] for r in rows]),
-        "label": torch.tensor([r[1] for r in rows], dtype=torch.long),
-        "key": [r[2] for r in rows],
-        "view": torch.tensor([r[3] for r in rows], dtype=torch.long),
-    }
+def collate_rows(rows: list[tuple[torch.Tensor, int, str, int]], bad: list[BadEntry]) -> ShippedBatch:
+    """(view, label, key, view id) rows and the failed samples among them -> the shipped batch."""
+    return ShippedBatch(
+        pixels=torch.stack([r[0] for r in rows]),
+        label=torch.tensor([r[1] for r in rows], dtype=torch.long),
+        key=[r[2] for r in rows],
+        view=torch.tensor([r[3] for r in rows], dtype=torch.long),
+        bad=bad,
+    )
 
 
 class AppendPadding:
@@ -389,36 +391,38 @@ class TakeFirst:
 
 
 class BatchTrain:
-    """Augmented clips -> training batches of exactly `clips_per_batch` stream positions each.
+    """Augmented samples -> training batches of exactly `samples_per_batch` stream positions each
+    (`samples_per_batch` x repeated_aug rows).
 
     Failed samples come replaced (`ReplaceBad`), their failures in the item's `__bad__`, gathered in the
     batch's `bad` list of (key, shard, reason); an item that is still an error leaves its rows out (the
     loader then stops the run). Every worker yields its planned number of batches whatever fails.
-    The batch holds pixels (`pixel_shape` per row), each row's erased box (`erase`) and the seed parts
-    of its mixing generator (`mix_seed`: seed parts, batch index); `finish_train_batch` completes it.
+    Each is a `ShippedBatch`: pixels (`pixel_shape` per row), each row's erased box (`erase`) and the
+    seed parts of its mixing generator (`mix_seed`: seed parts, batch index); `finish_train_batch`
+    completes it.
     """
 
     def __init__(
         self,
-        clips_per_batch: int,
+        samples_per_batch: int,
         pixel_shape: tuple[int, ...],
         seed_parts: tuple[int, ...],
         first_batch: int,
         batch_step: int,
     ) -> None:
-        self.clips_per_batch, self.pixel_shape = clips_per_batch, pixel_shape
+        self.samples_per_batch, self.pixel_shape = samples_per_batch, pixel_shape
         self.seed_parts, self.first_batch, self.batch_step = seed_parts, first_batch, batch_step
 
-    def __call__(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
+    def __call__(self, items: Iterable[Item]) -> Iterator[ShippedBatch]:
         group: list[Item] = []
         batch_index = self.first_batch
         for item in items:
             group.append(item)
-            if len(group) == self.clips_per_batch:
+            if len(group) == self.samples_per_batch:
                 yield self.collate(group, batch_index)
                 group, batch_index = [], batch_index + self.batch_step
 
-    def collate(self, group: list[Item], batch_index: int) -> dict[str, Any]:
+    def collate(self, group: list[Item], batch_index: int) -> ShippedBatch:
         """One batch from a group of items; `batch_index` is the batch's index in the rank's epoch."""
         good = [item for item in group if "__error__" not in item]
         rows = [
@@ -426,10 +430,10 @@ class BatchTrain:
             for item in good
             for r, (pixels, _) in enumerate(item["views"])
         ]
-        batch = collate_rows(rows) if rows else empty_batch(self.pixel_shape)
-        batch["erase"] = [box for item in good for _, box in item["views"]]
-        batch["mix_seed"] = (*self.seed_parts, batch_index)
-        batch["bad"] = [entry for item in group for entry in item.get("__bad__", ())]
+        bad = [entry for item in group for entry in item.get("__bad__", ())]
+        batch = collate_rows(rows, bad) if rows else empty_batch(self.pixel_shape, bad)
+        batch.erase = [box for item in good for _, box in item["views"]]
+        batch.mix_seed = (*self.seed_parts, batch_index)
         return batch
 
 
@@ -447,7 +451,7 @@ class BatchEval:
             pixel_shape,
         )
 
-    def __call__(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
+    def __call__(self, items: Iterable[Item]) -> Iterator[ShippedBatch]:
         rows: list[tuple[torch.Tensor, int, str, int]] = []
         bad: list[BadEntry] = []
         padding = (torch.zeros(self.pixel_shape, dtype=torch.uint8), -1, "", -1)
@@ -459,42 +463,41 @@ class BatchEval:
                 if "__error__" in item:
                     bad.append(bad_entry(item))
             while len(rows) >= self.rows_per_batch:
-                yield {**collate_rows(rows[: self.rows_per_batch]), "bad": bad}
+                yield collate_rows(rows[: self.rows_per_batch], bad)
                 rows, bad = rows[self.rows_per_batch :], []
         if rows:
             rows += [padding] * (self.rows_per_batch - len(rows))
-            yield {**collate_rows(rows), "bad": bad}
+            yield collate_rows(rows, bad)
 
 
-def empty_batch(row_shape: tuple[int, ...]) -> dict[str, Any]:
-    """A batch with no rows (every sample of its group failed)."""
-    return {
-        "video": torch.zeros((0, *row_shape)),
-        "label": torch.zeros(0, dtype=torch.long),
-        "key": [],
-        "view": torch.zeros(0, dtype=torch.long),
-    }
+def empty_batch(row_shape: tuple[int, ...], bad: list[BadEntry]) -> ShippedBatch:
+    """A batch with no rows (every sample of its group failed, in `bad`)."""
+    return ShippedBatch(
+        pixels=torch.zeros((0, *row_shape)),
+        label=torch.zeros(0, dtype=torch.long),
+        key=[],
+        view=torch.zeros(0, dtype=torch.long),
+        bad=bad,
+    )
 
 
-def finish_train_batch(
-    batch: dict[str, Any], aug: AugConfig, num_classes: int, image: bool = False
-) -> dict[str, Any]:
-    """A shipped training batch -> the batch contract: normalise, erase each row's box, mix (in place);
+def finish_train_batch(batch: ShippedBatch, aug: AugConfig, num_classes: int, image: bool = False) -> Batch:
+    """A shipped training batch -> the model's batch: normalise, erase each row's box, mix;
     `image`: the one-frame clips become images (B, C, H, W)."""
-    video = normalise_batch(batch.pop("video"), aug.mean, aug.std)
-    for row, box in enumerate(batch.pop("erase")):
+    video = normalise_batch(batch.pixels, aug.mean, aug.std)
+    for row, box in enumerate(batch.erase):
         if box is not None:
             top, left, noise = box
             video[row, :, :, top : top + noise.shape[-2], left : left + noise.shape[-1]] = noise
-    label, mix_seed = batch.pop("label"), batch.pop("mix_seed")
+    label = batch.label
     if aug.mixes:
-        video, label = mix_batch(video, label, num_classes, aug, make_rng(Stream.BATCH, *mix_seed))
-    return {"video": video.squeeze(2) if image else video, "label": label, **batch}
+        video, label = mix_batch(video, label, num_classes, aug, make_rng(Stream.BATCH, *batch.mix_seed))
+    return Batch(video.squeeze(2) if image else video, label, batch.key, batch.view)
 
 
-def finish_eval_batch(batch: dict[str, Any], aug: AugConfig, image: bool = False) -> dict[str, Any]:
-    """A shipped evaluation batch -> the batch contract: normalise; padding rows (view -1) are zeros;
+def finish_eval_batch(batch: ShippedBatch, aug: AugConfig, image: bool = False) -> Batch:
+    """A shipped evaluation batch -> the model's batch: normalise; padding rows (view -1) are zeros;
     `image`: (B, C, H, W)."""
-    video = normalise_batch(batch.pop("video"), aug.mean, aug.std)
-    video[batch["view"] == -1] = 0.0
-    return {"video": video.squeeze(2) if image else video, **batch}
+    video = normalise_batch(batch.pixels, aug.mean, aug.std)
+    video[batch.view == -1] = 0.0
+    return Batch(video.squeeze(2) if image else video, batch.label, batch.key, batch.view)

@@ -291,7 +291,8 @@ class TrainerState:
     config_hash: str
     model_arguments: dict[str, Any]  # create_model(**model_arguments) rebuilds the network
     ranks: list[RankState]
-    # The per-rank micro-batch and accumulation the saving job ran with (they adapt to the world size).
+    # The per-rank micro-batch (in rows, data.batch_size's unit: repeated_aug views per sample) and the
+    # accumulation the saving job ran with (they adapt to the world size).
     micro_batch: int = 0
     grad_accum: int = 0
 
@@ -302,7 +303,7 @@ class TrainerState:
 
     @property
     def global_batch(self) -> int:
-        """Clips per optimizer step over all ranks."""
+        """Rows (augmented views) per optimizer step over all ranks."""
         return self.micro_batch * self.grad_accum * self.world_size
 
     def to_dict(self) -> dict[str, Any]:

@@ -46,8 +46,8 @@ class InitConfig:
 class OptimConfig:
     """AdamW with a cosine schedule; the learning rate scales linearly with the global batch."""
 
-    lr: float = 2e-4  # at `base_batch_size` clips per optimizer step
-    base_batch_size: int = 64  # clips per step that `lr` refers to
+    lr: float = 2e-4  # at `base_batch_size` rows per optimizer step (the batch the model sees)
+    base_batch_size: int = 64  # rows (augmented views) per step that `lr` refers to
     min_lr: float = 1e-6  # end of the cosine, absolute
     weight_decay: float = 0.05  # never applied to 1-D parameters (norms, biases, scales)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -254,10 +254,10 @@ def check_shards(cfg: Config, world_size: int) -> None:
             raise ConfigError(
                 f"data.{key}: the shards hold {shard_set.modality}s, data.modality is {data.modality!r}"
             )
-        global_batch = data.clips_per_batch * cfg.engine.grad_accum_steps * world_size
-        if key == "train" and shard_set.total < global_batch:
+        samples_per_step = data.samples_per_batch * cfg.engine.grad_accum_steps * world_size
+        if key == "train" and shard_set.total < samples_per_step:
             raise ConfigError(
-                f"data.batch_size: one global batch takes {global_batch} clips (data.batch_size "
+                f"data.batch_size: one global batch takes {samples_per_step} samples (data.batch_size "
                 f"{data.batch_size} / aug.repeated_aug {data.aug.repeated_aug} x engine.grad_accum_steps "
                 f"{cfg.engine.grad_accum_steps} x world size {world_size}), "
                 f"data.train holds {shard_set.total}"

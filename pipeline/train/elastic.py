@@ -21,8 +21,9 @@ from pipeline.train.checkpoint import TrainerState
 def batch_for_world(
     global_batch: int, world_size: int, max_micro_batch: int, multiple: int = 1
 ) -> tuple[int, int]:
-    """(micro-batch per rank, accumulation steps) with micro x steps x world = `global_batch`: the largest
-    micro-batch up to `max_micro_batch` that is a multiple of `multiple` (repeated augmentation)."""
+    """(micro-batch per rank, accumulation steps) with micro x steps x world = `global_batch`, all in rows
+    (augmented views): the largest micro-batch up to `max_micro_batch` that is a multiple of `multiple`
+    (repeated augmentation's views per sample, which share a micro-batch)."""
     if global_batch % world_size == 0:
         per_rank = global_batch // world_size
         for micro in range(min(max_micro_batch, per_rank), 0, -1):
@@ -32,7 +33,7 @@ def batch_for_world(
         w for w in range(1, global_batch + 1) if global_batch % w == 0 and (global_batch // w) % multiple == 0
     ]
     raise ConfigError(
-        f"the run's global batch of {global_batch} clips cannot be kept on {world_size} ranks "
+        f"the run's global batch of {global_batch} rows cannot be kept on {world_size} ranks "
         f"(micro-batch at most data.batch_size={max_micro_batch}); world sizes that can: "
         + ", ".join(map(str, possible[:16]))
         + (" ..." if len(possible) > 16 else "")
@@ -49,7 +50,7 @@ def continued_loader_state(saved: TrainerState, loader: TrainLoader, shuffle_buf
     old = TrainPlan(
         loader.full_plan.total,
         saved.world_size,
-        saved.micro_batch // loader.cfg.aug.repeated_aug,
+        saved.micro_batch // loader.cfg.aug.repeated_aug,  # the saved rows per batch, in samples
         loader.full_plan.workers,
         position.excluded,
     )

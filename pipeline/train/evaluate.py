@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import ConfigError
+from pipeline.data.batch import Batch
 from pipeline.data.loader import build_eval_loader
 from pipeline.errors import RunError, report
 from pipeline.models.exported import load_exported
@@ -46,7 +47,7 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(
     forward: Callable[[torch.Tensor], torch.Tensor],
-    batches: Iterable[dict],
+    batches: Iterable[Batch],
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     across_ranks: bool = False,
@@ -60,9 +61,9 @@ def evaluate(
     """
     per_video: dict[str, tuple[torch.Tensor, int, int]] = {}
     for batch in batches:
-        logits = forward(batch["video"].to(device=device, dtype=dtype, non_blocking=True))
+        logits = forward(batch.inputs.to(device=device, dtype=dtype, non_blocking=True))
         probs = torch.softmax(logits.float(), dim=-1).cpu()
-        rows = zip(batch["key"], batch["label"].tolist(), batch["view"].tolist(), probs, strict=True)
+        rows = zip(batch.key, batch.label.tolist(), batch.view.tolist(), probs, strict=True)
         for key, label, view, prob in rows:
             if view < 0:
                 continue

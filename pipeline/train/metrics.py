@@ -74,15 +74,16 @@ class MetricsProcessor:
     def _reset(self) -> None:
         self.loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self.steps = 0
-        self.clips = 0
+        self.rows = 0
         self.data_wait_s = 0.0
         self.step_s = 0.0
 
-    def record_step(self, loss: torch.Tensor, clips: int, data_wait_s: float, step_s: float) -> None:
-        """Account one optimizer step: its mean loss (kept on device), clips over all ranks, timings."""
+    def record_step(self, loss: torch.Tensor, rows: int, data_wait_s: float, step_s: float) -> None:
+        """Account one optimizer step: its mean loss (kept on device), rows (augmented views) over all ranks,
+        timings."""
         self.loss_sum += loss.detach().to(torch.float64)
         self.steps += 1
-        self.clips += clips
+        self.rows += rows
         self.data_wait_s += data_wait_s
         self.step_s += step_s
 
@@ -99,7 +100,7 @@ class MetricsProcessor:
         scalars = {
             "train/loss": loss,
             "train/lr": lr,
-            "train/clips_per_s": self.clips / max(self.step_s, 1e-9),
+            "train/rows_per_s": self.rows / max(self.step_s, 1e-9),
             "train/data_wait_frac": self.data_wait_s / max(self.step_s, 1e-9),
             "train/step_s": self.step_s / self.steps,
             "mem/peak_gb": peak_memory_gb(self.device),
@@ -112,7 +113,7 @@ class MetricsProcessor:
             note(
                 "train",
                 f"step {step}/{self.total_steps} epoch {epoch} loss {loss:.4f} lr {lr:.2e} "
-                f"clips/s {scalars['train/clips_per_s']:.1f} data {scalars['train/data_wait_frac']:.0%} "
+                f"rows/s {scalars['train/rows_per_s']:.1f} data {scalars['train/data_wait_frac']:.0%} "
                 f"step {scalars['train/step_s']:.2f}s mem {scalars['mem/peak_gb']:.2f}GB "
                 f"eta {format_duration(eta)}",
             )

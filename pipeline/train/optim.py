@@ -22,7 +22,11 @@ STAGE_ENTRY_NAME = re.compile(r"^(?:.*\.)?(?:patch_embed|downsample)(\d+)\.")
 
 
 def scaled_lr(cfg: OptimConfig, global_batch_size: int) -> float:
-    """The peak learning rate for `global_batch_size` clips per step (linear scaling rule)."""
+    """The peak learning rate for `global_batch_size` rows per step (linear scaling rule).
+
+    Rows are the batch the model sees: with repeated augmentation R, R rows per decoded sample, as
+    DeiT scales its rate by the batch of repeated views, not by the distinct images in it.
+    """
     return cfg.lr * global_batch_size / cfg.base_batch_size
 
 

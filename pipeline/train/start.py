@@ -69,14 +69,22 @@ def load_pretrained_weights(model: nn.Module, path: str) -> None:
 
 @dataclass(frozen=True)
 class BatchLayout:
-    """How the global batch is cut: clips per rank per micro-batch, micro-batches per optimizer step."""
+    """How the global batch is cut: rows per rank per micro-batch, micro-batches per optimizer step."""
 
     micro_batch: int
     grad_accum: int
 
     def global_batch(self, world_size: int) -> int:
-        """Clips per optimizer step over `world_size` ranks."""
+        """Rows (augmented views) per optimizer step over `world_size` ranks."""
         return self.micro_batch * self.grad_accum * world_size
+
+    def describe(self, world_size: int, views: int) -> str:
+        """The layout in rows and, with `views` rows per sample (repeated augmentation), in samples."""
+        rows = self.global_batch(world_size)
+        return (
+            f"{self.micro_batch} rows per rank x {self.grad_accum} accumulation steps "
+            f"(global batch {rows} rows: {rows // views} samples x {views} views)"
+        )
 
     def applied(self, cfg: Config) -> Config:
         """`cfg` with this micro-batch per rank and accumulation."""

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from pipeline.config import ConfigError, config_hash, save_config, to_dict
 from pipeline.console import note
+from pipeline.data.batch import Batch
 from pipeline.data.loader import build_eval_loader, build_train_loader
 from pipeline.data.transforms import shuffle_frames
 from pipeline.errors import DivergenceError
@@ -119,14 +120,13 @@ class Trainer:
         start = choose_start(cfg, world, skip)
         layout = start.layout()
         self.micro_batch, self.accum = layout.micro_batch, layout.grad_accum
-        self.global_batch = layout.global_batch(world)
+        self.global_batch = layout.global_batch(world)  # rows per step: the learning rate scales with them
         if self.rank == 0:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, cfg.run_dir / "config.yaml")
             note(
                 "train",
-                f"run {cfg.run_dir}: {start.describe()}: {self.micro_batch} clips per rank x {self.accum} "
-                f"accumulation steps (global batch {self.global_batch})",
+                f"run {cfg.run_dir}: {start.describe()}: {layout.describe(world, cfg.data.aug.repeated_aug)}",
             )
 
         # 2. Data (its position is this rank's part of the start, put in place in step 4).
@@ -197,7 +197,7 @@ class Trainer:
                 break
         return self.finish(stop_signal)
 
-    def next_batch(self) -> dict[str, Any]:
+    def next_batch(self) -> Batch:
         """The next micro-batch; a new epoch starts where the last one ran out (a step whose
         micro-batches straddle two epochs goes on). The loader's state is the truth about epochs."""
         batch = next(self.batches, None) if self.batches is not None else None
@@ -214,12 +214,12 @@ class Trainer:
             fetched = time.perf_counter()
             batch = self.next_batch()
             data_wait += time.perf_counter() - fetched
-            inputs = batch["video"].to(self.device, dtype=self.dtype, non_blocking=True)
+            inputs = batch.inputs.to(self.device, dtype=self.dtype, non_blocking=True)
             if self.cfg.shuffle_frames:
                 inputs = shuffle_frames(inputs, self.frame_generator)
             if self.step == self.first_step and self.metrics.writer is not None:  # once per start
                 pictures.log_training_clips(self.metrics.writer, inputs, self.cfg.data.aug, self.step)
-            loss = classification_loss(self.engine(inputs), batch["label"], self.cfg.optim.label_smoothing)
+            loss = classification_loss(self.engine(inputs), batch.label, self.cfg.optim.label_smoothing)
             self.engine.backward(loss)
             set_lr(self.engine.optimizer, self.schedule(self.step))
             self.engine.step()

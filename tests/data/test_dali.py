@@ -83,10 +83,10 @@ def test_dali_loader_matches_the_cpu_loader_on_vp9_shards(make_shards) -> None:
     assert len(dali) == len(cpu) == dali_loader.steps_per_epoch
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1) * 255
     for ours, reference in zip(dali, cpu, strict=True):
-        assert ours["key"] == reference["key"] and torch.equal(ours["label"], reference["label"])
-        assert ours["video"].shape == reference["video"].shape
+        assert ours.key == reference.key and torch.equal(ours.label, reference.label)
+        assert ours.inputs.shape == reference.inputs.shape
         # back to grey levels; the same frames, crop box and flip, only colour conversion and resize differ
-        diff = ((ours["video"] - reference["video"]) * std).abs()
+        diff = ((ours.inputs - reference.inputs) * std).abs()
         assert diff.mean() < MEAN_TOLERANCE and np.percentile(diff.numpy(), 99) < P99_TOLERANCE
 
 
@@ -106,12 +106,12 @@ def test_dali_video_takes_randaugment_and_repeated_views_like_the_cpu_path(make_
     assert len(dali) == len(cpu) == loaders["dali"].steps_per_epoch
     for ours, reference in zip(dali, cpu, strict=True):
         # the same samples, each as two views in a row, the same labels and view numbers
-        assert ours["key"] == reference["key"] and ours["key"][0::2] == ours["key"][1::2]
-        assert torch.equal(ours["label"], reference["label"]) and torch.equal(ours["view"], reference["view"])
-        assert ours["video"].shape == reference["video"].shape == (4, 3, 4, 32, 32)
-        assert torch.isfinite(ours["video"]).all()
+        assert ours.key == reference.key and ours.key[0::2] == ours.key[1::2]
+        assert torch.equal(ours.label, reference.label) and torch.equal(ours.view, reference.view)
+        assert ours.inputs.shape == reference.inputs.shape == (4, 3, 4, 32, 32)
+        assert torch.isfinite(ours.inputs).all()
         # two views of one clip are augmented apart
-        assert not torch.equal(ours["video"][0], ours["video"][1])
+        assert not torch.equal(ours.inputs[0], ours.inputs[1])
 
 
 def test_a_video_dali_cannot_decode_is_replaced_and_the_next_runs_decode(make_shards, tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_a_video_dali_cannot_decode_is_replaced_and_the_next_runs_decode(make_sh
         from_dict(DataConfig, {**segment_clips(str(folder)), "decoder": "dali"}), rank=0, world_size=1, seed=0
     )
     for epoch in (1, 2):
-        keys = [key for batch in loader for key in batch["key"]]
+        keys = [key for batch in loader for key in batch.key]
         assert len(keys) == 16 and bad_key not in keys
         assert loader.bad_samples == epoch
 
@@ -147,8 +147,8 @@ def test_dali_mixed_decoder_on_gpu_decodes_h264(make_shards) -> None:
         build_train_loader(from_dict(DataConfig, {**base, "decoder": "dali"}), rank=0, world_size=1, seed=0)
     )
     for ours, reference in zip(gpu, cpu, strict=True):
-        assert ours["video"].is_cuda and ours["key"] == reference["key"]
-        assert (ours["video"].cpu() - reference["video"]).abs().mean() < 0.05
+        assert ours.inputs.is_cuda and ours.key == reference.key
+        assert (ours.inputs.cpu() - reference.inputs).abs().mean() < 0.05
 
 
 # --- images: nvJPEG's path (pipeline.data.dali_image), run here with DALI's CPU JPEG decoder ---
@@ -194,11 +194,11 @@ def rows_by_view(loader: Iterable[dict[str, Any]]) -> dict[tuple[str, int], tupl
     """(key, view) -> (pixels, label) of every real row of an evaluation pass; padding rows must be zeros."""
     rows = {}
     for batch in loader:
-        for row, (key, view) in enumerate(zip(batch["key"], batch["view"].tolist(), strict=True)):
+        for row, (key, view) in enumerate(zip(batch.key, batch.view.tolist(), strict=True)):
             if view == -1:
-                assert not batch["video"][row].any()
+                assert not batch.inputs[row].any()
             else:
-                rows[(key, view)] = (batch["video"][row], int(batch["label"][row]))
+                rows[(key, view)] = (batch.inputs[row], int(batch.label[row]))
     return rows
 
 
@@ -222,8 +222,8 @@ def test_dali_image_training_takes_the_cpu_paths_crops_flips_and_labels(image_fo
     dali = list(loader)
     assert len(dali) == len(cpu) == loader.steps_per_epoch
     for ours, reference in zip(dali, cpu, strict=True):
-        assert ours["key"] == reference["key"] and torch.equal(ours["label"], reference["label"])
-        assert_close_pixels(ours["video"], reference["video"])
+        assert ours.key == reference.key and torch.equal(ours.label, reference.label)
+        assert_close_pixels(ours.inputs, reference.inputs)
 
 
 @pytest.mark.parametrize(
@@ -249,13 +249,13 @@ def test_dali_image_training_runs_the_torch_side_augmentation(image_folder: Path
     assert len(dali) == len(cpu) == 6
     for ours, reference in zip(dali, cpu, strict=True):
         # the same samples, views and mixing: equal soft targets (they depend on labels and the batch seed)
-        assert ours["key"] == reference["key"] and torch.equal(ours["view"], torch.tensor([0, 1, 0, 1]))
-        assert ours["video"].shape == (4, 3, 32, 32) and ours["video"].dtype == torch.float32
-        assert torch.allclose(ours["label"], reference["label"]) and ours["label"].shape == (4, 3)
-        grey = ours["video"] * GREY_LEVELS + torch.tensor(cfg.aug.mean).view(1, 3, 1, 1) * 255
+        assert ours.key == reference.key and torch.equal(ours.view, torch.tensor([0, 1, 0, 1]))
+        assert ours.inputs.shape == (4, 3, 32, 32) and ours.inputs.dtype == torch.float32
+        assert torch.allclose(ours.label, reference.label) and ours.label.shape == (4, 3)
+        grey = ours.inputs * GREY_LEVELS + torch.tensor(cfg.aug.mean).view(1, 3, 1, 1) * 255
         erased = (grey < -0.5) | (grey > 255.5)  # erasing's noise is the only thing outside [0, 255]
         assert (
-            torch.isfinite(ours["video"]).all() and grey[~erased].min() > -0.5 and grey[~erased].max() < 255.5
+            torch.isfinite(ours.inputs).all() and grey[~erased].min() > -0.5 and grey[~erased].max() < 255.5
         )
 
 
@@ -269,7 +269,7 @@ def test_dali_image_loader_resumes_exactly(image_folder: Path) -> None:
     resumed = list(build_train_loader(cfg, rank=0, world_size=1, seed=1, state=state))
     assert len(first) + len(resumed) == whole.steps_per_epoch
     for ours, reference in zip(resumed, rest, strict=True):
-        assert ours["key"] == reference["key"] and torch.equal(ours["video"], reference["video"])
+        assert ours.key == reference.key and torch.equal(ours.inputs, reference.inputs)
 
 
 @pytest.mark.gpu
@@ -283,10 +283,8 @@ def test_dali_mixed_image_decoder_on_gpu_matches_the_pillow_path(image_folder: P
         build_train_loader(image_config(image_folder, "dali", **settings), rank=0, world_size=1, seed=0)
     )
     for ours, reference in zip(gpu, cpu, strict=True):
-        assert ours["video"].is_cuda and ours["key"] == reference["key"]
+        assert ours.inputs.is_cuda and ours.key == reference.key
         # nvJPEG's IDCT and upsampling are not libjpeg-turbo's: a looser bound than the CPU decoder's
-        assert (
-            (ours["video"].cpu() - reference["video"]) * GREY_LEVELS
-        ).abs().mean() < 2 * IMAGE_MEAN_TOLERANCE
+        assert ((ours.inputs.cpu() - reference.inputs) * GREY_LEVELS).abs().mean() < 2 * IMAGE_MEAN_TOLERANCE
     evaluation = next(iter(build_eval_loader(image_config(image_folder, "dali"), rank=0, world_size=1)))
-    assert evaluation["video"].shape == (4, 3, 32, 32)
+    assert evaluation.inputs.shape == (4, 3, 32, 32)

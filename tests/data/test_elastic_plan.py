@@ -71,7 +71,7 @@ def test_the_batch_adapts_to_keep_the_global_batch() -> None:
 
 def keys_of(loader: TrainLoader, batches: int | None = None) -> list[str]:
     """The keys of the next `batches` batches of `loader` (the rest of its epoch when None)."""
-    return [key for batch in itertools.islice(loader, batches) for key in batch["key"]]
+    return [key for batch in itertools.islice(loader, batches) for key in batch.key]
 
 
 @pytest.mark.parametrize("new_world", [4, 1])

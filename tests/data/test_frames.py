@@ -180,9 +180,9 @@ def test_frame_and_video_samples_of_the_same_clips_give_the_same_batches(ssv1: d
     video = list(build_train_loader(config(ssv1["video"], **aug), rank=0, world_size=1, seed=1))
     assert len(frames) == len(video) == VIDEOS // 2
     for ours, reference in zip(frames, video, strict=True):
-        assert ours["key"] == reference["key"] and torch.equal(ours["label"], reference["label"])
-        assert ours["video"].shape == reference["video"].shape == (2, 3, 8, 32, 32)
-        assert ((ours["video"] - reference["video"]) * GREY_LEVELS).abs().mean() < 6.0
+        assert ours.key == reference.key and torch.equal(ours.label, reference.label)
+        assert ours.inputs.shape == reference.inputs.shape == (2, 3, 8, 32, 32)
+        assert ((ours.inputs - reference.inputs) * GREY_LEVELS).abs().mean() < 6.0
 
 
 def rewrite_sample(
@@ -235,8 +235,8 @@ def test_a_corrupt_frame_is_a_counted_bad_sample_with_a_stand_in_and_one_log_lin
     loader = build_train_loader(cfg, rank=0, world_size=1, seed=0, run_dir=tmp_path / "run")
     for _ in range(2):
         batches = list(loader)
-        keys = [key for batch in batches for key in batch["key"]]
-        assert [len(batch["key"]) for batch in batches] == [4, 4] and bad_key not in keys
+        keys = [key for batch in batches for key in batch.key]
+        assert [len(batch.key) for batch in batches] == [4, 4] and bad_key not in keys
     assert loader.bad_samples == 2  # once per epoch
     logged = [line for line in capsys.readouterr().err.splitlines() if bad_key in line]
     assert len(logged) == 1 and reason in logged[0]
@@ -256,8 +256,8 @@ def test_a_resumed_loader_yields_the_same_batches(ssv1: dict[str, Path]) -> None
     resumed = list(build_train_loader(cfg, rank=0, world_size=1, seed=7, state=state))
     assert len(rest) == len(resumed) == whole.steps_per_epoch - 1 == 3
     for ours, reference in zip(resumed, rest, strict=True):
-        assert ours["key"] == reference["key"] and torch.equal(ours["video"], reference["video"])
-    assert first["key"] not in [batch["key"] for batch in resumed]
+        assert ours.key == reference.key and torch.equal(ours.inputs, reference.inputs)
+    assert first.key not in [batch.key for batch in resumed]
 
 
 def test_evaluation_gives_every_views_crops_of_the_published_frames(ssv1: dict[str, Path]) -> None:
@@ -265,9 +265,9 @@ def test_evaluation_gives_every_views_crops_of_the_published_frames(ssv1: dict[s
     loader = build_eval_loader(cfg, rank=0, world_size=1)
     rows = {}
     for batch in loader:
-        for row, (key, view) in enumerate(zip(batch["key"], batch["view"].tolist(), strict=True)):
+        for row, (key, view) in enumerate(zip(batch.key, batch.view.tolist(), strict=True)):
             if view >= 0:
-                rows[(key, view)] = batch["video"][row]
+                rows[(key, view)] = batch.inputs[row]
     samples = {sample["__key__"]: sample for sample in raw_samples(ssv1["val"])}
     assert sorted(rows) == [(key, view) for key in sorted(samples) for view in range(6)]
     transform = EvalTransform(cfg)
@@ -286,9 +286,9 @@ def test_the_storage_is_chosen_per_sample_from_its_json(ssv1: dict[str, Path]) -
     """One split of frame samples and video samples (the same clips twice): each decodes by its own kind."""
     cfg = dataclasses.replace(config(ssv1["train"]), train=[str(ssv1["train"]), str(ssv1["video"])])
     batches = list(build_train_loader(cfg, rank=0, world_size=1, seed=0))
-    keys = Counter(key for batch in batches for key in batch["key"])
+    keys = Counter(key for batch in batches for key in batch.key)
     assert len(keys) == VIDEOS and set(keys.values()) == {2}
-    assert all(torch.isfinite(batch["video"]).all() for batch in batches)
+    assert all(torch.isfinite(batch.inputs).all() for batch in batches)
 
 
 @needs_dali
@@ -299,10 +299,10 @@ def test_dali_decodes_the_sampled_frames_as_the_cpu_path(ssv1: dict[str, Path]) 
     dali = list(loader)
     assert len(dali) == len(cpu) == loader.steps_per_epoch == 2
     for ours, reference in zip(dali, cpu, strict=True):
-        assert ours["key"] == reference["key"] and torch.equal(ours["label"], reference["label"])
-        assert ours["video"].shape == reference["video"].shape == (2, 3, 8, 32, 32)
+        assert ours.key == reference.key and torch.equal(ours.label, reference.label)
+        assert ours.inputs.shape == reference.inputs.shape == (2, 3, 8, 32, 32)
         # DALI's CPU JPEG decoder is libjpeg-turbo as Pillow's; only the resize kernels round apart
-        diff = ((ours["video"] - reference["video"]) * GREY_LEVELS).abs()
+        diff = ((ours.inputs - reference.inputs) * GREY_LEVELS).abs()
         assert diff.mean() < 1.0 and np.percentile(diff.numpy(), 99) < 6.0
 
 
@@ -317,9 +317,9 @@ def test_dali_frame_path_runs_repeated_views_and_replaces_a_corrupt_frame(
     batches = list(loader)
     assert len(batches) == loader.steps_per_epoch == 4 and loader.bad_samples == 1
     for batch in batches:
-        assert batch["video"].shape == (4, 3, FRAMES, 32, 32) and torch.isfinite(batch["video"]).all()
-        assert batch["key"][0::2] == batch["key"][1::2] and bad_key not in batch["key"]
-        assert not torch.equal(batch["video"][0], batch["video"][1])  # two views augmented apart
+        assert batch.inputs.shape == (4, 3, FRAMES, 32, 32) and torch.isfinite(batch.inputs).all()
+        assert batch.key[0::2] == batch.key[1::2] and bad_key not in batch.key
+        assert not torch.equal(batch.inputs[0], batch.inputs[1])  # two views augmented apart
     # found on the host: the cut JPEG never reaches DALI (whose CPU decoder crashed on one in a batch)
     (logged,) = [line for line in capsys.readouterr().err.splitlines() if bad_key in line]
     assert "frame 5 (000005.jpg) is not a whole JPEG" in logged
@@ -333,9 +333,9 @@ def test_dali_nvjpeg_on_gpu_decodes_the_sampled_frames_as_the_cpu_path(ssv1: dic
     gpu = list(build_train_loader(config(ssv1["train"], decoder="dali"), rank=0, world_size=1, seed=0))
     assert len(gpu) == len(cpu) == VIDEOS // 2
     for ours, reference in zip(gpu, cpu, strict=True):
-        assert ours["video"].is_cuda and ours["key"] == reference["key"]
+        assert ours.inputs.is_cuda and ours.key == reference.key
         # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's: a looser bound than the CPU decoder's
-        assert ((ours["video"].cpu() - reference["video"]) * GREY_LEVELS).abs().mean() < 2.0
+        assert ((ours.inputs.cpu() - reference.inputs) * GREY_LEVELS).abs().mean() < 2.0
 
 
 @needs_dali
@@ -360,8 +360,8 @@ def test_dali_runs_a_split_of_frame_and_video_samples_each_on_its_graph(make_sha
     assert len(dali) == len(cpu) == 16
     assert {"video", "frames"} in runs  # some batch's run held both kinds
     for ours, reference in zip(dali, cpu, strict=True):
-        assert ours["key"] == reference["key"] and torch.equal(ours["label"], reference["label"])
+        assert ours.key == reference.key and torch.equal(ours.label, reference.label)
         # DALI's YUV -> RGB conversion differs from libswscale's on the VP9 rows (test_dali's tolerance)
-        assert ((ours["video"] - reference["video"]) * GREY_LEVELS).abs().mean() < 2.5
-    keys = Counter(key for batch in dali for key in batch["key"])
+        assert ((ours.inputs - reference.inputs) * GREY_LEVELS).abs().mean() < 2.5
+    keys = Counter(key for batch in dali for key in batch.key)
     assert set(keys.values()) == {2}  # every clip once as video, once as frames

@@ -78,7 +78,7 @@ def planned_batches(loader: TrainLoader) -> list[list[str]]:
             for item in wds.DataPipeline(*stream.read_stages((start + physical) % plan.workers))
         ]
         per_worker.append(
-            [keys[i : i + plan.clips_per_batch] for i in range(0, len(keys), plan.clips_per_batch)]
+            [keys[i : i + plan.samples_per_batch] for i in range(0, len(keys), plan.samples_per_batch)]
         )
     return [batch for turn in itertools.zip_longest(*per_worker) for batch in turn if batch is not None]
 
@@ -157,7 +157,7 @@ state = LoaderState.from_dict(json.loads(sys.argv[2]))
 loader = build_train_loader(cfg, rank=1, world_size=2, seed=0, state=state)
 out = []
 for _ in range(2):  # the rest of this epoch, then the whole next one
-    out += [[b["key"], b["label"].tolist(), b["video"].double().sum().item()] for b in loader]
+    out += [[b.key, b.label.tolist(), b.inputs.double().sum().item()] for b in loader]
 print(json.dumps(out))
 """
 
@@ -187,7 +187,7 @@ def test_resume_in_a_new_process_continues_the_exact_sequence(uneven_shards: lis
     full.restore(LoaderState(epoch=0, samples_consumed=0, seed=0))
     reference = []
     for _ in range(2):  # the loader advances itself to the next epoch
-        reference += [[b["key"], b["label"].tolist(), b["video"].double().sum().item()] for b in full]
+        reference += [[b.key, b.label.tolist(), b.inputs.double().sum().item()] for b in full]
     assert full.state() == LoaderState(epoch=2, samples_consumed=0, seed=0)
     assert [r[0] for r in reference] == planned
     assert all(len(set(keys)) == 2 for keys in planned)
@@ -228,11 +228,11 @@ def test_workers_persist_across_epochs_and_a_pass_left_early_resumes_where_it_st
     assert first_pass.persistent_workers
     keys = []
     for step, batch in enumerate(loader, start=1):
-        keys.append(batch["key"])
+        keys.append(batch.key)
         if step == 3:
             break
-    keys += [batch["key"] for batch in loader]  # the rest of epoch 0
-    keys += [batch["key"] for batch in loader]  # epoch 1
+    keys += [batch.key for batch in loader]  # the rest of epoch 0
+    keys += [batch.key for batch in loader]  # epoch 1
     assert keys == planned
     assert loader.batches() is first_pass  # the same workers served both epochs
 
@@ -287,9 +287,9 @@ def test_corrupt_sample_is_replaced_counted_and_logged_once(
     for _ in range(2):
         batches = list(loader)
         assert len(batches) == loader.steps_per_epoch == 4
-        keys = [k for b in batches for k in b["key"]]
+        keys = [k for b in batches for k in b.key]
         assert bad_key not in keys and len(keys) == 16  # a stand-in takes its row
-        assert [len(b["key"]) for b in batches] == [4, 4, 4, 4]
+        assert [len(b.key) for b in batches] == [4, 4, 4, 4]
     assert loader.bad_samples == 2  # once per epoch
     logged = [line for line in capsys.readouterr().err.splitlines() if bad_key in line]
     assert len(logged) == 1 and "DecodeError" in logged[0]
@@ -307,8 +307,8 @@ def test_eval_gives_every_view_of_every_sample_on_exactly_one_rank(make_shards) 
         steps.add(len(batches))
         assert len(batches) == loader.steps
         for batch in batches:
-            assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["label"].dtype == torch.long
-            for key, view in zip(batch["key"], batch["view"].tolist(), strict=True):
+            assert batch.inputs.shape == (4, 3, 4, 32, 32) and batch.label.dtype == torch.long
+            for key, view in zip(batch.key, batch.view.tolist(), strict=True):
                 if view >= 0:
                     rows.setdefault(key, []).append(view)
     assert len(steps) == 1  # equal batch counts on every rank

@@ -55,8 +55,8 @@ def epoch(loader: TrainLoader) -> list[dict]:
 def assert_same_batches(got: list[dict], expected: list[dict]) -> None:
     assert len(got) == len(expected) > 0
     for a, b in zip(got, expected, strict=True):
-        assert a["key"] == b["key"]
-        assert torch.equal(a["video"], b["video"]) and torch.equal(a["label"], b["label"])
+        assert a.key == b.key
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.label, b.label)
 
 
 def cached_files(folder: Path) -> list[Path]:
@@ -94,7 +94,7 @@ def test_a_deleted_object_is_counted_bad_samples_and_every_batch_keeps_its_rows(
     gone = loader.shard_set.shards[1]
     s3_bucket.delete(f"ssv2/train/{gone.path.rsplit('/', 1)[-1]}")
     batches = epoch(loader)
-    assert len(batches) == loader.steps_per_epoch and all(len(b["key"]) == 4 for b in batches)
+    assert len(batches) == loader.steps_per_epoch and all(len(b.key) == 4 for b in batches)
     assert loader.bad_samples >= gone.num_samples  # its own samples (stand-ins may draw it again)
     rows = (tmp_path / "bad_samples.jsonl").read_text().splitlines()
     assert len(rows) == loader.bad_samples

@@ -55,8 +55,8 @@ def test_a_flipped_cls_byte_is_never_trained_on(shards: Path, tmp_path: Path) ->
     loader = build_train_loader(config(folder), rank=0, world_size=1, seed=0, run_dir=run_dir)
     batches = list(loader)
     assert len(batches) == loader.steps_per_epoch
-    assert all(len(batch["key"]) == 4 for batch in batches)  # the stand-in fills its row
-    assert key not in [k for batch in batches for k in batch["key"]]
+    assert all(len(batch.key) == 4 for batch in batches)  # the stand-in fills its row
+    assert key not in [k for batch in batches for k in batch.key]
     assert loader.bad_samples == 1
     (row,) = bad_sample_rows(run_dir)
     assert row["key"] == key and Path(row["shard"]).name == shard.name and "sha256" in row["reason"]
@@ -75,21 +75,21 @@ def test_a_batch_whose_every_sample_fails_keeps_its_rows_and_resumes_exactly(
     loader = build_train_loader(cfg, rank=0, world_size=1, seed=0, run_dir=run_dir)
     reference = list(loader)
     assert len(reference) == loader.steps_per_epoch
-    assert all(batch["video"].shape[0] == 4 for batch in reference)
+    assert all(batch.inputs.shape[0] == 4 for batch in reference)
     rows = bad_sample_rows(run_dir)
     assert loader.bad_samples == len(rows) >= 4
     assert {Path(row["shard"]).name for row in rows} == {broken.name}
 
     again = list(build_train_loader(cfg, rank=0, world_size=1, seed=0))
-    assert [b["key"] for b in again] == [b["key"] for b in reference]  # the same stand-ins
+    assert [b.key for b in again] == [b.key for b in reference]  # the same stand-ins
 
     stopped = build_train_loader(cfg, rank=0, world_size=1, seed=0)
     batches = iter(stopped)
     next(batches)
     state = stopped.state()
     resumed = list(build_train_loader(cfg, rank=0, world_size=1, seed=0, state=state))
-    assert [b["key"] for b in resumed] == [b["key"] for b in reference[1:]]
-    assert all(torch.equal(a["video"], b["video"]) for a, b in zip(resumed, reference[1:], strict=True))
+    assert [b.key for b in resumed] == [b.key for b in reference[1:]]
+    assert all(torch.equal(a.inputs, b.inputs) for a, b in zip(resumed, reference[1:], strict=True))
 
 
 def test_mostly_broken_data_stops_with_one_line_naming_the_worst_shards(shards: Path, tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_shards_written_before_digests_still_load(shards: Path, tmp_path: Path) 
                 tar.addfile(member, io.BytesIO(data))
     resync_manifest(folder)
     loader = build_train_loader(config(folder), rank=0, world_size=1, seed=0)
-    keys = [k for batch in loader for k in batch["key"]]
+    keys = [k for batch in loader for k in batch.key]
     assert loader.bad_samples == 0 and len(set(keys)) == len(keys) == loader.steps_per_epoch * 4
 
 
@@ -132,9 +132,7 @@ def test_evaluation_pads_a_failed_sample_and_logs_it(shards: Path, tmp_path: Pat
     key = flip_member_byte(shard_files(folder)[2], ".cls")
     run_dir = tmp_path / "run"
     loader = build_eval_loader(config(folder), rank=0, world_size=1, run_dir=run_dir)
-    rows = [
-        (k, view) for batch in loader for k, view in zip(batch["key"], batch["view"].tolist(), strict=True)
-    ]
+    rows = [(k, view) for batch in loader for k, view in zip(batch.key, batch.view.tolist(), strict=True)]
     assert key not in [k for k, view in rows if view >= 0] and loader.bad_samples == 1
     assert [row["key"] for row in bad_sample_rows(run_dir)] == [key]
 

@@ -500,7 +500,7 @@ def test_a_cancelled_job_is_not_requeued_and_the_run_continues_on_fewer_nodes(
     again = submit_training(slurm_cluster, tmp_path, "fewer-nodes", demo_overrides, ("--nodes", "1"))
     states = slurm_cluster.wait_final([again.job_id], JOB_TIMEOUT_S)
     assert states[again.job_id] == ["COMPLETED"], again.log(0, "err")[-3000:]
-    elastic = f"step_{saved:08d} saved by 4 ranks, on 2 ranks: 1 clips per rank x 2 accumulation steps"
+    elastic = f"step_{saved:08d} saved by 4 ranks, on 2 ranks: 1 rows per rank x 2 accumulation steps"
     assert elastic in again.log(0, "err")
     final = json.loads((run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["step"] == TRAIN_STEPS

@@ -88,10 +88,10 @@ def loaded_pixels(out: Path, decoder: str = "auto") -> dict[str, tuple[np.ndarra
     }
     loaded = {}
     for batch in build_eval_loader(from_dict(DataConfig, values), rank=0, world_size=1):
-        for row, key in enumerate(batch["key"]):
-            if int(batch["view"][row]) >= 0:
-                pixels = (batch["video"][row] * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-                loaded[key] = (pixels, int(batch["label"][row]))
+        for row, key in enumerate(batch.key):
+            if int(batch.view[row]) >= 0:
+                pixels = (batch.inputs[row] * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+                loaded[key] = (pixels, int(batch.label[row]))
     return loaded
 
 
@@ -245,8 +245,8 @@ def test_png_shards_train_with_the_recipes_augmentation(raws: dict[str, Path], t
     batches = list(loader)
     assert len(batches) == loader.steps_per_epoch == 6  # 12 images, 2 per batch, 3 views each
     for batch in batches:
-        assert batch["video"].shape == (6, 3, 32, 32) and torch.isfinite(batch["video"]).all()
-        assert batch["label"].shape == (6, 10)  # soft targets: mixup / cutmix, label smoothing
+        assert batch.inputs.shape == (6, 3, 32, 32) and torch.isfinite(batch.inputs).all()
+        assert batch.label.shape == (6, 10)  # soft targets: mixup / cutmix, label smoothing
 
 
 @pytest.mark.skipif(not DALI_INSTALLED, reason="nvidia-dali is not installed (pip install -e .[dali])")

@@ -104,7 +104,7 @@ def test_state_loaded_on_another_world_size_equals_the_state_saved(
             world, "tests.train.elastic_worker", str(run_dir), tag, str(out), port=29900 + stage * 10 + world
         )
     )
-    micro, accum = (2, 1) if world == 4 else (4, 2)  # global batch 8 = 2 ranks x 4 clips
+    micro, accum = (2, 1) if world == 4 else (4, 2)  # global batch 8 = 2 ranks x 4 rows
     assert f"world {world}: micro-batch {micro} x {accum} accumulation steps" in output
     before = consolidated_state_dict(run_dir / "checkpoints", tag)
     after = consolidated_state_dict(out, tag)
@@ -155,6 +155,6 @@ def test_a_world_size_that_cannot_keep_the_global_batch_is_one_line(run_job, sav
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        "error: the run's global batch of 8 clips cannot be kept on 3 ranks (micro-batch at most "
+        "error: the run's global batch of 8 rows cannot be kept on 3 ranks (micro-batch at most "
         "data.batch_size=4); world sizes that can: 1, 2, 4, 8"
     ], result.stderr[-3000:]

@@ -63,9 +63,9 @@ def test_image_batches_are_four_dimensional(image_shards: tuple[Path, Path]) -> 
     train, val = image_shards
     cfg = load_train_config(IMAGE_CONFIG, [f"data.train=[{train}]", f"data.val=[{val}]"], world_size=1)
     batch = next(iter(build_train_loader(cfg.data, rank=0, world_size=1, seed=0)))
-    assert batch["video"].shape == (8, 3, 32, 32) and batch["label"].shape == (8,)
+    assert batch.inputs.shape == (8, 3, 32, 32) and batch.label.shape == (8,)
     evaluation = next(iter(build_eval_loader(cfg.data, rank=0, world_size=1)))
-    assert evaluation["video"].shape == (8, 3, 32, 32)
+    assert evaluation.inputs.shape == (8, 3, 32, 32)
 
 
 def test_image_shards_under_a_video_config_are_one_line(image_shards: tuple[Path, Path]) -> None:

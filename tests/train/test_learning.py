@@ -67,6 +67,6 @@ def test_demo_interrupted_on_two_ranks_and_finished_on_one_still_learns(
     shutil.copytree(motion_at_200, tmp_path / "motion")
     rest = run_job([*overrides_for(motion_shards, tmp_path, "motion")], nproc=1, timeout=900)
     assert rest.returncode == 0, rest.stderr[-3000:]
-    # its global batch of 16 clips kept on 1 rank by 2 accumulation steps of 8
-    assert "saved by 2 ranks, on 1 ranks: 8 clips per rank x 2 accumulation steps" in rest.stderr
+    # its global batch of 16 rows kept on 1 rank by 2 accumulation steps of 8
+    assert "saved by 2 ranks, on 1 ranks: 8 rows per rank x 2 accumulation steps" in rest.stderr
     assert json.loads((tmp_path / "motion" / "eval.json").read_text())["val/top1"] >= 90.0

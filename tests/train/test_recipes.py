@@ -162,7 +162,7 @@ def test_recipe_follows_the_paper(stem: str) -> None:
     assert cfg.model.name == f"structvit_{size}_4_1"
     assert data.num_frames == FRAMES[size]
     assert cfg.model.drop_path_rate == 0.1  # every video recipe, every size
-    # AdamW, lr 2e-4 at 64 clips per step, scaled linearly; wd 0.05; cosine to 1e-6
+    # AdamW, lr 2e-4 at 64 rows per step, scaled linearly; wd 0.05; cosine to 1e-6
     global_batch = data.batch_size * cfg.engine.grad_accum_steps * RANKS
     assert global_batch == 64 and scaled_lr(optim, global_batch) == pytest.approx(2e-4)
     assert (optim.lr, optim.base_batch_size, optim.weight_decay, optim.min_lr) == (2e-4, 64, 0.05, 1e-6)

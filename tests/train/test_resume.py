@@ -29,7 +29,7 @@ EPOCHS = 4  # 16 steps: a SIGTERM at step 2 and a SIGKILL at step 7 to 11 land w
 SCALARS = (
     "train/loss",
     "train/lr",
-    "train/clips_per_s",
+    "train/rows_per_s",
     "train/data_wait_frac",
     "train/step_s",
     "mem/peak_gb",

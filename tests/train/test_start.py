@@ -4,13 +4,18 @@ Their loading on real ranks is what test_resume.py and test_elastic.py run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
 
 from pipeline.config import ConfigError, config_hash, load_config, to_dict
 from pipeline.train.checkpoint import TrainerState
 from pipeline.train.config import Config
+from pipeline.train.metrics import MetricsProcessor
+from pipeline.train.optim import LrSchedule
 from pipeline.train.start import BatchLayout, Elastic, Exact, Fresh, WeightsOnly, checkpoint_start
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,13 +23,21 @@ TAG = Path("runs/demo/checkpoints/step_00000012")
 
 
 def config(*overrides: str) -> Config:
-    """The demo config (8 clips per rank, ZeRO-2) with `overrides`."""
+    """The demo config (8 rows per rank, ZeRO-2) with `overrides`."""
     return load_config(Config, REPO / "configs" / "demo.yaml", overrides)
 
 
 def saved_by(cfg: Config, world: int, micro: int, accum: int, step: int = 12, epoch: int = 3) -> TrainerState:
     """The trainer state a job of `world` ranks with that layout saved at `step`."""
     return TrainerState(step, epoch, world, to_dict(cfg), config_hash(cfg), {}, [], micro, accum)
+
+
+@pytest.fixture
+def process_group() -> object:
+    """A one-rank gloo process group (what the metrics reduce over)."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
 
 
 def test_the_checkpoint_and_the_config_decide_the_kind() -> None:
@@ -60,7 +73,7 @@ def test_the_batch_layout_is_the_configs_the_checkpoints_or_keeps_the_global_bat
     on_three = Elastic(cfg, 3, TAG, saved).layout()
     assert on_three == BatchLayout(4, 1) and on_three.global_batch(3) == 12
     assert Elastic(cfg, 1, TAG, saved).layout() == BatchLayout(4, 3)
-    with pytest.raises(ConfigError, match="global batch of 12 clips cannot be kept on 5 ranks") as caught:
+    with pytest.raises(ConfigError, match="global batch of 12 rows cannot be kept on 5 ranks") as caught:
         Elastic(cfg, 5, TAG, saved).layout()
     assert caught.value.every_rank
 
@@ -84,3 +97,31 @@ def test_only_an_elastic_start_under_zero_1_to_3_loads_a_universal_checkpoint() 
     assert not Elastic(config("engine.zero_stage=0"), 4, TAG, saved).load_universal
     kinds = Fresh(config(), 2), Exact(config(), 2, TAG, saved), WeightsOnly(config(), 2, TAG, saved)
     assert not any(kind.load_universal for kind in kinds)
+
+
+def test_with_repeated_augmentation_the_global_batch_and_the_learning_rate_count_rows() -> None:
+    # 6 rows per rank = 2 samples x 3 views; 4 ranks x 2 accumulation steps: 48 rows of 16 samples
+    cfg = config("data.batch_size=6", "data.aug.repeated_aug=3", "engine.grad_accum_steps=2")
+    layout = Fresh(cfg, 4).layout()
+    assert cfg.data.samples_per_batch == 2 and layout.global_batch(4) == 6 * 4 * 2
+    assert layout.describe(4, 3) == (
+        "6 rows per rank x 2 accumulation steps (global batch 48 rows: 16 samples x 3 views)"
+    )
+    # DeiT's convention: the rate scales with the batch the model sees, its repeated views included
+    schedule = LrSchedule.of_run(cfg.optim, steps_per_epoch=10, global_batch=layout.global_batch(4))
+    assert schedule.peak == pytest.approx(cfg.optim.lr * 48 / cfg.optim.base_batch_size)
+    saved = saved_by(cfg, world=4, micro=6, accum=2)
+    assert saved.global_batch == 48  # what an elastic start keeps
+    assert Elastic(cfg, 8, TAG, saved).layout() == BatchLayout(6, 1)  # 8 x 6 rows: whole samples per rank
+
+
+def test_the_progress_line_and_the_metrics_give_rows_per_second(tmp_path, capsys, process_group) -> None:
+    metrics = MetricsProcessor(tmp_path, rank=0, device=torch.device("cpu"), total_steps=4)
+    for _ in range(2):
+        metrics.record_step(torch.tensor(1.0), rows=48, data_wait_s=0.0, step_s=0.5)
+    scalars = metrics.log(step=2, epoch=0, lr=1e-3)
+    metrics.close()
+    assert scalars is not None and scalars["train/rows_per_s"] == pytest.approx(96.0)
+    assert "rows/s 96.0 " in capsys.readouterr().err
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert logged["train/rows_per_s"] == pytest.approx(96.0)
