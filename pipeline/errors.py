@@ -37,7 +37,7 @@ class DataError(RunError):
 
 
 class StorageError(RunError):
-    """The storage refused a write: full disk, read-only folder, exhausted quota."""
+    """The storage refused: a full disk, a read-only folder, a bucket that is missing or denied."""
 
 
 class DivergenceError(RunError):
