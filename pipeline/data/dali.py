@@ -34,6 +34,7 @@ from pipeline.data.stream import (
     bad_entry,
     each_sample,
     failed,
+    is_error,
     read_label,
     video_member,
 )
@@ -275,7 +276,7 @@ class DecodeViews:
         kept, pixels = run_isolating_failures(self.decoder, planned)
         for item, views in zip(kept, pixels if pixels is not None else (), strict=True):
             item["views"] = list((views.cpu() if self.to_host else views).unbind(0))
-        return [failed(item, item["__error__"]) if "__error__" in item else item for item in group]
+        return [failed(item, item["__error__"]) if is_error(item) else item for item in group]
 
 
 class AugmentViews:

@@ -69,6 +69,16 @@ def failed(item: Item, reason: str) -> Item:
     return {**bad_item(item["__key__"], reason, item.get("__url__", "")), "__pos__": item["__pos__"]}
 
 
+def is_error(item: Item) -> bool:
+    """Whether `item` is an error item (`bad_item`, `failed`) in a sample's place."""
+    return "__error__" in item
+
+
+def is_sample(item: Item) -> bool:
+    """Whether `item` is a sample to work on: neither an error item nor the padding of a short rank."""
+    return not is_error(item) and not item.get("__pad__")
+
+
 def bad_entry(item: Item) -> BadEntry:
     """(key, shard, reason) of an error item: what the loader counts and writes to bad_samples.jsonl."""
     return item["__key__"], item.get("__url__", ""), item["__error__"]
@@ -85,7 +95,7 @@ def each_sample(items: Iterable[Item], prepare: Callable[[Item], Item]) -> Itera
     raises one of SAMPLE_ERRORS becomes an error item naming why (any other exception is a bug and
     propagates)."""
     for item in items:
-        if "__error__" in item or item.get("__pad__"):
+        if not is_sample(item):
             yield item
             continue
         try:
@@ -172,7 +182,7 @@ class CheckDigest:
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         for item in items:
-            problem = None if "__error__" in item or item.get("__pad__") else digest_problem(item)
+            problem = digest_problem(item) if is_sample(item) else None
             yield item if problem is None else failed(item, problem)
 
 
@@ -274,7 +284,7 @@ class AugmentClips:
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         for item in items:
-            if "__error__" in item:
+            if is_error(item):
                 yield item
                 continue
             rng = make_rng(Stream.AUGMENT, *self.seed_parts, item["__pos__"])
@@ -310,7 +320,7 @@ class ReplaceBad:
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         for item in items:
-            yield self.replace(item) if "__error__" in item else item
+            yield self.replace(item) if is_error(item) else item
 
     def replace(self, item: Item) -> Item:
         """The stand-in of error `item` (or `item` itself when every draw fails), with its `__bad__` list."""
@@ -318,7 +328,7 @@ class ReplaceBad:
         rng = make_rng(Stream.REPLACE, *self.seed_parts, item["__pos__"])
         for _ in range(MAX_REPLACEMENT_DRAWS):
             stand_in = self.prepare(int(rng.integers(self.ends[-1])), item["__pos__"])
-            if "__error__" not in stand_in:
+            if not is_error(stand_in):
                 return {**stand_in, "__bad__": bad}
             bad.append(bad_entry(stand_in))
         return {**item, "__bad__": bad}
@@ -343,7 +353,7 @@ class EvalViews:
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         for item in items:
-            if "__error__" in item or item.get("__pad__"):
+            if not is_sample(item):
                 yield item
                 continue
             frames = item.pop("frames")
@@ -424,7 +434,7 @@ class BatchTrain:
 
     def collate(self, group: list[Item], batch_index: int) -> ShippedBatch:
         """One batch from a group of items; `batch_index` is the batch's index in the rank's epoch."""
-        good = [item for item in group if "__error__" not in item]
+        good = [item for item in group if not is_error(item)]
         rows = [
             (pixels, item["label"], item["__key__"], r)
             for item in good
@@ -460,7 +470,7 @@ class BatchEval:
                 rows += [(view, item["label"], item["__key__"], v) for v, view in enumerate(item["views"])]
             else:
                 rows += [padding] * self.views_per_sample
-                if "__error__" in item:
+                if is_error(item):
                     bad.append(bad_entry(item))
             while len(rows) >= self.rows_per_batch:
                 yield collate_rows(rows[: self.rows_per_batch], bad)
