@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
-import sys
 import zlib
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +23,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import ConfigError, report
 from pipeline.io import atomic_open, atomic_write_json, atomic_write_text
 from shards.image import encode_jpeg
 from shards.synth_imagenet import write_imagenet
@@ -675,8 +675,7 @@ def run(args: argparse.Namespace) -> int:
             splits=args.splits,
         )
     except ValueError as err:
-        print(f"shards synth: error: {err}", file=sys.stderr)
-        return 2
+        return report(ConfigError(str(err)), prog="shards synth")
     kind = "images" if args.dataset in IMAGE_DATASETS else "videos"
     print(f"wrote {written} {kind} of a synthetic {args.dataset} tree to {args.out}")
     return 0

@@ -22,6 +22,7 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.errors import ConfigError, report
 from pipeline.models.registry import create_model, list_models
 
 
@@ -170,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in list_models()]
     if unknown:
         known = ", ".join(list_models())
-        print(f"error: unknown model(s) {', '.join(unknown)}; known: {known}", file=sys.stderr)
-        return 2
+        return report(ConfigError(f"unknown model(s) {', '.join(unknown)}; known: {known}"))
     view = f"{args.img_size}x{args.img_size}"
     if args.frames:
         view = f"{args.frames}x{view}"
