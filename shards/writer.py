@@ -482,7 +482,7 @@ def changed_options(out: ShardFolder, name: str, job: dict[str, Any]) -> str:
     """`; manifest.json was written with other options: crf 23 -> unset, ...` when file `name` of `out` is a
     manifest or progress file of this job's dataset and split written with other options (a flag changed,
     or one this version no longer has: ImageNet's video flags); '' for any other file."""
-    saved = _read_json(out, name)
+    saved = _read_json(out, name) or {}
     saved_job = saved.get("job") if name.endswith("progress.json") else saved
     if not isinstance(saved_job, dict) or not isinstance(saved_job.get("options"), dict):
         return ""
@@ -521,8 +521,10 @@ def foreign_files(out: ShardFolder, job: dict[str, Any]) -> list[str]:
             if {"dataset": manifest.dataset, "split": manifest.split, "options": manifest.options} != job:
                 foreign.append(name)
                 listed_by_foreign |= {entry.name for entry in manifest.shards}
-        elif name.endswith("progress.json") and _read_json(out, name).get("job") != job:
-            foreign.append(name)
+        elif name.endswith("progress.json"):
+            saved = _read_json(out, name)
+            if saved is not None and saved.get("job") != job:
+                foreign.append(name)
     own_prefix = shard_prefix(job["dataset"], job["split"], None)
     for name in names:
         if SHARD_FILE.fullmatch(name) and (name in listed_by_foreign or not name.startswith(own_prefix)):
@@ -530,10 +532,14 @@ def foreign_files(out: ShardFolder, job: dict[str, Any]) -> list[str]:
     return foreign
 
 
-def _read_json(out: ShardFolder, name: str) -> dict[str, Any]:
-    """A JSON object from file `name` of `out`; {} when it cannot be read (which makes it nobody's)."""
+def _read_json(out: ShardFolder, name: str) -> dict[str, Any] | None:
+    """A JSON object from file `name` of `out`; {} when it cannot be read (which makes it nobody's), None
+    when it is gone (listed, then removed: the part of a job array that wrote it finished meanwhile)."""
     try:
-        data = json.loads(out.read_text(name) or "")
+        text = out.read_text(name)
+        if text is None:
+            return None
+        data = json.loads(text)
     except StorageError:  # the store failing is not the file being nobody's
         raise
     except (OSError, ValueError):

@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 
 from shards.__main__ import main
+from shards.folder import LocalFolder
 from shards.synth import encode_video, motion_clip
 from shards.verify import verify_shards
 from shards.video import EncodeOptions, VideoError, clip_window, output_size, probe_video, transcode
+from shards.writer import foreign_files
 
 DATASETS = ["kinetics400", "kinetics600", "kinetics700", "ssv2", "diving48", "finegym"]
 
@@ -243,3 +245,14 @@ def test_probe_rejects_broken_files_with_a_reason(tmp_path: Path) -> None:
         with pytest.raises(VideoError) as err:
             probe_video(broken)
         assert "\n" not in str(err.value) and str(err.value)
+
+
+def test_a_progress_file_removed_after_the_listing_is_no_other_jobs(tmp_path: Path, monkeypatch) -> None:
+    """The parts of a job array share a folder: one lists it, another finishes and removes its progress file,
+    then the first reads it. That file is nobody's to refuse (refused as another job's, it failed a task)."""
+    job = {"dataset": "ssv2", "split": "train", "options": {}}
+    out = LocalFolder(tmp_path)
+    (tmp_path / "ssv2-train-p001-progress.json").write_text(json.dumps({"job": {**job, "split": "val"}}))
+    listed = [*out.names(), "ssv2-train-p002-progress.json"]  # listed, then removed by its part
+    monkeypatch.setattr(out, "names", lambda: listed)
+    assert foreign_files(out, job) == ["ssv2-train-p001-progress.json"]
