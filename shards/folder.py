@@ -56,14 +56,7 @@ class LocalFolder:
         """Create the folder and check that files can be created in it; OutputError (one line) if not."""
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"--out {self.path} is a file, not a folder")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.path):
-                pass
-        except OSError as err:
-            raise OutputError(
-                f"cannot write to the output folder {self.path}: {err.strerror or err}"
-            ) from None
+        check_folder_writable(self.path, f"the output folder {self.path}")
 
     def check_readable(self) -> None:
         """Nothing to check up front: a missing folder is a missing manifest, named where it is read."""
@@ -169,14 +162,7 @@ class StoreFolder:
         probe = self._key(f".write-check-{uuid.uuid4().hex}")
         self._request("", lambda: self.fs.pipe_file(probe, b""))
         self._request("", lambda: self.fs.rm_file(probe))
-        try:
-            self.staging.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.staging):
-                pass
-        except OSError as err:
-            raise OutputError(
-                f"cannot write to the staging folder {self.staging} of {self.location}: {err.strerror or err}"
-            ) from None
+        check_folder_writable(self.staging, f"the staging folder {self.staging} of {self.location}")
 
     def names(self) -> list[str]:
         """The names of the objects directly under the prefix, sorted ([] for an empty prefix)."""
@@ -272,6 +258,16 @@ class StoreFolder:
 
 
 ShardFolder = LocalFolder | StoreFolder
+
+
+def check_folder_writable(folder: Path, what: str) -> None:
+    """Create local `folder` and check that files can be created in it; OutputError naming `what` if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise OutputError(f"cannot write to {what}: {err.strerror or err}") from None
 
 
 def open_folder(location: str | Path, work_dir: Path | None = None) -> ShardFolder:
